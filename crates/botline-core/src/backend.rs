@@ -1,0 +1,288 @@
+//! The contracts every backend implements: small traits, each one capability (as apalis splits
+//! `Backend`, `TaskSink`, `Ack`).
+//!
+//! - [`Queue`]: make an update durable once (dedupe by `update_id`), hand it out under a lease,
+//!   take it back as done or failed. At least once; one chat at a time in `update_id` order.
+//! - [`DeadLetters`]: what failed [`RetryPolicy::max_attempts`] times, to list, show and redrive.
+//! - [`Store`]: write the records of one update together with the mark that it is done, so a
+//!   retried update changes nothing; and read them back.
+//! - [`Sessions`]: conversation state with a time to live.
+
+use crate::ids::UpdateId;
+use crate::records::{EventRecord, MessageRecord, Records, SessionRecord, UserRecord};
+use crate::update::{InboundUpdate, OrderKey, UpdateKind};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Why a backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend cannot be reached or cannot commit now (disk full, read-only, locked,
+    /// network): the caller answers 503 or retries later. The text is for logs, not clients.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The lease on a delivery expired and the update was handed out again.
+    #[error("the lease on update {0} was lost")]
+    LeaseLost(UpdateId),
+    /// Stored data that cannot be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries before an update is dead-lettered (a lease that expires counts as one).
+    pub max_attempts: u32,
+    /// Wait after the first failure; each further failure doubles it.
+    pub backoff_base: Duration,
+    /// The longest wait between two attempts.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `failed_attempts + 1`, after `failed_attempts` failures (≥ 1).
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let doublings = failed_attempts.saturating_sub(1).min(31);
+        self.backoff_base
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a queue hands out and retries updates, and how long it remembers ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// How long a delivery is held by its worker before it is handed out again.
+    pub lease: Duration,
+    pub retry: RetryPolicy,
+    /// How long a seen `update_id` is remembered for dedupe. Telegram redelivers for up to 24 h.
+    pub dedupe_window: Duration,
+}
+
+impl QueueConfig {
+    /// The shortest dedupe window Botline accepts: twice Telegram's redelivery horizon.
+    pub const MIN_DEDUPE_WINDOW: Duration = Duration::from_secs(48 * 3600);
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            dedupe_window: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// An update as the queue holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedUpdate {
+    /// The queue's own id for this entry, stable across deliveries (the event id).
+    pub entry_id: String,
+    pub update_id: UpdateId,
+    pub kind: UpdateKind,
+    pub order_key: OrderKey,
+    /// The body as Telegram sent it.
+    pub raw: String,
+    /// When the receiver made it durable, unix milliseconds.
+    pub received_at_ms: i64,
+}
+
+impl QueuedUpdate {
+    pub fn new(update: InboundUpdate, entry_id: String, received_at_ms: i64) -> Self {
+        Self {
+            entry_id,
+            update_id: update.id,
+            kind: update.kind,
+            order_key: update.order_key,
+            raw: update.raw,
+            received_at_ms,
+        }
+    }
+}
+
+/// One delivery of a queued update to a worker, under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub update: QueuedUpdate,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// Names this lease; acks and failures with a stale receipt are refused.
+    pub receipt: String,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The update is durable and will be processed.
+    New,
+    /// The `update_id` was seen within the dedupe window: nothing was written.
+    Duplicate,
+}
+
+/// What a failure report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// The update will be handed out again after the wait.
+    Retrying { after: Duration },
+    /// The update ran out of attempts and is now a dead letter.
+    DeadLettered,
+}
+
+/// What applying an update's records did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Written,
+    /// The update had already been applied: nothing was written.
+    AlreadyDone,
+}
+
+/// The counts an operator watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Waiting to be handed out (including those waiting out a backoff).
+    pub pending: u64,
+    /// Handed out, lease not expired.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Done and still remembered for dedupe.
+    pub done: u64,
+}
+
+/// A dead-lettered update and why it died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub update: QueuedUpdate,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub dead_at_ms: i64,
+}
+
+/// Which messages to read back, in (`chatId`, `messageId`) order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageQuery {
+    pub chat_id: Option<String>,
+    /// Only messages sent at or after this time, unix milliseconds.
+    pub since_ms: Option<i64>,
+    /// Resume after this (`chatId`, `messageId`), for paging.
+    pub after: Option<(String, i64)>,
+    pub limit: usize,
+}
+
+/// Durable, deduplicated, leased delivery of updates.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Makes the update durable unless its id was seen within the dedupe window. Returns only
+    /// once the update would survive a crash.
+    async fn enqueue(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError>;
+
+    /// Leases up to `max` updates, each the oldest unfinished update of its order key, so that
+    /// one chat's updates go out one at a time in `update_id` order.
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BackendError>;
+
+    /// Marks a delivered update done.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError>;
+
+    /// Reports a failed attempt: the update is retried after a backoff, or dead-lettered.
+    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError>;
+
+    async fn stats(&self) -> Result<QueueStats, BackendError>;
+
+    /// Periodic upkeep: forget ids older than the dedupe window, purge what has expired.
+    /// Backends whose service does this itself (DynamoDB TTL, SQS retention) keep the default.
+    async fn housekeeping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// Updates that ran out of attempts.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Oldest first, at most `limit`.
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError>;
+
+    async fn show(&self, id: UpdateId) -> Result<Option<DeadLetter>, BackendError>;
+
+    /// Puts one dead letter back on the queue with fresh attempts. False if there is none.
+    async fn redrive(&self, id: UpdateId) -> Result<bool, BackendError>;
+
+    /// Puts every dead letter back; returns how many.
+    async fn redrive_all(&self) -> Result<u64, BackendError>;
+}
+
+/// The records updates become.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes an update's records and marks it done, in one transaction. A second call for the
+    /// same update writes nothing. The first record of a (`chatId`, `messageId`) wins; a user's
+    /// `createdAt` is kept and the rest of the user moves to the latest values.
+    ///
+    /// Where queue and store share a database the mark is the queue's own, so this also
+    /// acknowledges the delivery and a later [`Queue::ack`] changes nothing.
+    async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError>;
+
+    async fn messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, BackendError>;
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, BackendError>;
+
+    /// A user's events at or after `since` (ISO 8601), oldest first.
+    async fn events_by_user(
+        &self,
+        user_id: &str,
+        since: &str,
+    ) -> Result<Vec<EventRecord>, BackendError>;
+}
+
+/// Conversation state with a time to live.
+#[async_trait]
+pub trait Sessions: Send + Sync {
+    /// Creates or replaces a session.
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), BackendError>;
+
+    /// The session, unless it does not exist or has expired.
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, BackendError>;
+
+    /// A user's live sessions.
+    async fn sessions_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError>;
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool, BackendError>;
+
+    /// Deletes sessions expired at `now_ms`; returns how many.
+    async fn purge_expired_sessions(&self, now_ms: i64) -> Result<u64, BackendError>;
+}
+
+/// Everything a full backend offers.
+pub trait Backend: Queue + DeadLetters + Store + Sessions {}
+
+impl<T: Queue + DeadLetters + Store + Sessions> Backend for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+        };
+        assert_eq!(policy.backoff(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2), Duration::from_millis(200));
+        assert_eq!(policy.backoff(3), Duration::from_millis(350));
+        assert_eq!(policy.backoff(40), Duration::from_millis(350));
+    }
+}

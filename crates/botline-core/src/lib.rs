@@ -1,0 +1,35 @@
+//! Botline's core: the domain types, the parsing of Telegram updates, the records an update
+//! becomes, and the contracts every backend implements.
+//!
+//! Backends and entry points depend on this crate, never the other way round. It holds no I/O.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`ids`] | 64-bit newtype ids (`UpdateId`, `ChatId`, `UserId`, `MessageId`) |
+//! | [`update`] | validation of a webhook body into an [`InboundUpdate`]: `update_id`, kind, order key |
+//! | [`records`] | the message, user, event and session records, and [`build_records`] |
+//! | [`backend`] | the [`Queue`], [`DeadLetters`], [`Store`] and [`Sessions`] contracts |
+//! | [`clock`] | unix-millisecond time and its ISO 8601 text |
+//! | `testsuite` | (feature `testsuite`) the behaviours every backend must pass: [`backend_suite!`] |
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `testsuite` | the shared backend test suite, for the test targets of backend crates |
+
+pub mod backend;
+pub mod clock;
+pub mod ids;
+pub mod records;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+pub mod update;
+
+pub use backend::{
+    Applied, Backend, BackendError, DeadLetter, DeadLetters, Delivery, Enqueued, Failed,
+    MessageQuery, Queue, QueueConfig, QueueStats, QueuedUpdate, RetryPolicy, Sessions, Store,
+};
+pub use ids::{ChatId, MessageId, UpdateId, UserId};
+pub use records::{EventRecord, MessageRecord, Records, SessionRecord, UserRecord, build_records};
+pub use update::{InboundUpdate, InvalidUpdate, OrderKey, UpdateKind};

@@ -1,0 +1,292 @@
+//! The records one update becomes, named and shaped as in the seed documents: a message (seed
+//! 000), a user and an event (seed 001), and the sessions that commands keep (seed 001).
+//!
+//! [`build_records`] is pure: the same queued update gives the same records (bar `createdAt` /
+//! `updatedAt`), so a retried update writes nothing new, and every backend stores the same thing.
+
+use crate::backend::QueuedUpdate;
+use crate::clock;
+use crate::ids::{UpdateId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A message a chat received (seed 000, table `messages`): key `chatId` + `messageId`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRecord {
+    /// The chat id as text, as seed 000 keys it.
+    pub chat_id: String,
+    pub message_id: i64,
+    /// The sender's Telegram id; none for anonymous group admins and channel posts.
+    pub user_id: Option<i64>,
+    /// The sender's `@username`, or their first and last name when they have none.
+    pub user_name: Option<String>,
+    /// The message's text, or its caption for media.
+    pub text: Option<String>,
+    /// When Telegram says the message was sent, unix milliseconds.
+    pub timestamp: i64,
+    /// The whole update as received.
+    pub raw: String,
+    /// When Botline stored it, ISO 8601.
+    pub created_at: String,
+}
+
+/// A Telegram user who caused an update (seed 001, table `users`): key `userId` =
+/// `telegram_{id}`. Upserted: `createdAt` stays, the rest follows the latest update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRecord {
+    pub user_id: String,
+    pub telegram_id: i64,
+    pub username: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub language_code: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One per update, for the audit trail (seed 001, table `events`): key `eventId`, queried by
+/// `userId` + `timestamp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Stable across retries of the same queued update.
+    pub event_id: String,
+    pub user_id: Option<String>,
+    /// The update kind: `message`, `callback_query`, … or one Telegram added later.
+    pub event_type: String,
+    /// The update's kind object (`update.message`, …) as Telegram sent it.
+    pub payload: Value,
+    /// When Botline received the update, ISO 8601.
+    pub timestamp: String,
+    pub processed: bool,
+}
+
+/// A conversation state a command keeps between updates (seed 001, table `sessions`): key
+/// `sessionId`, queried by `userId`, gone after `expiresAt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub user_id: String,
+    pub chat_id: i64,
+    pub state: String,
+    pub data: Map<String, Value>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Unix seconds after which the session no longer exists (DynamoDB's TTL unit).
+    pub expires_at: i64,
+}
+
+impl SessionRecord {
+    /// Whether the session has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at.saturating_mul(1000) <= now_ms
+    }
+}
+
+/// Everything one update writes, stored in one transaction with the mark that it is done.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Records {
+    pub update_id: UpdateId,
+    /// For a `message` update only: edits, posts and callbacks are events, not messages.
+    pub message: Option<MessageRecord>,
+    /// The sender, when the update has one.
+    pub user: Option<UserRecord>,
+    pub event: EventRecord,
+}
+
+/// Why a queued update could not be turned into records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queued update {0} is not valid JSON")]
+pub struct CorruptUpdate(pub UpdateId);
+
+/// The records a queued update becomes, as of `now_ms`.
+pub fn build_records(update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
+    let body: Map<String, Value> =
+        serde_json::from_str(&update.raw).map_err(|_| CorruptUpdate(update.update_id))?;
+    let now = clock::iso8601(now_ms);
+    let kind = update.kind.as_str();
+    let payload = body.get(kind).cloned().unwrap_or(Value::Null);
+    let sender = sender_of(&payload);
+
+    let user = sender.map(|from| UserRecord {
+        user_id: UserId(from.id).record_key(),
+        telegram_id: from.id,
+        username: from.text("username"),
+        first_name: from.text("first_name"),
+        last_name: from.text("last_name"),
+        language_code: from.text("language_code"),
+        created_at: now.clone(),
+        updated_at: now.clone(),
+    });
+
+    let message = (kind == "message")
+        .then(|| message_record(&payload, sender.as_ref(), &update.raw, &now))
+        .flatten();
+
+    let event = EventRecord {
+        event_id: update.entry_id.clone(),
+        user_id: sender.map(|from| UserId(from.id).record_key()),
+        event_type: kind.to_owned(),
+        payload,
+        timestamp: clock::iso8601(update.received_at_ms),
+        processed: true,
+    };
+
+    Ok(Records {
+        update_id: update.update_id,
+        message,
+        user,
+        event,
+    })
+}
+
+fn message_record(
+    message: &Value,
+    sender: Option<&Sender<'_>>,
+    raw: &str,
+    now: &str,
+) -> Option<MessageRecord> {
+    let message_id = message.get("message_id")?.as_i64()?;
+    let chat_id = message.get("chat")?.get("id")?.as_i64()?;
+    let text = ["text", "caption"]
+        .iter()
+        .find_map(|field| message.get(*field)?.as_str())
+        .map(str::to_owned);
+    let date = message.get("date").and_then(Value::as_i64).unwrap_or(0);
+    Some(MessageRecord {
+        chat_id: chat_id.to_string(),
+        message_id,
+        user_id: sender.map(|from| from.id),
+        user_name: sender.and_then(Sender::display_name),
+        text,
+        timestamp: date.saturating_mul(1000),
+        raw: raw.to_owned(),
+        created_at: now.to_owned(),
+    })
+}
+
+/// The user object of an update's sender: `from` on most kinds, `user` on poll answers and
+/// reactions. Only an object with an integer `id` counts.
+#[derive(Debug, Clone, Copy)]
+struct Sender<'a> {
+    id: i64,
+    fields: &'a Map<String, Value>,
+}
+
+impl<'a> Sender<'a> {
+    fn text(&self, field: &str) -> Option<String> {
+        self.fields
+            .get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    fn display_name(&self) -> Option<String> {
+        if let Some(username) = self.text("username") {
+            return Some(username);
+        }
+        let name = [self.text("first_name"), self.text("last_name")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+fn sender_of(payload: &Value) -> Option<Sender<'_>> {
+    ["from", "user"].iter().find_map(|field| {
+        let fields = payload.get(*field)?.as_object()?;
+        let id = fields.get("id")?.as_i64()?;
+        Some(Sender { id, fields })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::InboundUpdate;
+
+    fn queued(body: &str) -> QueuedUpdate {
+        let inbound = InboundUpdate::parse(body.as_bytes()).unwrap();
+        QueuedUpdate::new(inbound, "entry-1".into(), 1_714_564_800_000)
+    }
+
+    #[test]
+    fn a_message_becomes_a_message_a_user_and_an_event() {
+        let body = r#"{"update_id":10,"message":{"message_id":3,"date":1714564800,"chat":{"id":-42,"type":"group"},"from":{"id":7,"is_bot":false,"first_name":"Ann","username":"ann","language_code":"en"},"text":"hello"}}"#;
+        let records = build_records(&queued(body), 1_714_564_801_000).unwrap();
+        let message = records.message.unwrap();
+        assert_eq!(message.chat_id, "-42");
+        assert_eq!(message.message_id, 3);
+        assert_eq!(message.user_id, Some(7));
+        assert_eq!(message.user_name.as_deref(), Some("ann"));
+        assert_eq!(message.text.as_deref(), Some("hello"));
+        assert_eq!(message.timestamp, 1_714_564_800_000);
+        assert_eq!(message.raw, body);
+        assert_eq!(message.created_at, "2024-05-01T12:00:01.000Z");
+        let user = records.user.unwrap();
+        assert_eq!(user.user_id, "telegram_7");
+        assert_eq!(user.language_code.as_deref(), Some("en"));
+        assert_eq!(user.last_name, None);
+        assert_eq!(records.event.event_type, "message");
+        assert_eq!(records.event.event_id, "entry-1");
+        assert_eq!(records.event.user_id.as_deref(), Some("telegram_7"));
+        assert_eq!(records.event.timestamp, "2024-05-01T12:00:00.000Z");
+        assert_eq!(records.event.payload["text"], "hello");
+    }
+
+    #[test]
+    fn a_caption_stands_for_the_text_and_a_name_for_a_missing_username() {
+        let body = r#"{"update_id":11,"message":{"message_id":4,"date":1,"chat":{"id":1},"from":{"id":1,"first_name":"Ann","last_name":"Lee"},"photo":[],"caption":"look"}}"#;
+        let message = build_records(&queued(body), 0).unwrap().message.unwrap();
+        assert_eq!(message.text.as_deref(), Some("look"));
+        assert_eq!(message.user_name.as_deref(), Some("Ann Lee"));
+    }
+
+    #[test]
+    fn other_kinds_are_events_with_their_sender() {
+        let body = r#"{"update_id":12,"poll_answer":{"poll_id":"p","user":{"id":99,"first_name":"B"},"option_ids":[0]}}"#;
+        let records = build_records(&queued(body), 0).unwrap();
+        assert!(records.message.is_none());
+        assert_eq!(records.user.unwrap().telegram_id, 99);
+        assert_eq!(records.event.event_type, "poll_answer");
+    }
+
+    #[test]
+    fn a_channel_post_without_sender_is_only_an_event() {
+        let body = r#"{"update_id":13,"channel_post":{"message_id":1,"date":1,"chat":{"id":-1001,"type":"channel"},"text":"x"}}"#;
+        let records = build_records(&queued(body), 0).unwrap();
+        assert!(records.message.is_none());
+        assert!(records.user.is_none());
+        assert_eq!(records.event.user_id, None);
+    }
+
+    #[test]
+    fn a_message_missing_its_ids_is_still_an_event() {
+        let body = r#"{"update_id":14,"message":{"text":"no ids"}}"#;
+        let records = build_records(&queued(body), 0).unwrap();
+        assert!(records.message.is_none());
+        assert_eq!(records.event.event_type, "message");
+    }
+
+    #[test]
+    fn sessions_expire_at_their_second() {
+        let session = SessionRecord {
+            session_id: "s".into(),
+            user_id: "telegram_1".into(),
+            chat_id: 1,
+            state: "idle".into(),
+            data: Map::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            expires_at: 100,
+        };
+        assert!(!session.is_expired(99_999));
+        assert!(session.is_expired(100_000));
+    }
+}

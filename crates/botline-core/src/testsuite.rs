@@ -1,0 +1,688 @@
+//! The behaviours every backend must show, run by each backend crate against the real service
+//! (a SQLite file, Postgres, the AWS emulator), as apalis's `generic_storage_test!` does.
+//!
+//! ```ignore
+//! async fn backend(config: QueueConfig) -> MyBackend { MyBackend::connect(config).await }
+//! botline_core::backend_suite!(backend);
+//! ```
+//!
+//! The suite runs on real time with short leases and backoffs (hundreds of milliseconds); it
+//! asserts what happens, never how fast.
+
+use crate::backend::{Applied, Backend, BackendError, Enqueued, Failed, MessageQuery, QueueConfig};
+use crate::records::{Records, SessionRecord, build_records};
+use crate::{Delivery, InboundUpdate, RetryPolicy, UpdateId, clock};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Generates one `#[tokio::test]` per behaviour, each with a fresh backend from `$factory`, an
+/// `async fn(QueueConfig) -> impl Backend`.
+#[macro_export]
+macro_rules! backend_suite {
+    ($factory:path) => {
+        $crate::backend_suite!(@tests $factory;
+            enqueue_dedupes_by_update_id,
+            keeps_the_body_byte_for_byte,
+            an_acked_update_is_not_delivered_again,
+            an_expired_lease_is_delivered_again,
+            failures_back_off_then_dead_letter,
+            expired_leases_count_as_attempts,
+            dead_letters_can_be_redriven,
+            a_dead_letter_does_not_block_its_chat,
+            one_chat_at_a_time_in_update_id_order,
+            per_chat_order_holds_under_concurrency,
+            apply_is_idempotent,
+            the_first_write_of_a_message_wins,
+            a_user_upsert_keeps_created_at,
+            events_are_queryable_by_user_and_time,
+            messages_filter_and_page,
+            sessions_expire,
+        );
+    };
+    (@tests $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::testsuite::$name($factory).await;
+            }
+        )*
+    };
+}
+
+/// The settings the suite runs with: short enough to wait out, long enough not to race.
+pub fn suite_config() -> QueueConfig {
+    QueueConfig {
+        lease: Duration::from_millis(400),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_millis(300),
+        },
+        dedupe_window: QueueConfig::MIN_DEDUPE_WINDOW,
+    }
+}
+
+/// A `message` update in `chat` from user 1000 + chat.
+pub fn message_update(update_id: i64, chat: i64, message_id: i64, text: &str) -> InboundUpdate {
+    let user = 1000 + chat.abs();
+    let body = serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id,
+            "date": 1_714_564_800 + message_id,
+            "chat": {"id": chat, "type": if chat < 0 { "supergroup" } else { "private" }},
+            "from": {"id": user, "is_bot": false, "first_name": "Test", "username": format!("user{user}")},
+            "text": text,
+        }
+    });
+    InboundUpdate::parse(body.to_string().as_bytes()).expect("a valid update")
+}
+
+async fn fresh<B, F, Fut>(make: &F) -> B
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    make(suite_config()).await
+}
+
+async fn enqueue<B: Backend>(backend: &B, update: &InboundUpdate) {
+    assert_eq!(
+        backend.enqueue(update).await.expect("enqueue"),
+        Enqueued::New,
+        "update {} should be new",
+        update.id
+    );
+}
+
+async fn receive<B: Backend>(backend: &B, max: usize) -> Vec<Delivery> {
+    backend.receive(max).await.expect("receive")
+}
+
+async fn apply<B: Backend>(backend: &B, delivery: &Delivery, now_ms: i64) -> Applied {
+    let records = build_records(&delivery.update, now_ms).expect("records");
+    backend.apply(delivery, &records).await.expect("apply")
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<i64> {
+    let mut ids: Vec<i64> = deliveries.iter().map(|d| d.update.update_id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn wait_past(duration: Duration) {
+    tokio::time::sleep(duration + Duration::from_millis(150)).await;
+}
+
+pub async fn enqueue_dedupes_by_update_id<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let update = message_update(1, 10, 1, "hello");
+    enqueue(&backend, &update).await;
+    assert_eq!(backend.enqueue(&update).await.unwrap(), Enqueued::Duplicate);
+    let same_id_other_body = message_update(1, 11, 5, "other");
+    assert_eq!(
+        backend.enqueue(&same_id_other_body).await.unwrap(),
+        Enqueued::Duplicate
+    );
+    let deliveries = receive(&backend, 10).await;
+    assert_eq!(ids(&deliveries), vec![1]);
+    assert_eq!(deliveries[0].update.raw, update.raw);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (0, 1));
+}
+
+pub async fn keeps_the_body_byte_for_byte<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let body = "{ \"update_id\" : 5000000001,\n \"future_kind\":{\"chat\":{\"id\":-1009876543210123},\"text\":\"\\u00e9\\ud83d\\ude00 \u{5e9}\u{5dc}\u{5d5}\u{5dd}\",\"n\":1.50}}";
+    let update = InboundUpdate::parse(body.as_bytes()).unwrap();
+    enqueue(&backend, &update).await;
+    let deliveries = receive(&backend, 1).await;
+    assert_eq!(deliveries.len(), 1);
+    let queued = &deliveries[0].update;
+    assert_eq!(queued.raw, body);
+    assert_eq!(queued.update_id, UpdateId(5_000_000_001));
+    assert_eq!(queued.kind.as_str(), "future_kind");
+    assert_eq!(queued.order_key, update.order_key);
+    assert!(!queued.entry_id.is_empty());
+    assert!(queued.received_at_ms > 0);
+}
+
+pub async fn an_acked_update_is_not_delivered_again<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let update = message_update(2, 10, 1, "hello");
+    enqueue(&backend, &update).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    backend.ack(&delivery).await.unwrap();
+    backend
+        .ack(&delivery)
+        .await
+        .expect("a second ack is harmless");
+    wait_past(suite_config().lease).await;
+    assert!(receive(&backend, 10).await.is_empty());
+    assert_eq!(
+        backend.enqueue(&update).await.unwrap(),
+        Enqueued::Duplicate,
+        "a done update is still remembered"
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight, stats.done), (0, 0, 1));
+}
+
+pub async fn an_expired_lease_is_delivered_again<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(3, 10, 1, "hello")).await;
+    let first = receive(&backend, 1).await.remove(0);
+    assert_eq!(first.attempt, 1);
+    assert!(
+        receive(&backend, 10).await.is_empty(),
+        "leased updates are not handed out twice"
+    );
+    wait_past(suite_config().lease).await;
+    let second = receive(&backend, 1).await.remove(0);
+    assert_eq!(second.update.update_id, first.update.update_id);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.receipt, first.receipt);
+    assert!(matches!(
+        backend.ack(&first).await,
+        Err(BackendError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        backend.fail(&first, "stale").await,
+        Err(BackendError::LeaseLost(_))
+    ));
+    backend.ack(&second).await.unwrap();
+}
+
+pub async fn failures_back_off_then_dead_letter<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let config = suite_config();
+    enqueue(&backend, &message_update(4, 10, 1, "poison")).await;
+    for attempt in 1..=3u32 {
+        let delivery = receive(&backend, 1).await.remove(0);
+        assert_eq!(delivery.attempt, attempt);
+        let failed = backend
+            .fail(&delivery, &format!("boom {attempt}"))
+            .await
+            .unwrap();
+        if attempt < 3 {
+            let after = config.retry.backoff(attempt);
+            assert_eq!(failed, Failed::Retrying { after });
+            assert!(
+                receive(&backend, 1).await.is_empty(),
+                "a failed update waits out its backoff"
+            );
+            wait_past(after).await;
+        } else {
+            assert_eq!(failed, Failed::DeadLettered);
+        }
+    }
+    wait_past(config.retry.backoff_max).await;
+    assert!(receive(&backend, 10).await.is_empty());
+    let dead = backend.list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].update.update_id, UpdateId(4));
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_error.as_deref(), Some("boom 3"));
+    assert!(dead[0].update.raw.contains("poison"));
+    assert_eq!(
+        backend.show(UpdateId(4)).await.unwrap(),
+        Some(dead[0].clone())
+    );
+    assert_eq!(backend.show(UpdateId(99)).await.unwrap(), None);
+    assert_eq!(backend.stats().await.unwrap().dead, 1);
+}
+
+pub async fn expired_leases_count_as_attempts<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(5, 10, 1, "crashes its worker")).await;
+    for attempt in 1..=3u32 {
+        let delivery = receive(&backend, 1).await.remove(0);
+        assert_eq!(delivery.attempt, attempt);
+        wait_past(suite_config().lease).await;
+    }
+    assert!(receive(&backend, 10).await.is_empty());
+    let dead = backend.list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+}
+
+async fn dead_letter<B: Backend>(backend: &B, update: &InboundUpdate) {
+    enqueue(backend, update).await;
+    loop {
+        let mut deliveries = receive(backend, 100).await;
+        deliveries.retain(|d| d.update.update_id == update.id);
+        match deliveries.pop() {
+            Some(delivery) => {
+                if backend.fail(&delivery, "boom").await.unwrap() == Failed::DeadLettered {
+                    return;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub async fn dead_letters_can_be_redriven<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    dead_letter(&backend, &message_update(6, 10, 1, "a")).await;
+    assert!(backend.redrive(UpdateId(6)).await.unwrap());
+    assert!(
+        !backend.redrive(UpdateId(6)).await.unwrap(),
+        "no longer dead"
+    );
+    assert!(!backend.redrive(UpdateId(404)).await.unwrap());
+    let delivery = receive(&backend, 10).await.remove(0);
+    assert_eq!(delivery.update.update_id, UpdateId(6));
+    assert_eq!(delivery.attempt, 1, "a redriven update gets fresh attempts");
+    assert_eq!(
+        apply(&backend, &delivery, clock::now_ms()).await,
+        Applied::Written
+    );
+    assert!(backend.list(10).await.unwrap().is_empty());
+
+    dead_letter(&backend, &message_update(7, 11, 1, "b")).await;
+    dead_letter(&backend, &message_update(8, 12, 1, "c")).await;
+    assert_eq!(backend.redrive_all().await.unwrap(), 2);
+    assert_eq!(ids(&receive(&backend, 10).await), vec![7, 8]);
+    assert_eq!(backend.stats().await.unwrap().dead, 0);
+}
+
+pub async fn a_dead_letter_does_not_block_its_chat<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(21, 10, 2, "second")).await;
+    dead_letter(&backend, &message_update(20, 10, 1, "first")).await;
+    let deliveries = receive(&backend, 10).await;
+    assert_eq!(ids(&deliveries), vec![21]);
+}
+
+pub async fn one_chat_at_a_time_in_update_id_order<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    for (id, chat) in [
+        (12, -100),
+        (10, -100),
+        (11, -100),
+        (30, 7),
+        (31, 7),
+        (40, 8),
+    ] {
+        enqueue(&backend, &message_update(id, chat, id, "x")).await;
+    }
+    let first = receive(&backend, 10).await;
+    assert_eq!(ids(&first), vec![10, 30, 40], "only the head of each chat");
+    assert!(
+        receive(&backend, 10).await.is_empty(),
+        "heads are in flight"
+    );
+    for delivery in &first {
+        apply(&backend, delivery, clock::now_ms()).await;
+    }
+    let second = receive(&backend, 10).await;
+    assert_eq!(ids(&second), vec![11, 31]);
+    for delivery in &second {
+        backend.ack(delivery).await.unwrap();
+    }
+    assert_eq!(ids(&receive(&backend, 10).await), vec![12]);
+}
+
+pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    const CHATS: i64 = 6;
+    const PER_CHAT: i64 = 15;
+    let backend = Arc::new(fresh(&make).await);
+    let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let processed = Arc::new(Mutex::new(HashMap::<String, Vec<i64>>::new()));
+
+    // Each chat's updates arrive one after another, as Telegram sends them.
+    let mut senders = Vec::new();
+    for chat in 0..CHATS {
+        let backend = Arc::clone(&backend);
+        senders.push(tokio::spawn(async move {
+            for n in 0..PER_CHAT {
+                let id = 1000 + n * CHATS + chat;
+                enqueue(&*backend, &message_update(id, -chat - 1, n + 1, "x")).await;
+                tokio::time::sleep(Duration::from_millis(id as u64 % 3)).await;
+            }
+        }));
+    }
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let (backend, in_flight, processed) = (
+            Arc::clone(&backend),
+            Arc::clone(&in_flight),
+            Arc::clone(&processed),
+        );
+        workers.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < deadline {
+                let done: usize = processed.lock().unwrap().values().map(Vec::len).sum();
+                if done == (CHATS * PER_CHAT) as usize {
+                    return;
+                }
+                let deliveries = receive(&*backend, 3).await;
+                if deliveries.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                for delivery in deliveries {
+                    let key = delivery.update.order_key.to_string();
+                    assert!(
+                        in_flight.lock().unwrap().insert(key.clone()),
+                        "two updates of {key} in flight at once"
+                    );
+                    tokio::time::sleep(Duration::from_millis((worker + 1) % 3)).await;
+                    processed
+                        .lock()
+                        .unwrap()
+                        .entry(key.clone())
+                        .or_default()
+                        .push(delivery.update.update_id.0);
+                    in_flight.lock().unwrap().remove(&key);
+                    apply(&*backend, &delivery, clock::now_ms()).await;
+                }
+            }
+        }));
+    }
+    for task in senders.into_iter().chain(workers) {
+        task.await.expect("task");
+    }
+    let processed = processed.lock().unwrap();
+    assert_eq!(processed.len(), CHATS as usize);
+    for (chat, order) in processed.iter() {
+        assert_eq!(order.len(), PER_CHAT as usize, "{chat} processed {order:?}");
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "{chat} out of order: {order:?}"
+        );
+    }
+}
+
+pub async fn apply_is_idempotent<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(50, -100, 1, "hello")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    let records: Records = build_records(&delivery.update, clock::now_ms()).unwrap();
+    assert_eq!(
+        backend.apply(&delivery, &records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(
+        backend.apply(&delivery, &records).await.unwrap(),
+        Applied::AlreadyDone
+    );
+    let later = build_records(&delivery.update, clock::now_ms() + 5000).unwrap();
+    assert_eq!(
+        backend.apply(&delivery, &later).await.unwrap(),
+        Applied::AlreadyDone
+    );
+    let messages = backend
+        .messages(&MessageQuery {
+            limit: 100,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(messages, vec![records.message.clone().unwrap()]);
+    let events = backend.events_by_user("telegram_1100", "").await.unwrap();
+    assert_eq!(events, vec![records.event.clone()]);
+    wait_past(suite_config().lease).await;
+    assert!(receive(&backend, 10).await.is_empty(), "applied means done");
+}
+
+pub async fn the_first_write_of_a_message_wins<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(60, 5, 1, "first")).await;
+    let first = receive(&backend, 1).await.remove(0);
+    apply(&backend, &first, clock::now_ms()).await;
+    enqueue(&backend, &message_update(61, 5, 1, "second")).await;
+    let second = receive(&backend, 1).await.remove(0);
+    assert_eq!(
+        apply(&backend, &second, clock::now_ms()).await,
+        Applied::Written
+    );
+    let messages = backend
+        .messages(&MessageQuery {
+            limit: 10,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].text.as_deref(), Some("first"));
+    let events = backend.events_by_user("telegram_1005", "").await.unwrap();
+    assert_eq!(events.len(), 2, "one event per update");
+}
+
+pub async fn a_user_upsert_keeps_created_at<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let first = InboundUpdate::parse(
+        br#"{"update_id":70,"message":{"message_id":1,"date":1,"chat":{"id":3},"from":{"id":3,"first_name":"Ann","username":"ann","language_code":"en"},"text":"a"}}"#,
+    )
+    .unwrap();
+    let second = InboundUpdate::parse(
+        br#"{"update_id":71,"edited_message":{"message_id":1,"date":1,"chat":{"id":3},"from":{"id":3,"first_name":"Ann","last_name":"Lee","username":"ann_lee"},"text":"b"}}"#,
+    )
+    .unwrap();
+    enqueue(&backend, &first).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    apply(&backend, &delivery, 1_700_000_000_000).await;
+    enqueue(&backend, &second).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    apply(&backend, &delivery, 1_700_000_060_000).await;
+    let user = backend.user("telegram_3").await.unwrap().expect("user");
+    assert_eq!(user.telegram_id, 3);
+    assert_eq!(user.created_at, "2023-11-14T22:13:20.000Z");
+    assert_eq!(user.updated_at, "2023-11-14T22:14:20.000Z");
+    assert_eq!(user.username.as_deref(), Some("ann_lee"));
+    assert_eq!(user.last_name.as_deref(), Some("Lee"));
+    assert_eq!(user.language_code, None, "fields follow the latest update");
+    assert_eq!(backend.user("telegram_4").await.unwrap(), None);
+}
+
+pub async fn events_are_queryable_by_user_and_time<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    enqueue(&backend, &message_update(80, 9, 1, "a")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    apply(&backend, &delivery, clock::now_ms()).await;
+    let cutoff = clock::iso8601(clock::now_ms() + 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    enqueue(&backend, &message_update(81, 9, 2, "b")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    apply(&backend, &delivery, clock::now_ms()).await;
+    let all = backend.events_by_user("telegram_1009", "").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].timestamp <= all[1].timestamp);
+    assert!(all.iter().all(|e| e.event_type == "message" && e.processed));
+    let recent = backend
+        .events_by_user("telegram_1009", &cutoff)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].payload["text"], "b");
+    assert!(
+        backend
+            .events_by_user("telegram_1", "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn messages_filter_and_page<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let mut id = 90;
+    for chat in [-5_i64, 6, 7] {
+        for message in 1..=3 {
+            id += 1;
+            enqueue(&backend, &message_update(id, chat, message, "m")).await;
+        }
+    }
+    let mut stored = 0;
+    while stored < 9 {
+        let deliveries = receive(&backend, 10).await;
+        for delivery in &deliveries {
+            apply(&backend, delivery, clock::now_ms()).await;
+        }
+        stored += deliveries.len();
+    }
+    let query = |chat_id: Option<&str>, since_ms, after: Option<(&str, i64)>, limit| MessageQuery {
+        chat_id: chat_id.map(str::to_owned),
+        since_ms,
+        after: after.map(|(c, m)| (c.to_owned(), m)),
+        limit,
+    };
+    let keys = |messages: Vec<crate::MessageRecord>| -> Vec<(String, i64)> {
+        messages
+            .into_iter()
+            .map(|m| (m.chat_id, m.message_id))
+            .collect()
+    };
+    let chat = keys(
+        backend
+            .messages(&query(Some("6"), None, None, 10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        chat,
+        vec![("6".into(), 1), ("6".into(), 2), ("6".into(), 3)]
+    );
+    let since = backend
+        .messages(&query(
+            Some("7"),
+            Some((1_714_564_800 + 2) * 1000),
+            None,
+            10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(keys(since), vec![("7".into(), 2), ("7".into(), 3)]);
+    let mut paged = Vec::new();
+    let mut after: Option<(String, i64)> = None;
+    loop {
+        let page = backend
+            .messages(&MessageQuery {
+                after: after.clone(),
+                limit: 4,
+                ..MessageQuery::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|m| (m.chat_id.clone(), m.message_id));
+        paged.extend(keys(page));
+    }
+    assert_eq!(paged.len(), 9);
+    let unique: HashSet<_> = paged.iter().collect();
+    assert_eq!(unique.len(), 9);
+}
+
+pub async fn sessions_expire<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let now_s = clock::now_ms() / 1000;
+    let session = |id: &str, user: &str, expires_at: i64| SessionRecord {
+        session_id: id.into(),
+        user_id: user.into(),
+        chat_id: -100,
+        state: "awaiting_token".into(),
+        data: serde_json::json!({"step": 1, "nested": {"a": [1, 2]}})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        created_at: clock::iso8601(clock::now_ms()),
+        updated_at: clock::iso8601(clock::now_ms()),
+        expires_at,
+    };
+    let live = session("s-live", "telegram_1", now_s + 3600);
+    let expired = session("s-old", "telegram_1", now_s - 1);
+    let other = session("s-other", "telegram_2", now_s + 3600);
+    for s in [&live, &expired, &other] {
+        backend.put_session(s).await.unwrap();
+    }
+    assert_eq!(backend.session("s-live").await.unwrap(), Some(live.clone()));
+    assert_eq!(backend.session("s-old").await.unwrap(), None, "expired");
+    assert_eq!(
+        backend.sessions_by_user("telegram_1").await.unwrap(),
+        vec![live.clone()]
+    );
+    let mut moved = live.clone();
+    moved.state = "done".into();
+    backend.put_session(&moved).await.unwrap();
+    assert_eq!(backend.session("s-live").await.unwrap(), Some(moved));
+    assert_eq!(
+        backend
+            .purge_expired_sessions(clock::now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(backend.delete_session("s-other").await.unwrap());
+    assert!(!backend.delete_session("s-other").await.unwrap());
+    assert_eq!(backend.session("s-other").await.unwrap(), None);
+}

@@ -1,0 +1,769 @@
+//! Botline's embedded backend: queue, dedupe set and records in one SQLite file in WAL mode.
+//!
+//! Every write goes through one writer thread that commits all writes waiting at that moment in
+//! one transaction (group commit), with `synchronous = FULL` so that a commit is on disk before
+//! any caller hears of it. Reads use their own connections and never wait for the writer.
+//! Other processes (the operator CLI) may open the same file while `botline serve` runs.
+
+mod writer;
+
+use async_trait::async_trait;
+use botline_core::backend::{Applied, DeadLetter, Enqueued, Failed, MessageQuery, QueueStats};
+use botline_core::{
+    BackendError, DeadLetters, Delivery, EventRecord, InboundUpdate, MessageRecord, OrderKey,
+    Queue, QueueConfig, QueuedUpdate, Records, SessionRecord, Sessions, Store, UpdateId,
+    UpdateKind, UserRecord, clock,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use writer::Writer;
+
+/// The schema, applied at every open (idempotent).
+const SCHEMA: &str = include_str!("schema.sql");
+const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The file name inside a data directory.
+pub const DB_FILE: &str = "botline.db";
+
+const DONE: i64 = 1;
+
+/// The embedded backend. Cheap to clone; all clones share one writer.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writer: Writer,
+    readers: Readers,
+    config: QueueConfig,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            BackendError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        Self::open_file(&data_dir.join(DB_FILE), config, true)
+    }
+
+    /// Opens the store in `data_dir`, which must already hold one (for the operator CLI).
+    pub fn open_existing(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(BackendError::Unavailable(format!(
+                "no Botline store at {} (start `botline serve --data-dir {}` first)",
+                path.display(),
+                data_dir.display()
+            )));
+        }
+        Self::open_file(&path, config, false)
+    }
+
+    fn open_file(path: &Path, config: QueueConfig, create: bool) -> Result<Self, BackendError> {
+        let conn = connect(path, create)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        if version > SCHEMA_VERSION {
+            return Err(BackendError::Corrupt(format!(
+                "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+            .map_err(unavailable)?;
+        let writer = Writer::start(conn)
+            .map_err(|e| BackendError::Unavailable(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer,
+                readers: Readers {
+                    path: path.to_owned(),
+                    idle: Mutex::new(Vec::new()),
+                },
+                config,
+            }),
+        })
+    }
+
+    /// Whether the store answers a read now (for health checks).
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn write<R, F>(&self, op: F) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, BackendError> + Send + 'static,
+    {
+        self.inner.writer.write(op).await
+    }
+
+    async fn read<R, F>(&self, op: F) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, BackendError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.take()?;
+            let result = op(&conn);
+            inner.readers.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn connect(path: &Path, create: bool) -> Result<Connection, BackendError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BackendError::Unavailable(format!(
+            "{} cannot use WAL mode (got {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -2000;")
+        .map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Idle read connections, opened on demand.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// Read connections kept open between reads.
+    const KEEP: usize = 4;
+
+    fn take(&self) -> Result<Connection, BackendError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => {
+                let conn = connect(&self.path, false)?;
+                conn.execute_batch("PRAGMA query_only = ON")
+                    .map_err(unavailable)?;
+                Ok(conn)
+            }
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < Self::KEEP
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+/// SQLite's errors all mean "cannot do it now" to the caller: full, read-only, locked, I/O.
+pub(crate) fn unavailable(e: rusqlite::Error) -> BackendError {
+    BackendError::Unavailable(format!("SQLite: {e}"))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+const UPDATE_COLUMNS: &str = "update_id, entry_id, order_key, kind, raw, received_at";
+
+/// A `updates` row (selected with [`UPDATE_COLUMNS`] first) as a queued update.
+fn queued_update(row: &Row<'_>) -> rusqlite::Result<QueuedUpdate> {
+    let order_key: String = row.get(2)?;
+    let order_key = order_key.parse::<OrderKey>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+    })?;
+    Ok(QueuedUpdate {
+        update_id: UpdateId(row.get(0)?),
+        entry_id: row.get(1)?,
+        order_key,
+        kind: UpdateKind(row.get(3)?),
+        raw: row.get(4)?,
+        received_at_ms: row.get(5)?,
+    })
+}
+
+fn dead_letter(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        update: queued_update(row)?,
+        attempts: row.get(6)?,
+        last_error: row.get(7)?,
+        dead_at_ms: row.get::<_, Option<i64>>(8)?.unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl Queue for SqliteBackend {
+    async fn enqueue(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError> {
+        let update = update.clone();
+        let entry_id = uuid::Uuid::now_v7().to_string();
+        self.write(move |conn| {
+            let now = clock::now_ms();
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO updates (update_id, entry_id, order_key, kind, raw, received_at, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (update_id) DO NOTHING",
+                )
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        update.id.0,
+                        entry_id,
+                        update.order_key.to_string(),
+                        update.kind.as_str(),
+                        update.raw,
+                        now
+                    ])
+                })
+                .map_err(unavailable)?;
+            Ok(if inserted == 1 {
+                Enqueued::New
+            } else {
+                Enqueued::Duplicate
+            })
+        })
+        .await
+    }
+
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        let config = self.inner.config;
+        self.write(move |conn| {
+            let now = clock::now_ms();
+            let heads = conn
+                .prepare_cached(&format!(
+                    "SELECT {UPDATE_COLUMNS}, attempts FROM updates AS u
+                     WHERE state = 0 AND visible_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM updates AS p
+                                       WHERE p.state = 0 AND p.order_key = u.order_key
+                                         AND p.update_id < u.update_id)
+                     ORDER BY visible_at, update_id LIMIT ?2"
+                ))
+                .and_then(|mut select| {
+                    select
+                        .query_map(params![now, max as i64], |row| {
+                            Ok((queued_update(row)?, row.get::<_, u32>(6)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            let mut deliveries = Vec::with_capacity(heads.len());
+            for (update, attempts) in heads {
+                if attempts >= config.retry.max_attempts {
+                    conn.prepare_cached(
+                        "UPDATE updates SET state = 2, finished_at = ?2, receipt = NULL,
+                         last_error = ?3 WHERE update_id = ?1",
+                    )
+                    .and_then(|mut kill| {
+                        kill.execute(params![
+                            update.update_id.0,
+                            now,
+                            format!("lease expired on each of {attempts} attempts")
+                        ])
+                    })
+                    .map_err(unavailable)?;
+                    continue;
+                }
+                let receipt = uuid::Uuid::new_v4().simple().to_string();
+                conn.prepare_cached(
+                    "UPDATE updates SET attempts = attempts + 1, visible_at = ?2, receipt = ?3
+                     WHERE update_id = ?1",
+                )
+                .and_then(|mut lease| {
+                    lease.execute(params![
+                        update.update_id.0,
+                        now.saturating_add(millis(config.lease)),
+                        receipt
+                    ])
+                })
+                .map_err(unavailable)?;
+                deliveries.push(Delivery {
+                    update,
+                    attempt: attempts + 1,
+                    receipt,
+                });
+            }
+            Ok(deliveries)
+        })
+        .await
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let id = delivery.update.update_id;
+        let receipt = delivery.receipt.clone();
+        self.write(move |conn| {
+            let acked = conn
+                .prepare_cached(
+                    "UPDATE updates SET state = 1, finished_at = ?3
+                     WHERE update_id = ?1 AND receipt = ?2 AND state = 0",
+                )
+                .and_then(|mut ack| ack.execute(params![id.0, receipt, clock::now_ms()]))
+                .map_err(unavailable)?;
+            if acked == 1 || state_of(conn, id)? == Some(DONE) {
+                Ok(())
+            } else {
+                Err(BackendError::LeaseLost(id))
+            }
+        })
+        .await
+    }
+
+    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
+        let id = delivery.update.update_id;
+        let receipt = delivery.receipt.clone();
+        let reason: String = reason.chars().take(2000).collect();
+        let retry = self.inner.config.retry;
+        self.write(move |conn| {
+            let attempts: Option<u32> = conn
+                .prepare_cached(
+                    "SELECT attempts FROM updates WHERE update_id = ?1 AND receipt = ?2 AND state = 0",
+                )
+                .and_then(|mut select| {
+                    select
+                        .query_row(params![id.0, receipt], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(unavailable)?;
+            let attempts = attempts.ok_or(BackendError::LeaseLost(id))?;
+            let now = clock::now_ms();
+            if attempts >= retry.max_attempts {
+                conn.prepare_cached(
+                    "UPDATE updates SET state = 2, finished_at = ?2, receipt = NULL, last_error = ?3
+                     WHERE update_id = ?1",
+                )
+                .and_then(|mut kill| kill.execute(params![id.0, now, reason]))
+                .map_err(unavailable)?;
+                return Ok(Failed::DeadLettered);
+            }
+            let after = retry.backoff(attempts);
+            conn.prepare_cached(
+                "UPDATE updates SET visible_at = ?2, receipt = NULL, last_error = ?3
+                 WHERE update_id = ?1",
+            )
+            .and_then(|mut retry| {
+                retry.execute(params![id.0, now.saturating_add(millis(after)), reason])
+            })
+            .map_err(unavailable)?;
+            Ok(Failed::Retrying { after })
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, BackendError> {
+        self.read(|conn| {
+            let now = clock::now_ms();
+            let count = |sql: &str| -> Result<u64, BackendError> {
+                conn.prepare_cached(sql)
+                    .and_then(|mut count| count.query_row(params![now], |row| row.get::<_, i64>(0)))
+                    .map(|n| n.unsigned_abs())
+                    .map_err(unavailable)
+            };
+            Ok(QueueStats {
+                pending: count(
+                    "SELECT COUNT(*) FROM updates WHERE state = 0
+                     AND (receipt IS NULL OR visible_at <= ?1)",
+                )?,
+                in_flight: count(
+                    "SELECT COUNT(*) FROM updates WHERE state = 0
+                     AND receipt IS NOT NULL AND visible_at > ?1",
+                )?,
+                dead: count("SELECT COUNT(*) FROM updates WHERE state = 2 AND ?1 = ?1")?,
+                done: count("SELECT COUNT(*) FROM updates WHERE state = 1 AND ?1 = ?1")?,
+            })
+        })
+        .await
+    }
+
+    async fn housekeeping(&self) -> Result<(), BackendError> {
+        let window = millis(self.inner.config.dedupe_window);
+        let forgotten = self
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "DELETE FROM updates WHERE rowid IN
+                     (SELECT rowid FROM updates WHERE state = 1 AND received_at < ?1 LIMIT 10000)",
+                )
+                .and_then(|mut forget| forget.execute(params![clock::now_ms() - window]))
+                .map_err(unavailable)
+            })
+            .await?;
+        let purged = self.purge_expired_sessions(clock::now_ms()).await?;
+        tracing::debug!(forgotten, purged, "housekeeping");
+        Ok(())
+    }
+}
+
+fn state_of(conn: &Connection, id: UpdateId) -> Result<Option<i64>, BackendError> {
+    conn.prepare_cached("SELECT state FROM updates WHERE update_id = ?1")
+        .and_then(|mut select| select.query_row(params![id.0], |row| row.get(0)).optional())
+        .map_err(unavailable)
+}
+
+#[async_trait]
+impl DeadLetters for SqliteBackend {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {UPDATE_COLUMNS}, attempts, last_error, finished_at FROM updates
+                 WHERE state = 2 ORDER BY finished_at, update_id LIMIT ?1"
+            ))
+            .and_then(|mut select| {
+                select
+                    .query_map(params![limit as i64], dead_letter)?
+                    .collect()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn show(&self, id: UpdateId) -> Result<Option<DeadLetter>, BackendError> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {UPDATE_COLUMNS}, attempts, last_error, finished_at FROM updates
+                 WHERE state = 2 AND update_id = ?1"
+            ))
+            .and_then(|mut select| select.query_row(params![id.0], dead_letter).optional())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn redrive(&self, id: UpdateId) -> Result<bool, BackendError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE updates SET state = 0, attempts = 0, visible_at = ?2, receipt = NULL,
+                 finished_at = NULL WHERE update_id = ?1 AND state = 2",
+            )
+            .and_then(|mut redrive| redrive.execute(params![id.0, clock::now_ms()]))
+            .map(|changed| changed == 1)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn redrive_all(&self) -> Result<u64, BackendError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE updates SET state = 0, attempts = 0, visible_at = ?1, receipt = NULL,
+                 finished_at = NULL WHERE state = 2",
+            )
+            .and_then(|mut redrive| redrive.execute(params![clock::now_ms()]))
+            .map(|changed| changed as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteBackend {
+    async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError> {
+        let id = delivery.update.update_id;
+        let records = records.clone();
+        self.write(move |conn| {
+            if state_of(conn, id)? == Some(DONE) {
+                return Ok(Applied::AlreadyDone);
+            }
+            write_records(conn, &records).map_err(unavailable)?;
+            conn.prepare_cached(
+                "UPDATE updates SET state = 1, finished_at = ?2 WHERE update_id = ?1",
+            )
+            .and_then(|mut done| done.execute(params![id.0, clock::now_ms()]))
+            .map_err(unavailable)?;
+            Ok(Applied::Written)
+        })
+        .await
+    }
+
+    async fn messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, BackendError> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let (after_chat, after_message) = query.after.unwrap_or((String::new(), i64::MIN));
+            conn.prepare_cached(
+                "SELECT chat_id, message_id, user_id, user_name, text, timestamp, raw, created_at
+                 FROM messages
+                 WHERE (?1 IS NULL OR chat_id = ?1) AND (?2 IS NULL OR timestamp >= ?2)
+                   AND (chat_id, message_id) > (?3, ?4)
+                 ORDER BY chat_id, message_id LIMIT ?5",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_map(
+                        params![
+                            query.chat_id,
+                            query.since_ms,
+                            after_chat,
+                            after_message,
+                            query.limit as i64
+                        ],
+                        |row| {
+                            Ok(MessageRecord {
+                                chat_id: row.get(0)?,
+                                message_id: row.get(1)?,
+                                user_id: row.get(2)?,
+                                user_name: row.get(3)?,
+                                text: row.get(4)?,
+                                timestamp: row.get(5)?,
+                                raw: row.get(6)?,
+                                created_at: row.get(7)?,
+                            })
+                        },
+                    )?
+                    .collect()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, BackendError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
+                        created_at, updated_at FROM users WHERE user_id = ?1",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(params![user_id], |row| {
+                        Ok(UserRecord {
+                            user_id: row.get(0)?,
+                            telegram_id: row.get(1)?,
+                            username: row.get(2)?,
+                            first_name: row.get(3)?,
+                            last_name: row.get(4)?,
+                            language_code: row.get(5)?,
+                            created_at: row.get(6)?,
+                            updated_at: row.get(7)?,
+                        })
+                    })
+                    .optional()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn events_by_user(
+        &self,
+        user_id: &str,
+        since: &str,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        let (user_id, since) = (user_id.to_owned(), since.to_owned());
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT event_id, user_id, event_type, payload, timestamp, processed FROM events
+                     WHERE user_id = ?1 AND timestamp >= ?2 ORDER BY timestamp, event_id",
+                )
+                .and_then(|mut select| {
+                    select
+                        .query_map(params![user_id, since], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, Option<String>>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, String>(4)?,
+                                row.get::<_, bool>(5)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            rows.into_iter()
+                .map(
+                    |(event_id, user_id, event_type, payload, timestamp, processed)| {
+                        Ok(EventRecord {
+                            payload: serde_json::from_str(&payload).map_err(|e| {
+                                BackendError::Corrupt(format!("event {event_id} payload: {e}"))
+                            })?,
+                            event_id,
+                            user_id,
+                            event_type,
+                            timestamp,
+                            processed,
+                        })
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+}
+
+fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
+    if let Some(m) = &records.message {
+        conn.prepare_cached(
+            "INSERT INTO messages (chat_id, message_id, user_id, user_name, text, timestamp, raw, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            m.chat_id,
+            m.message_id,
+            m.user_id,
+            m.user_name,
+            m.text,
+            m.timestamp,
+            m.raw,
+            m.created_at
+        ])?;
+    }
+    if let Some(u) = &records.user {
+        conn.prepare_cached(
+            "INSERT INTO users (user_id, telegram_id, username, first_name, last_name, language_code, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 telegram_id = excluded.telegram_id, username = excluded.username,
+                 first_name = excluded.first_name, last_name = excluded.last_name,
+                 language_code = excluded.language_code, updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            u.user_id,
+            u.telegram_id,
+            u.username,
+            u.first_name,
+            u.last_name,
+            u.language_code,
+            u.created_at,
+            u.updated_at
+        ])?;
+    }
+    let e = &records.event;
+    conn.prepare_cached(
+        "INSERT INTO events (event_id, user_id, event_type, payload, timestamp, processed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        e.event_id,
+        e.user_id,
+        e.event_type,
+        e.payload.to_string(),
+        e.timestamp,
+        e.processed
+    ])?;
+    Ok(())
+}
+
+const SESSION_COLUMNS: &str =
+    "session_id, user_id, chat_id, state, data, created_at, updated_at, expires_at";
+
+fn session(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let data: String = row.get(4)?;
+    Ok(SessionRecord {
+        session_id: row.get(0)?,
+        user_id: row.get(1)?,
+        chat_id: row.get(2)?,
+        state: row.get(3)?,
+        data: serde_json::from_str(&data).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
+        })?,
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+        expires_at: row.get(7)?,
+    })
+}
+
+#[async_trait]
+impl Sessions for SqliteBackend {
+    async fn put_session(&self, s: &SessionRecord) -> Result<(), BackendError> {
+        let s = s.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))
+            .and_then(|mut put| {
+                put.execute(params![
+                    s.session_id,
+                    s.user_id,
+                    s.chat_id,
+                    s.state,
+                    serde_json::Value::Object(s.data).to_string(),
+                    s.created_at,
+                    s.updated_at,
+                    s.expires_at
+                ])
+            })
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, BackendError> {
+        let session_id = session_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1 AND expires_at * 1000 > ?2"
+            ))
+            .and_then(|mut select| {
+                select
+                    .query_row(params![session_id, clock::now_ms()], session)
+                    .optional()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn sessions_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 AND expires_at * 1000 > ?2
+                 ORDER BY created_at, session_id"
+            ))
+            .and_then(|mut select| {
+                select
+                    .query_map(params![user_id, clock::now_ms()], session)?
+                    .collect()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool, BackendError> {
+        let session_id = session_id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")
+                .and_then(|mut delete| delete.execute(params![session_id]))
+                .map(|deleted| deleted == 1)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn purge_expired_sessions(&self, now_ms: i64) -> Result<u64, BackendError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM sessions WHERE expires_at * 1000 <= ?1")
+                .and_then(|mut purge| purge.execute(params![now_ms]))
+                .map(|purged| purged as u64)
+                .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,76 @@
+-- Botline's embedded store, version 1. Queue and records live in one file so that enqueue and
+-- dedupe are one statement, and applying an update's records and marking it done one
+-- transaction.
+
+-- The queue and the dedupe set: one row per update_id seen within the dedupe window.
+-- state: 0 pending (visible at visible_at; leased while receipt is set and visible_at is ahead),
+--        1 done, 2 dead letter.
+CREATE TABLE IF NOT EXISTS updates (
+    update_id   INTEGER PRIMARY KEY,
+    entry_id    TEXT    NOT NULL,
+    order_key   TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    raw         TEXT    NOT NULL,
+    received_at INTEGER NOT NULL,
+    state       INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    visible_at  INTEGER NOT NULL,
+    receipt     TEXT,
+    last_error  TEXT,
+    finished_at INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS updates_pending_by_key ON updates (order_key, update_id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS updates_pending_by_time ON updates (visible_at) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS updates_done ON updates (received_at) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS updates_dead ON updates (finished_at) WHERE state = 2;
+
+-- Seed 000's messages table.
+CREATE TABLE IF NOT EXISTS messages (
+    chat_id    TEXT    NOT NULL,
+    message_id INTEGER NOT NULL,
+    user_id    INTEGER,
+    user_name  TEXT,
+    text       TEXT,
+    timestamp  INTEGER NOT NULL,
+    raw        TEXT    NOT NULL,
+    created_at TEXT    NOT NULL,
+    PRIMARY KEY (chat_id, message_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (timestamp);
+
+-- Seed 001's users, events and sessions tables.
+CREATE TABLE IF NOT EXISTS users (
+    user_id       TEXT    PRIMARY KEY,
+    telegram_id   INTEGER NOT NULL,
+    username      TEXT,
+    first_name    TEXT,
+    last_name     TEXT,
+    language_code TEXT,
+    created_at    TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS events (
+    event_id   TEXT    PRIMARY KEY,
+    user_id    TEXT,
+    event_type TEXT    NOT NULL,
+    payload    TEXT    NOT NULL,
+    timestamp  TEXT    NOT NULL,
+    processed  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT    PRIMARY KEY,
+    user_id    TEXT    NOT NULL,
+    chat_id    INTEGER NOT NULL,
+    state      TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    created_at TEXT    NOT NULL,
+    updated_at TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
+
+PRAGMA user_version = 1;
