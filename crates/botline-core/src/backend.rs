@@ -201,6 +201,9 @@ pub trait Queue: Send + Sync {
 
     async fn stats(&self) -> Result<QueueStats, BackendError>;
 
+    /// Whether the queue can take an update now (for health checks).
+    async fn ping(&self) -> Result<(), BackendError>;
+
     /// Periodic upkeep: forget ids older than the dedupe window, purge what has expired.
     /// Backends whose service does this itself (DynamoDB TTL, SQS retention) keep the default.
     async fn housekeeping(&self) -> Result<(), BackendError> {
@@ -265,9 +268,9 @@ pub trait Sessions: Send + Sync {
 }
 
 /// Everything a full backend offers.
-pub trait Backend: Queue + DeadLetters + Store + Sessions {}
+pub trait Backend: Queue + DeadLetters + Store + Sessions + std::fmt::Debug {}
 
-impl<T: Queue + DeadLetters + Store + Sessions> Backend for T {}
+impl<T: Queue + DeadLetters + Store + Sessions + std::fmt::Debug> Backend for T {}
 
 #[cfg(test)]
 mod tests {

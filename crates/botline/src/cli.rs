@@ -1,0 +1,153 @@
+//! The command line. Flags that are settings are serialized (skipping those not given) and
+//! layered over the environment and `botline.toml` by [`crate::config::Settings::load`].
+
+use crate::config::LogFormat;
+use crate::ops::ExportFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "botline", version = crate::version(), about = "Takes Telegram bot updates and never loses one.")]
+pub struct Cli {
+    /// Settings file [default: ./botline.toml, if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive webhook updates, make them durable, and process them into the store.
+    Serve(ServeArgs),
+    /// Read the stored messages.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+    /// Look after updates that failed every attempt.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Queue depth, updates in flight, dead letters, updates remembered.
+    Stats {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the store is.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct StoreArgs {
+    /// The data directory [default: ./botline-data]
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The backend holding queue and store.
+    #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
+    #[serde(skip)]
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// SQLite in the data directory.
+    Embedded,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub store: StoreArgs,
+
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// File holding the webhook secret (instead of BOTLINE_WEBHOOK_SECRET).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Allow a non-loopback address without a webhook secret.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_no_secret: bool,
+
+    /// Largest accepted body in bytes [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Attempts before an update is dead-lettered [default: 3]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+
+    /// Updates of different chats processed at once [default: 16]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_concurrency: Option<usize>,
+
+    /// Log format [default: auto, JSON unless stderr is a terminal]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessagesCommand {
+    /// Write stored messages to stdout, one record per line.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Only this chat's messages.
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
+        chat: Option<i64>,
+        /// Only messages sent at or after this time (RFC 3339, a date, or unix seconds).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One JSON line per dead letter, oldest first.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// A dead letter with its update, as JSON.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The update_id.
+        id: i64,
+    },
+    /// Put dead letters back on the queue with fresh attempts.
+    Redrive {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The update_id to redrive.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Redrive every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}

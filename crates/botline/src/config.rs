@@ -1,0 +1,328 @@
+//! Settings, layered: command-line flags, then `BOTLINE_*` environment variables, then an
+//! optional `botline.toml`, then defaults (figment does the merging).
+//!
+//! Secrets are not settings: the webhook secret comes from `BOTLINE_WEBHOOK_SECRET` or from the
+//! file named by `webhook_secret_file` (flag, `BOTLINE_WEBHOOK_SECRET_FILE` or the TOML file),
+//! never from the TOML file itself, so a config file can be committed safely.
+
+use crate::secret::WebhookSecret;
+use botline_core::{QueueConfig, RetryPolicy};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "botline.toml";
+
+/// Every setting, with its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    /// The address `botline serve` listens on.
+    pub listen: SocketAddr,
+    /// A file holding the webhook secret (Telegram's `secret_token`).
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Serve a non-loopback address without a webhook secret (anyone could post updates).
+    pub insecure_no_secret: bool,
+    /// Bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// How long the receiver waits for an update to become durable before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long a worker holds an update before it is handed out again.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Attempts before an update is dead-lettered.
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How long seen `update_id`s are remembered (at least 48 h).
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Updates processed at once (of different chats).
+    pub worker_concurrency: usize,
+    /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let queue = QueueConfig::default();
+        Self {
+            data_dir: PathBuf::from("./botline-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            webhook_secret_file: None,
+            insecure_no_secret: false,
+            max_body_bytes: 1024 * 1024,
+            ack_timeout: Duration::from_secs(2),
+            lease: queue.lease,
+            max_attempts: queue.retry.max_attempts,
+            backoff_base: queue.retry.backoff_base,
+            backoff_max: queue.retry.backoff_max,
+            dedupe_window: queue.dedupe_window,
+            worker_concurrency: 16,
+            log_format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Why the settings cannot be used. The text is meant for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The environment variables that are settings (the rest of `BOTLINE_*` are secrets or belong
+/// to other parts).
+const ENV_SETTINGS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "webhook_secret_file",
+    "insecure_no_secret",
+    "max_body_bytes",
+    "ack_timeout",
+    "lease",
+    "max_attempts",
+    "backoff_base",
+    "backoff_max",
+    "dedupe_window",
+    "worker_concurrency",
+    "log_format",
+];
+
+impl Settings {
+    /// Layers `flags` (a serializable struct whose `None` fields are skipped) over
+    /// `BOTLINE_*` variables over the TOML file over the defaults.
+    pub fn load<F: Serialize>(config_file: Option<&Path>, flags: &F) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match config_file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("BOTLINE_").only(ENV_SETTINGS))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |text: &str| Err(ConfigError::Invalid(text.to_owned()));
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes must be at least 1024");
+        }
+        if self.max_attempts == 0 {
+            return invalid("max_attempts must be at least 1");
+        }
+        if self.worker_concurrency == 0 {
+            return invalid("worker_concurrency must be at least 1");
+        }
+        if self.dedupe_window < QueueConfig::MIN_DEDUPE_WINDOW {
+            return invalid(
+                "dedupe_window must be at least 48h: Telegram redelivers an update for up to 24 hours",
+            );
+        }
+        if self.lease < Duration::from_secs(1) || self.ack_timeout.is_zero() {
+            return invalid("lease must be at least 1s and ack_timeout more than 0");
+        }
+        Ok(())
+    }
+
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            lease: self.lease,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                backoff_base: self.backoff_base,
+                backoff_max: self.backoff_max,
+            },
+            dedupe_window: self.dedupe_window,
+        }
+    }
+
+    /// The webhook secret: `BOTLINE_WEBHOOK_SECRET`, else the secret file, else none.
+    pub fn webhook_secret(&self) -> Result<Option<WebhookSecret>, ConfigError> {
+        if let Ok(value) = std::env::var("BOTLINE_WEBHOOK_SECRET") {
+            if self.webhook_secret_file.is_some() {
+                return Err(ConfigError::Invalid(
+                    "set BOTLINE_WEBHOOK_SECRET or a webhook secret file, not both".into(),
+                ));
+            }
+            return WebhookSecret::new(value)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("BOTLINE_WEBHOOK_SECRET: {e}")));
+        }
+        let Some(path) = &self.webhook_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        WebhookSecret::new(text.trim_end_matches(['\n', '\r']).to_owned())
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Refuses to serve a non-loopback address without a secret unless told to.
+    pub fn check_exposure(&self, secret: Option<&WebhookSecret>) -> Result<(), ConfigError> {
+        if secret.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_secret {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without a webhook secret: anyone who can reach it could \
+                 post updates. Set BOTLINE_WEBHOOK_SECRET (and pass it to Telegram's setWebhook as \
+                 secret_token), or pass --insecure-no-secret if something in front checks it",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's `Jail` closures return its large error type.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        listen: Option<SocketAddr>,
+    }
+
+    fn load(jail_file: Option<&str>, flags: &Flags) -> Result<Settings, String> {
+        Settings::load(jail_file.map(Path::new), flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        Jail::expect_with(|_| {
+            let settings = load(None, &Flags::default()).unwrap();
+            assert_eq!(settings, Settings::default());
+            assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(settings.data_dir, PathBuf::from("./botline-data"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "botline.toml",
+                "listen = \"127.0.0.1:1000\"\ndata_dir = \"/from/file\"\nlease = \"45s\"\nmax_attempts = 5\n",
+            )?;
+            jail.set_env("BOTLINE_LISTEN", "127.0.0.1:2000");
+            jail.set_env("BOTLINE_MAX_ATTEMPTS", "4");
+            let settings = load(None, &Flags::default()).unwrap();
+            assert_eq!(settings.listen.port(), 2000);
+            assert_eq!(settings.max_attempts, 4);
+            assert_eq!(settings.data_dir, PathBuf::from("/from/file"));
+            assert_eq!(settings.lease, Duration::from_secs(45));
+            let flags = Flags {
+                listen: Some("127.0.0.1:3000".parse().unwrap()),
+            };
+            assert_eq!(load(None, &flags).unwrap().listen.port(), 3000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_in_the_config_file_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("botline.toml", "webhook_secret = \"abc\"\n")?;
+            let error = load(None, &Flags::default()).unwrap_err();
+            assert!(error.contains("webhook_secret"), "{error}");
+            assert!(!error.contains("abc"), "the value is not echoed: {error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOTLINE_DEDUPE_WINDOW", "1h");
+            assert!(load(None, &Flags::default()).unwrap_err().contains("48h"));
+            jail.set_env("BOTLINE_DEDUPE_WINDOW", "72h");
+            jail.set_env("BOTLINE_LISTEN", "nowhere");
+            let error = load(None, &Flags::default()).unwrap_err();
+            assert!(error.to_lowercase().contains("listen"), "{error}");
+            assert!(load(Some("missing.toml"), &Flags::default()).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_or_a_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("secret.txt", "file-secret_1\n")?;
+            let mut settings = Settings::default();
+            assert!(settings.webhook_secret().unwrap().is_none());
+            settings.webhook_secret_file = Some("secret.txt".into());
+            let secret = settings.webhook_secret().unwrap().unwrap();
+            assert!(secret.matches(b"file-secret_1"));
+            jail.set_env("BOTLINE_WEBHOOK_SECRET", "env-secret");
+            assert!(settings.webhook_secret().is_err(), "both is ambiguous");
+            settings.webhook_secret_file = None;
+            assert!(
+                settings
+                    .webhook_secret()
+                    .unwrap()
+                    .unwrap()
+                    .matches(b"env-secret")
+            );
+            jail.set_env("BOTLINE_WEBHOOK_SECRET", "bad secret!");
+            let error = settings.webhook_secret().unwrap_err().to_string();
+            assert!(!error.contains("bad secret!"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn public_addresses_need_a_secret_or_an_explicit_flag() {
+        let mut settings = Settings {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Settings::default()
+        };
+        let error = settings.check_exposure(None).unwrap_err().to_string();
+        assert!(error.contains("--insecure-no-secret"), "{error}");
+        let secret = WebhookSecret::new("s".into()).unwrap();
+        assert!(settings.check_exposure(Some(&secret)).is_ok());
+        settings.insecure_no_secret = true;
+        assert!(settings.check_exposure(None).is_ok());
+        assert!(Settings::default().check_exposure(None).is_ok());
+    }
+}

@@ -1,0 +1,280 @@
+//! The HTTP face of Botline: `POST /telegram/webhook`, `GET /health`, `GET /metrics`.
+//!
+//! One router, built here, is what `botline serve` runs with `axum::serve` (and what the ingest
+//! Lambda will run through `lambda_http`).
+//!
+//! The webhook answers 200 only once the update is durable, and 503 with `Retry-After` when it
+//! cannot be made durable in time, so Telegram retries instead of losing it. Checks run
+//! cheapest first, and the body is not read before the secret matched.
+
+use crate::metrics as names;
+use crate::secret::WebhookSecret;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use botline_core::{Backend, BackendError, Enqueued, InboundUpdate, InvalidUpdate};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// The header Telegram sends the `secret_token` of `setWebhook` in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+/// How long Telegram is asked to wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct App {
+    pub backend: Arc<dyn Backend>,
+    pub secret: Option<WebhookSecret>,
+    pub max_body_bytes: usize,
+    /// How long an update may take to become durable before the answer is 503.
+    pub ack_timeout: Duration,
+    /// Woken when an update was enqueued, so the worker picks it up at once.
+    pub new_update: Arc<Notify>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The router of all of Botline's HTTP endpoints.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/telegram/webhook", post(webhook))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            },
+        ))
+        .with_state(app)
+}
+
+/// `{"error": "..."}` with `status`.
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// How one webhook request ended.
+#[derive(Debug)]
+enum Outcome {
+    Accepted(InboundUpdate),
+    Duplicate(InboundUpdate),
+    Unauthorized,
+    TooLarge,
+    Invalid(InvalidUpdate),
+    /// The body could not be read (the client went away mid-body).
+    Unreadable,
+    Unavailable {
+        update: InboundUpdate,
+        reason: String,
+    },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted(_) => "accepted",
+            Self::Duplicate(_) => "duplicate",
+            Self::Unauthorized => "unauthorized",
+            Self::TooLarge => "too_large",
+            Self::Invalid(_) | Self::Unreadable => "invalid",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    fn update(&self) -> Option<&InboundUpdate> {
+        match self {
+            Self::Accepted(update) | Self::Duplicate(update) => Some(update),
+            Self::Unavailable { update, .. } => Some(update),
+            _ => None,
+        }
+    }
+
+    fn into_response(self, max_body_bytes: usize) -> Response {
+        match self {
+            Self::Accepted(_) | Self::Duplicate(_) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                r#"{"ok":true}"#,
+            )
+                .into_response(),
+            Self::Unauthorized => error(StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::TooLarge => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body exceeds {max_body_bytes} bytes"),
+            ),
+            Self::Invalid(invalid) => error(StatusCode::BAD_REQUEST, &invalid.to_string()),
+            Self::Unreadable => error(StatusCode::BAD_REQUEST, "body could not be read"),
+            Self::Unavailable { .. } => {
+                let mut response =
+                    error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+                response
+            }
+        }
+    }
+}
+
+async fn webhook(State(app): State<Arc<App>>, request: Request) -> Response {
+    let started = Instant::now();
+    let outcome = receive(&app, request).await;
+    let latency = started.elapsed();
+    metrics::counter!(names::WEBHOOK_REQUESTS, "outcome" => outcome.label()).increment(1);
+    metrics::histogram!(names::WEBHOOK_ACK_SECONDS).record(latency.as_secs_f64());
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    match (&outcome, outcome.update()) {
+        (Outcome::Unavailable { reason, .. }, Some(update)) => tracing::warn!(
+            update_id = update.id.0,
+            kind = %update.kind,
+            chat_id = update.order_key.chat().map(|c| c.0),
+            outcome = outcome.label(),
+            latency_ms,
+            reason = %reason,
+            "webhook"
+        ),
+        (_, Some(update)) => tracing::info!(
+            update_id = update.id.0,
+            kind = %update.kind,
+            chat_id = update.order_key.chat().map(|c| c.0),
+            outcome = outcome.label(),
+            latency_ms,
+            "webhook"
+        ),
+        (Outcome::Invalid(invalid), None) => tracing::info!(
+            outcome = outcome.label(),
+            latency_ms,
+            reason = %invalid,
+            "webhook"
+        ),
+        (_, None) => tracing::info!(outcome = outcome.label(), latency_ms, "webhook"),
+    }
+    outcome.into_response(app.max_body_bytes)
+}
+
+async fn receive(app: &App, request: Request) -> Outcome {
+    let (parts, body) = request.into_parts();
+    if let Some(secret) = &app.secret {
+        let given = parts.headers.get(SECRET_HEADER).map(HeaderValue::as_bytes);
+        if !given.is_some_and(|given| secret.matches(given)) {
+            return Outcome::Unauthorized;
+        }
+    }
+    if declared_length(&parts.headers).is_some_and(|len| len > app.max_body_bytes as u64) {
+        return Outcome::TooLarge;
+    }
+    let body = match read_body(body, app.max_body_bytes).await {
+        Ok(body) => body,
+        Err(outcome) => return outcome,
+    };
+    let update = match InboundUpdate::parse(&body) {
+        Ok(update) => update,
+        Err(invalid) => return Outcome::Invalid(invalid),
+    };
+    match tokio::time::timeout(app.ack_timeout, app.backend.enqueue(&update)).await {
+        Ok(Ok(Enqueued::New)) => {
+            app.new_update.notify_one();
+            Outcome::Accepted(update)
+        }
+        Ok(Ok(Enqueued::Duplicate)) => Outcome::Duplicate(update),
+        Ok(Err(e)) => Outcome::Unavailable {
+            update,
+            reason: e.to_string(),
+        },
+        Err(_) => Outcome::Unavailable {
+            update,
+            reason: format!("not durable within {:?}", app.ack_timeout),
+        },
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Outcome> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Outcome::TooLarge),
+        Err(_) => Err(Outcome::Unreadable),
+    }
+}
+
+/// `{"status":"ok","version":"..."}`, or 503 when the backend cannot take updates.
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let version = crate::version();
+    match tokio::time::timeout(app.ack_timeout, app.backend.ping()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok", "version": version})),
+        )
+            .into_response(),
+        failed => {
+            let reason = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer in time".to_owned(),
+            };
+            tracing::warn!(reason = %reason, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "unavailable", "version": version})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Prometheus text; queue and DLQ depth are read from the backend at scrape time.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let Some(handle) = &app.metrics else {
+        return error(StatusCode::NOT_FOUND, "metrics are not enabled");
+    };
+    match app.backend.stats().await {
+        Ok(stats) => {
+            metrics::gauge!(names::QUEUE_DEPTH, "state" => "pending").set(stats.pending as f64);
+            metrics::gauge!(names::QUEUE_DEPTH, "state" => "in_flight").set(stats.in_flight as f64);
+            metrics::gauge!(names::DLQ_DEPTH).set(stats.dead as f64);
+        }
+        Err(e) => log_unavailable("metrics", &e),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+fn log_unavailable(what: &str, e: &BackendError) {
+    tracing::warn!(error = %e, "{what}: backend unavailable");
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found")
+}

@@ -1,0 +1,132 @@
+//! `botline`: wires the command line to the library.
+
+use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, StoreArgs};
+use botline::config::{LogFormat, Settings};
+use botline::ops::{self, OpsError};
+use botline::serve::{open_backend, serve};
+use botline_core::{UpdateId, clock};
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match &cli.command {
+        Command::Serve(args) => Settings::load(cli.config.as_deref(), args),
+        Command::Messages {
+            command: MessagesCommand::Export { store, .. },
+        }
+        | Command::Dlq {
+            command:
+                DlqCommand::List { store, .. }
+                | DlqCommand::Show { store, .. }
+                | DlqCommand::Redrive { store, .. },
+        }
+        | Command::Stats { store, .. } => Settings::load(cli.config.as_deref(), store),
+    };
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("botline: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve(_));
+    let _logs = init_logging(settings.log_format, if serving { "info" } else { "warn" });
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("botline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command, settings));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "botline failed");
+            eprintln!("botline: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> Result<(), String> {
+    if let Command::Serve(_) = command {
+        let metrics = botline::metrics::install();
+        return serve(settings, metrics).await.map_err(|e| e.to_string());
+    }
+    let backend = open_backend(&settings, true).map_err(|e| e.to_string())?;
+    let out = std::io::stdout().lock();
+    let result = match command {
+        Command::Serve(_) => Ok(()),
+        Command::Messages {
+            command:
+                MessagesCommand::Export {
+                    format,
+                    chat,
+                    since,
+                    ..
+                },
+        } => {
+            let since = since.map(|s| clock::parse_time(&s)).transpose()?;
+            ops::export_messages(&*backend, format, chat.map(|c| c.to_string()), since, out)
+                .await
+                .map(|_| ())
+        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List { limit, .. } => ops::dlq_list(&*backend, limit, out).await,
+            DlqCommand::Show { id, .. } => ops::dlq_show(&*backend, UpdateId(id), out).await,
+            DlqCommand::Redrive { id, .. } => {
+                ops::dlq_redrive(&*backend, id.map(UpdateId), out).await
+            }
+        },
+        Command::Stats { json, .. } => ops::stats(&*backend, json, out).await,
+    };
+    match result {
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        other => other.map_err(|e: OpsError| e.to_string()),
+    }
+}
+
+/// Logs go to stderr (stdout carries command output): JSON unless stderr is a terminal, through
+/// a non-blocking writer that never drops a line.
+fn init_logging(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let filter = EnvFilter::try_from_env("BOTLINE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    let json = match format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+    guard
+}
+
+// `StoreArgs` is named here so that every operator command shares one way to find the store.
+#[allow(dead_code)]
+fn _store_args(_: &StoreArgs) {}

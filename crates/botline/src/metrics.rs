@@ -1,0 +1,66 @@
+//! Botline's Prometheus metrics: their names, and the recorder behind `GET /metrics`.
+//!
+//! | name | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `botline_webhook_requests_total` | counter | `outcome` | webhook requests by outcome: accepted, duplicate, unauthorized, invalid, too_large, unavailable |
+//! | `botline_webhook_ack_seconds` | histogram | | request start to answer, for every webhook request |
+//! | `botline_queue_depth` | gauge | `state` | updates pending or in_flight (read at scrape time) |
+//! | `botline_dlq_depth` | gauge | | dead letters (read at scrape time) |
+//! | `botline_receipt_to_stored_seconds` | histogram | | receipt of an update to its records committed |
+//! | `botline_processing_attempts_total` | counter | | deliveries handed to the worker |
+//! | `botline_processing_failures_total` | counter | | attempts that failed |
+//! | `botline_dead_lettered_total` | counter | | updates that ran out of attempts |
+//! | `botline_updates_processed_total` | counter | `outcome` | written, or already_done (a retry that changed nothing) |
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WEBHOOK_REQUESTS: &str = "botline_webhook_requests_total";
+pub const WEBHOOK_ACK_SECONDS: &str = "botline_webhook_ack_seconds";
+pub const QUEUE_DEPTH: &str = "botline_queue_depth";
+pub const DLQ_DEPTH: &str = "botline_dlq_depth";
+pub const RECEIPT_TO_STORED_SECONDS: &str = "botline_receipt_to_stored_seconds";
+pub const PROCESSING_ATTEMPTS: &str = "botline_processing_attempts_total";
+pub const PROCESSING_FAILURES: &str = "botline_processing_failures_total";
+pub const DEAD_LETTERED: &str = "botline_dead_lettered_total";
+pub const UPDATES_PROCESSED: &str = "botline_updates_processed_total";
+
+/// Installs the process-wide recorder; `None` if one is already installed.
+pub fn install() -> Option<PrometheusHandle> {
+    let latency_buckets = [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_ACK_SECONDS.into()), &latency_buckets)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(RECEIPT_TO_STORED_SECONDS.into()),
+                &latency_buckets,
+            )
+        })
+        .ok()?
+        .install_recorder()
+        .ok()?;
+    describe();
+    Some(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by outcome");
+    describe_histogram!(
+        WEBHOOK_ACK_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a webhook request to its answer"
+    );
+    describe_gauge!(QUEUE_DEPTH, "Updates pending or in flight");
+    describe_gauge!(DLQ_DEPTH, "Dead-lettered updates");
+    describe_histogram!(
+        RECEIPT_TO_STORED_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from receiving an update to its records being committed"
+    );
+    describe_counter!(PROCESSING_ATTEMPTS, "Deliveries handed to the worker");
+    describe_counter!(PROCESSING_FAILURES, "Processing attempts that failed");
+    describe_counter!(DEAD_LETTERED, "Updates that ran out of attempts");
+    describe_counter!(UPDATES_PROCESSED, "Updates processed, by outcome");
+}

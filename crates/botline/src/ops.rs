@@ -1,0 +1,215 @@
+//! The operator's commands: export what was stored, look after dead letters, read the counts.
+//! They open the store next to a running `botline serve`.
+
+use botline_core::backend::{DeadLetter, MessageQuery};
+use botline_core::{Backend, BackendError, MessageRecord, UpdateId, clock};
+use serde::Serialize;
+use std::io::{self, Write};
+
+/// Rows read from the store at a time while exporting.
+const EXPORT_PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// A header line, then one row per message (RFC 4180 quoting).
+    Csv,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("writing the output: {0}")]
+    Output(#[from] io::Error),
+    #[error("writing CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl OpsError {
+    /// A reader that went away (`| head`) is not an error.
+    pub fn is_broken_pipe(&self) -> bool {
+        let io = match self {
+            Self::Output(e) => Some(e),
+            Self::Csv(e) => match e.kind() {
+                csv::ErrorKind::Io(e) => Some(e),
+                _ => None,
+            },
+            _ => None,
+        };
+        io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Writes every message matching `chat` and `since` to `out`, in (`chatId`, `messageId`) order.
+pub async fn export_messages(
+    backend: &dyn Backend,
+    format: ExportFormat,
+    chat: Option<String>,
+    since_ms: Option<i64>,
+    out: impl Write,
+) -> Result<u64, OpsError> {
+    let mut query = MessageQuery {
+        chat_id: chat,
+        since_ms,
+        after: None,
+        limit: EXPORT_PAGE,
+    };
+    let mut sink = match format {
+        ExportFormat::Jsonl => Sink::Jsonl(io::BufWriter::new(out)),
+        ExportFormat::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(out))),
+    };
+    let mut written = 0;
+    loop {
+        let page = backend.messages(&query).await?;
+        for message in &page {
+            sink.write(message)?;
+        }
+        written += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() == EXPORT_PAGE => {
+                query.after = Some((last.chat_id.clone(), last.message_id));
+            }
+            _ => break,
+        }
+    }
+    sink.finish()?;
+    Ok(written)
+}
+
+enum Sink<W: Write> {
+    Jsonl(io::BufWriter<W>),
+    Csv(Box<csv::Writer<W>>),
+}
+
+impl<W: Write> Sink<W> {
+    fn write(&mut self, message: &MessageRecord) -> Result<(), OpsError> {
+        match self {
+            Self::Jsonl(out) => {
+                serde_json::to_writer(&mut *out, message).map_err(io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
+            Self::Csv(out) => out.serialize(message)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), OpsError> {
+        match self {
+            Self::Jsonl(mut out) => out.flush()?,
+            Self::Csv(mut out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
+/// A dead letter as the operator reads it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetterView<'a> {
+    update_id: i64,
+    kind: &'a str,
+    order_key: String,
+    attempts: u32,
+    last_error: Option<&'a str>,
+    received_at: String,
+    dead_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<serde_json::Value>,
+}
+
+impl<'a> DeadLetterView<'a> {
+    fn new(dead: &'a DeadLetter, with_raw: bool) -> Self {
+        Self {
+            update_id: dead.update.update_id.0,
+            kind: dead.update.kind.as_str(),
+            order_key: dead.update.order_key.to_string(),
+            attempts: dead.attempts,
+            last_error: dead.last_error.as_deref(),
+            received_at: clock::iso8601(dead.update.received_at_ms),
+            dead_at: clock::iso8601(dead.dead_at_ms),
+            raw: with_raw.then(|| {
+                serde_json::from_str(&dead.update.raw)
+                    .unwrap_or_else(|_| serde_json::Value::String(dead.update.raw.clone()))
+            }),
+        }
+    }
+}
+
+/// One line per dead letter, oldest first.
+pub async fn dlq_list(
+    backend: &dyn Backend,
+    limit: usize,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    let dead = backend.list(limit).await?;
+    if dead.is_empty() {
+        writeln!(out, "no dead letters")?;
+    }
+    for letter in &dead {
+        serde_json::to_writer(&mut out, &DeadLetterView::new(letter, false))
+            .map_err(io::Error::from)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// One dead letter with its body, pretty-printed.
+pub async fn dlq_show(
+    backend: &dyn Backend,
+    id: UpdateId,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    let letter = backend
+        .show(id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("update {id} is not a dead letter")))?;
+    serde_json::to_writer_pretty(&mut out, &DeadLetterView::new(&letter, true))
+        .map_err(io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub async fn dlq_redrive(
+    backend: &dyn Backend,
+    id: Option<UpdateId>,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    match id {
+        Some(id) => {
+            if !backend.redrive(id).await? {
+                return Err(OpsError::NotFound(format!(
+                    "update {id} is not a dead letter"
+                )));
+            }
+            writeln!(out, "update {id} is back on the queue")?;
+        }
+        None => {
+            let count = backend.redrive_all().await?;
+            writeln!(out, "{count} dead letters are back on the queue")?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Result<(), OpsError> {
+    let stats = backend.stats().await?;
+    if json {
+        let value = serde_json::json!({
+            "pending": stats.pending,
+            "inFlight": stats.in_flight,
+            "dead": stats.dead,
+            "done": stats.done,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "pending    {}", stats.pending)?;
+        writeln!(out, "in flight  {}", stats.in_flight)?;
+        writeln!(out, "dead       {}", stats.dead)?;
+        writeln!(out, "done       {} (remembered for dedupe)", stats.done)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The worker: leases updates from the queue, turns each into its records, and stores them
+//! together with the mark that it is done.
+//!
+//! The queue hands out only the oldest unfinished update of each chat, so one chat's updates are
+//! processed one at a time in `update_id` order while different chats run concurrently, up to
+//! `concurrency` at once. A failed attempt is reported back and retried after a backoff; after
+//! the last attempt the update is a dead letter.
+
+use crate::metrics as names;
+use botline_core::records::build_records;
+use botline_core::{Applied, Backend, BackendError, Delivery, Failed, clock};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How often the worker looks for work when nothing woke it (retries whose backoff ended,
+/// leases that expired).
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often expired dedupe ids and sessions are purged.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub backend: Arc<dyn Backend>,
+    /// Updates processed at once.
+    pub concurrency: usize,
+    /// Notified when there may be new work.
+    pub wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// Runs until `shutdown`; then finishes the updates in hand and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut in_hand = JoinSet::new();
+        let mut backoff = Duration::ZERO;
+        while !shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            let received = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                self.backend.receive(free).await
+            };
+            let idle = match received {
+                Ok(deliveries) => {
+                    backoff = Duration::ZERO;
+                    let idle = deliveries.is_empty();
+                    for delivery in deliveries {
+                        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                            break;
+                        };
+                        let (backend, wake) = (Arc::clone(&self.backend), Arc::clone(&self.wake));
+                        in_hand.spawn(async move {
+                            process(&*backend, delivery).await;
+                            drop(slot);
+                            // The chat's next update may now be handed out.
+                            wake.notify_one();
+                        });
+                    }
+                    idle
+                }
+                Err(e) => {
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot receive updates");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            if idle || slots.available_permits() == 0 {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    Some(_) = in_hand.join_next() => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            while in_hand.try_join_next().is_some() {}
+        }
+        let unfinished = in_hand.len();
+        if unfinished > 0 {
+            tracing::info!(updates = unfinished, "finishing the updates in hand");
+        }
+        while in_hand.join_next().await.is_some() {}
+    }
+}
+
+/// Forgets dedupe ids past their window and purges expired sessions, now and every ten minutes,
+/// until `shutdown`.
+pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = backend.housekeeping().await {
+                    tracing::warn!(error = %e, "housekeeping failed");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One attempt at one update.
+pub async fn process(backend: &dyn Backend, delivery: Delivery) {
+    metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
+    let update = &delivery.update;
+    let started = std::time::Instant::now();
+    let result = match build_records(update, clock::now_ms()) {
+        Ok(records) => backend.apply(&delivery, &records).await,
+        Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
+    };
+    let result = match result {
+        Ok(applied) => backend.ack(&delivery).await.map(|()| applied),
+        Err(e) => Err(e),
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(applied) => {
+            let outcome = match applied {
+                Applied::Written => "written",
+                Applied::AlreadyDone => "already_done",
+            };
+            let stored_after_ms = clock::now_ms().saturating_sub(update.received_at_ms);
+            metrics::counter!(names::UPDATES_PROCESSED, "outcome" => outcome).increment(1);
+            metrics::histogram!(names::RECEIPT_TO_STORED_SECONDS)
+                .record(stored_after_ms as f64 / 1000.0);
+            tracing::info!(
+                update_id = update.update_id.0,
+                kind = %update.kind,
+                chat_id = update.order_key.chat().map(|c| c.0),
+                attempt = delivery.attempt,
+                outcome,
+                latency_ms,
+                stored_after_ms,
+                "processed"
+            );
+        }
+        Err(e) => {
+            metrics::counter!(names::PROCESSING_FAILURES).increment(1);
+            let failed = backend.fail(&delivery, &e.to_string()).await;
+            let outcome = match &failed {
+                Ok(Failed::Retrying { .. }) => "retrying",
+                Ok(Failed::DeadLettered) => {
+                    metrics::counter!(names::DEAD_LETTERED).increment(1);
+                    "dead_lettered"
+                }
+                // The lease will expire and the update will be handed out again.
+                Err(_) => "lease_left_to_expire",
+            };
+            tracing::warn!(
+                update_id = update.update_id.0,
+                kind = %update.kind,
+                chat_id = update.order_key.chat().map(|c| c.0),
+                attempt = delivery.attempt,
+                outcome,
+                latency_ms,
+                error = %e,
+                "processing failed"
+            );
+        }
+    }
+}
