@@ -1,7 +1,7 @@
 //! The behaviours every backend must show, run by each backend crate against the real service
 //! (a SQLite file, Postgres, the AWS emulator), as apalis's `generic_storage_test!` does.
 //!
-//! ```ignore
+//! ```text
 //! async fn backend(config: QueueConfig) -> MyBackend { MyBackend::connect(config).await }
 //! botline_core::backend_suite!(backend);
 //! ```

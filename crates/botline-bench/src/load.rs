@@ -1,0 +1,624 @@
+//! The load itself: connections that deliver updates the way Telegram does.
+//!
+//! Each chat is pinned to one connection (chat index modulo connections), and each connection
+//! sends one request at a time over one keep-alive HTTP/1.1 connection. So the next update of a
+//! chat is sent only after the previous one got its 2xx, as Telegram does, and an update that
+//! failed is retried — same body, same `update_id` — before anything behind it on its connection.
+//!
+//! In open loop a scheduler issues update k at `start + k / rate` to the queue of its chat's
+//! connection, and its latency counts from that due time, so time spent queued behind a slow or
+//! failing request counts too (no coordinated omission). In closed loop each connection issues its
+//! next update as soon as the previous one is done, and latency counts from the first send.
+
+use crate::body::{Chat, Composer, Population, fingerprint};
+use crate::config::{BenchError, LoadConfig, LoadLimit, Target, unix_micros_now};
+use crate::report::{AckedUpdate, GivenUpUpdate, LatencySummary, Report, new_histogram};
+use crate::verify::export_and_verify;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The header Telegram puts the webhook's secret token in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// First wait before a retry; doubles after each failure up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of one update.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs the load described by `config`, waits until every issued update is acknowledged or given
+/// up, checks the store if `config.verify` says so, writes `config.json_out` if set, and returns
+/// what it measured. Fails only when the configuration is invalid, the host does not resolve, the
+/// store's export never runs, or the JSON file cannot be written; a server that fails requests is
+/// measured, not an error.
+pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
+    let target = Arc::new(config.target()?);
+    let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host(target.authority.as_str())
+        .await
+        .map_err(|source| BenchError::Resolve {
+            host: target.authority.clone(),
+            source,
+        })?
+        .collect::<Vec<_>>()
+        .into();
+    if addrs.is_empty() {
+        return Err(BenchError::Resolve {
+            host: target.authority.clone(),
+            source: std::io::Error::other("no addresses"),
+        });
+    }
+
+    let first_update_id = config.first_update_id_or_now();
+    let seed = config.seed.unwrap_or_else(|| mix(first_update_id));
+    let connections = config.connections.min(config.chats);
+    let parts = Population::generate(seed, config.chats).split(connections);
+    let counters = Arc::new(Counters::default());
+    let next_seq = Arc::new(AtomicU64::new(0));
+
+    let started_at_unix_ms = unix_micros_now() / 1000;
+    let start = Instant::now();
+    let (stop_at, max_updates) = match config.limit {
+        LoadLimit::Duration(d) => (Some(start + d), None),
+        LoadLimit::Updates(n) => (None, Some(n)),
+    };
+
+    let mut queues = Vec::with_capacity(connections);
+    let mut workers: Vec<JoinHandle<WorkerStats>> = Vec::with_capacity(connections);
+    for (index, chats) in parts.into_iter().enumerate() {
+        let index = index as u64;
+        let source = if config.rate.is_some() {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            queues.push(sender);
+            Source::Open(receiver)
+        } else {
+            Source::Closed {
+                next_seq: Arc::clone(&next_seq),
+                stop_at,
+                max_updates,
+                rng: Box::new(StdRng::seed_from_u64(mix(seed ^ (index + 1)))),
+            }
+        };
+        let worker = Worker {
+            target: Arc::clone(&target),
+            addrs: Arc::clone(&addrs),
+            chats,
+            composer: Composer::new(mix(seed.wrapping_add(1_000 + index))),
+            first_update_id,
+            give_up: config.give_up,
+            request_timeout: config.request_timeout,
+            conn: None,
+            failing_since: None,
+            counters: Arc::clone(&counters),
+            stats: WorkerStats::new(start),
+        };
+        workers.push(tokio::spawn(worker.run(source)));
+    }
+
+    let scheduler = config.rate.map(|rate| {
+        tokio::spawn(schedule(
+            rate,
+            config.limit,
+            start,
+            config.chats,
+            mix(seed.wrapping_add(7)),
+            queues,
+        ))
+    });
+    let progress = config
+        .progress
+        .then(|| tokio::spawn(print_progress(Arc::clone(&counters), start)));
+
+    let mut stats = Vec::with_capacity(workers.len());
+    let mut failure = None;
+    for worker in workers {
+        match worker.await {
+            Ok(s) => stats.push(s),
+            Err(e) => failure = Some(BenchError::Task(e.to_string())),
+        }
+    }
+    if let Some(scheduler) = scheduler
+        && let Err(e) = scheduler.await
+    {
+        failure = Some(BenchError::Task(e.to_string()));
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+
+    let mut report = summarize(
+        &config,
+        connections,
+        first_update_id,
+        started_at_unix_ms,
+        start,
+        stats,
+    );
+
+    if let Some(verify_config) = config.verify.clone() {
+        let (returned, verification) = tokio::task::spawn_blocking(move || {
+            let verification = export_and_verify(&report, &verify_config);
+            (report, verification)
+        })
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))?;
+        report = returned;
+        report.verification = Some(verification?);
+    }
+    if let Some(path) = &config.json_out {
+        write_json(path, &report)?;
+    }
+    Ok(report)
+}
+
+/// Writes the report as pretty JSON.
+fn write_json(path: &std::path::Path, report: &Report) -> Result<(), BenchError> {
+    let error = |source| BenchError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::create(path).map_err(error)?;
+    let mut writer = BufWriter::new(file);
+    serde_json::to_writer_pretty(&mut writer, report).map_err(|e| error(e.into()))?;
+    writer.write_all(b"\n").map_err(error)?;
+    writer.flush().map_err(error)
+}
+
+/// Merges what the connections measured into a report.
+fn summarize(
+    config: &LoadConfig,
+    connections: usize,
+    first_update_id: u64,
+    started_at_unix_ms: i64,
+    start: Instant,
+    stats: Vec<WorkerStats>,
+) -> Report {
+    let mut latency = new_histogram();
+    let mut non_2xx_by_status = BTreeMap::new();
+    let mut connection_errors_by_kind = BTreeMap::new();
+    let (mut retries, mut updates_sent) = (0, 0);
+    let mut acked_updates = Vec::new();
+    let mut given_up_updates = Vec::new();
+    let mut finished = start;
+    for s in stats {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = latency.add(&s.latency);
+        for (status, count) in s.statuses {
+            *non_2xx_by_status.entry(status).or_insert(0) += count;
+        }
+        for (kind, count) in s.errors {
+            *connection_errors_by_kind
+                .entry(kind.to_owned())
+                .or_insert(0) += count;
+        }
+        retries += s.retries;
+        updates_sent += s.sent;
+        acked_updates.extend(s.acked);
+        given_up_updates.extend(s.given_up);
+        finished = finished.max(s.finished);
+    }
+    acked_updates.sort_by_key(|a| a.update_id);
+    given_up_updates.sort_by_key(|g| g.update_id);
+    let duration_secs = finished.duration_since(start).as_secs_f64();
+    let acknowledged = acked_updates.len() as u64;
+    Report {
+        mode: if config.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .to_owned(),
+        target_rate: config.rate,
+        connections,
+        chats: config.chats,
+        first_update_id,
+        started_at_unix_ms,
+        duration_secs,
+        updates_sent,
+        acknowledged,
+        throughput_per_sec: if duration_secs > 0.0 {
+            acknowledged as f64 / duration_secs
+        } else {
+            0.0
+        },
+        ack_latency: LatencySummary::from_micros(&latency),
+        non_2xx_by_status,
+        connection_errors: connection_errors_by_kind.values().sum(),
+        connection_errors_by_kind,
+        retries,
+        given_up: given_up_updates.len() as u64,
+        given_up_updates,
+        acked_updates,
+        verification: None,
+    }
+}
+
+/// Open loop: issues update k to its chat's connection at `start + k / rate`, until the limit.
+async fn schedule(
+    rate: f64,
+    limit: LoadLimit,
+    start: Instant,
+    chats: usize,
+    seed: u64,
+    queues: Vec<mpsc::UnboundedSender<Job>>,
+) {
+    let connections = queues.len().max(1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    for seq in 0u64.. {
+        let due = start + Duration::from_secs_f64(seq as f64 / rate);
+        let done = match limit {
+            LoadLimit::Updates(max) => seq >= max,
+            LoadLimit::Duration(d) => due >= start + d,
+        };
+        if done {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let chat = rng.random_range(0..chats);
+        let job = Job {
+            seq,
+            chat: chat / connections,
+            due: Some(due),
+        };
+        let Some(queue) = queues.get(chat % connections) else {
+            break;
+        };
+        if queue.send(job).is_err() {
+            break;
+        }
+    }
+}
+
+/// Prints a progress line on stderr once a second until aborted.
+async fn print_progress(counters: Arc<Counters>, start: Instant) {
+    let second = Duration::from_secs(1);
+    let mut ticks = tokio::time::interval_at((start + second).into(), second);
+    let mut last_acked = 0;
+    loop {
+        ticks.tick().await;
+        let acked = counters.acked.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>5.0}s] sent {}  acked {} ({}/s)  failed tries {}  retries {}  given up {}",
+            start.elapsed().as_secs_f64(),
+            counters.sent.load(Ordering::Relaxed),
+            acked,
+            acked - last_acked,
+            counters.failures.load(Ordering::Relaxed),
+            counters.retries.load(Ordering::Relaxed),
+            counters.given_up.load(Ordering::Relaxed),
+        );
+        last_acked = acked;
+    }
+}
+
+/// SplitMix64: spreads a seed so that neighbouring inputs give unrelated streams.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Live totals for the progress line.
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failures: AtomicU64,
+    retries: AtomicU64,
+    given_up: AtomicU64,
+}
+
+/// One update to issue: its sequence number (update id − first update id), its chat (index
+/// among the connection's chats) and, in open loop, when it is due.
+#[derive(Debug)]
+struct Job {
+    seq: u64,
+    chat: usize,
+    due: Option<Instant>,
+}
+
+/// Where a connection gets its next update from.
+enum Source {
+    /// Issued by the open-loop scheduler.
+    Open(mpsc::UnboundedReceiver<Job>),
+    /// Closed loop: the next sequence number, shared by all connections, on a chat of its own.
+    Closed {
+        next_seq: Arc<AtomicU64>,
+        stop_at: Option<Instant>,
+        max_updates: Option<u64>,
+        rng: Box<StdRng>,
+    },
+}
+
+impl Source {
+    async fn next(&mut self, chats: usize) -> Option<Job> {
+        match self {
+            Self::Open(queue) => queue.recv().await,
+            Self::Closed {
+                next_seq,
+                stop_at,
+                max_updates,
+                rng,
+            } => {
+                if chats == 0 || stop_at.is_some_and(|at| Instant::now() >= at) {
+                    return None;
+                }
+                let seq = next_seq.fetch_add(1, Ordering::Relaxed);
+                if max_updates.is_some_and(|max| seq >= max) {
+                    return None;
+                }
+                Some(Job {
+                    seq,
+                    chat: rng.random_range(0..chats),
+                    due: None,
+                })
+            }
+        }
+    }
+}
+
+/// What one connection measured.
+struct WorkerStats {
+    latency: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    retries: u64,
+    sent: u64,
+    acked: Vec<AckedUpdate>,
+    given_up: Vec<GivenUpUpdate>,
+    finished: Instant,
+}
+
+impl WorkerStats {
+    fn new(start: Instant) -> Self {
+        Self {
+            latency: new_histogram(),
+            statuses: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            retries: 0,
+            sent: 0,
+            acked: Vec::new(),
+            given_up: Vec::new(),
+            finished: start,
+        }
+    }
+}
+
+/// One open HTTP/1.1 connection. Dropping it closes it.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    driver: JoinHandle<()>,
+}
+
+impl Conn {
+    async fn open(addrs: &[SocketAddr]) -> Result<Self, FailureKind> {
+        let stream = TcpStream::connect(addrs)
+            .await
+            .map_err(|_| FailureKind::Connect)?;
+        stream.set_nodelay(true).map_err(|_| FailureKind::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| FailureKind::Connect)?;
+        // The connection's errors surface through `sender`; nothing to do with them here.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { sender, driver })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy)]
+enum FailureKind {
+    /// Could not connect (refused, reset during the handshake).
+    Connect,
+    /// The connection broke while sending or before the answer's head.
+    Send,
+    /// The connection broke while reading the answer's body.
+    Body,
+    /// No whole answer within the request timeout.
+    Timeout,
+}
+
+impl FailureKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Send => "send",
+            Self::Body => "body",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// The outcome of one request.
+enum Outcome {
+    Acked,
+    Rejected(StatusCode),
+    Failed(FailureKind),
+}
+
+/// One connection and the chats pinned to it.
+struct Worker {
+    target: Arc<Target>,
+    addrs: Arc<[SocketAddr]>,
+    chats: Vec<Chat>,
+    composer: Composer,
+    first_update_id: u64,
+    give_up: Duration,
+    request_timeout: Duration,
+    conn: Option<Conn>,
+    /// When the current run of failed requests on this connection began.
+    failing_since: Option<Instant>,
+    counters: Arc<Counters>,
+    stats: WorkerStats,
+}
+
+impl Worker {
+    async fn run(mut self, mut source: Source) -> WorkerStats {
+        while let Some(job) = source.next(self.chats.len()).await {
+            self.deliver(job).await;
+            self.stats.finished = Instant::now();
+        }
+        self.stats
+    }
+
+    /// Sends one update until it is acknowledged or given up.
+    async fn deliver(&mut self, job: Job) {
+        let Some(chat) = self.chats.get_mut(job.chat) else {
+            return;
+        };
+        let update = self.composer.compose(
+            chat,
+            self.first_update_id.saturating_add(job.seq),
+            unix_micros_now() / 1_000_000,
+        );
+        let first_sent_unix_us = unix_micros_now();
+        let first_try = Instant::now();
+        let origin = job.due.unwrap_or(first_try);
+        self.stats.sent += 1;
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.attempt(&update.body).await {
+                Outcome::Acked => {
+                    let micros = origin.elapsed().as_micros();
+                    self.stats
+                        .latency
+                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+                    self.stats.acked.push(AckedUpdate {
+                        update_id: update.update_id,
+                        chat_id: update.chat_id,
+                        message_id: update.message_id,
+                        first_sent_unix_us,
+                        attempts,
+                        body_len: update.body.len(),
+                        body_fnv1a: format!("{:016x}", fingerprint(&update.body)),
+                        body: Some(update.body.clone()),
+                    });
+                    self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    self.failing_since = None;
+                    return;
+                }
+                Outcome::Rejected(status) => {
+                    *self.stats.statuses.entry(status.as_u16()).or_insert(0) += 1;
+                }
+                Outcome::Failed(kind) => {
+                    *self.stats.errors.entry(kind.as_str()).or_insert(0) += 1;
+                }
+            }
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+
+            let streak_start = *self.failing_since.get_or_insert(first_try);
+            let deadline = streak_start.min(first_try) + self.give_up;
+            let now = Instant::now();
+            if now >= deadline {
+                self.stats.given_up.push(GivenUpUpdate {
+                    update_id: update.update_id,
+                    chat_id: update.chat_id,
+                    message_id: update.message_id,
+                    attempts,
+                });
+                self.counters.given_up.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.stats.retries += 1;
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One request with the body, on the open connection or a new one. A connection that broke
+    /// or timed out is dropped, so the next try reconnects.
+    async fn attempt(&mut self, body: &Bytes) -> Outcome {
+        let exchange = exchange(&mut self.conn, &self.target, &self.addrs, body.clone());
+        let outcome = match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(Ok(status)) if status.is_success() => return Outcome::Acked,
+            Ok(Ok(status)) => return Outcome::Rejected(status),
+            Ok(Err(kind)) => Outcome::Failed(kind),
+            Err(_) => Outcome::Failed(FailureKind::Timeout),
+        };
+        self.conn = None;
+        outcome
+    }
+}
+
+/// Sends the body and reads the whole answer (so the connection can carry the next request).
+async fn exchange(
+    conn: &mut Option<Conn>,
+    target: &Target,
+    addrs: &[SocketAddr],
+    body: Bytes,
+) -> Result<StatusCode, FailureKind> {
+    if conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
+        *conn = None;
+        *conn = Some(Conn::open(addrs).await?);
+    }
+    let Some(conn) = conn.as_mut() else {
+        return Err(FailureKind::Connect);
+    };
+    conn.sender.ready().await.map_err(|_| FailureKind::Send)?;
+    let mut request = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(secret) = &target.secret {
+        request = request.header(SECRET_HEADER, secret.clone());
+    }
+    // Path, host and secret were checked when the target was built.
+    let request = request
+        .body(Full::new(body))
+        .map_err(|_| FailureKind::Send)?;
+    let response = conn
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|_| FailureKind::Send)?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| FailureKind::Body)?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_spreads_neighbours() {
+        assert_ne!(mix(1), mix(2));
+        assert_ne!(mix(0), 0);
+    }
+}

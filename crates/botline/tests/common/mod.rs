@@ -1,0 +1,292 @@
+//! Runs the real `botline` binary and talks to it over HTTP, as Telegram and an operator would.
+
+#![allow(dead_code)] // Each test file uses a different part.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_botline");
+
+/// A running `botline serve` on its own port and data directory.
+#[derive(Debug)]
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+pub fn temp_dir() -> PathBuf {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+        .keep()
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory and waits until it is healthy.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(&temp_dir(), free_port(), env)
+    }
+
+    pub fn start_in(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let log = data_dir.with_extension(format!("{}.log", unique()));
+        let child = spawn_serve(data_dir, port, &env, &log);
+        let mut server = Self {
+            child,
+            port,
+            data_dir: data_dir.to_owned(),
+            log,
+            env,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("botline serve exited with {status}: {}", self.logs());
+            }
+            if get(&self.url("/health")).0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("botline serve did not become healthy: {}", self.logs());
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_serve(&self.data_dir, self.port, &self.env, &self.log);
+        self.wait_healthy();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs an operator command against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.data_dir, args)
+    }
+
+    /// Waits until nothing is pending or in flight.
+    pub fn wait_drained(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = self.stats();
+            if stats["pending"] == 0 && stats["inFlight"] == 0 {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "queue did not drain: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.cli(&["stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// The exported messages, one JSON value each.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["messages", "export", "--format", "jsonl"]);
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn spawn_serve(data_dir: &Path, port: u16, env: &[(String, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("BOTLINE_WEBHOOK_SECRET")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("BOTLINE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("botline serve starts")
+}
+
+pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("botline runs")
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// GET: (status, body); status 0 when the server could not be reached.
+pub fn get(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A webhook answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+/// POSTs an update as Telegram does; status 0 when the server could not be reached.
+pub fn post(url: &str, secret: Option<&str>, body: &[u8]) -> Answer {
+    let mut request = agent().post(url).header("content-type", "application/json");
+    if let Some(secret) = secret {
+        request = request.header("x-telegram-bot-api-secret-token", secret);
+    }
+    match request.send(body) {
+        Ok(mut response) => Answer {
+            status: response.status().as_u16(),
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+        },
+        Err(_) => Answer {
+            status: 0,
+            retry_after: None,
+            body: String::new(),
+        },
+    }
+}
+
+/// Delivers like Telegram: retries the same body until it is answered 200.
+pub fn deliver(url: &str, secret: Option<&str>, body: &[u8], give_up: Duration) -> u32 {
+    let deadline = Instant::now() + give_up;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        if post(url, secret, body).status == 200 {
+            return tries;
+        }
+        assert!(Instant::now() < deadline, "update never acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `message` update.
+pub fn message(update_id: i64, chat: i64, message_id: i64, text: &str) -> Vec<u8> {
+    serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id,
+            "date": 1_714_564_800,
+            "chat": {"id": chat, "type": if chat < 0 { "supergroup" } else { "private" }},
+            "from": {"id": 42, "is_bot": false, "first_name": "Test", "username": "tester"},
+            "text": text,
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
+}

@@ -1,0 +1,346 @@
+//! `botline serve` as a black box: HTTP in, the operator CLI out.
+
+mod common;
+
+use common::{Server, cli, data_dir, free_port, get, message, post, temp_dir, wait_exit};
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SECRET: &str = "e2e_Secret-4f9c2a";
+
+#[test]
+fn every_bad_input_is_refused_with_a_clear_status() {
+    let server = Server::start(&[
+        ("BOTLINE_WEBHOOK_SECRET", SECRET),
+        ("BOTLINE_MAX_BODY_BYTES", "2048"),
+    ]);
+    let url = server.url("/telegram/webhook");
+    let update = message(1, 10, 1, "hello");
+
+    let missing = post(&url, None, &update);
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(missing.body, r#"{"error":"unauthorized"}"#);
+    assert_eq!(post(&url, Some("wrong"), &update).status, 401);
+
+    let large = message(2, 10, 2, &"x".repeat(4096));
+    let too_large = post(&url, Some(SECRET), &large);
+    assert_eq!(too_large.status, 413);
+    assert_eq!(too_large.body, r#"{"error":"body exceeds 2048 bytes"}"#);
+
+    for entry in std::fs::read_dir(data_dir().join("invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let answer = post(&url, Some(SECRET), &std::fs::read(&path).unwrap());
+        assert_eq!(answer.status, 400, "{}: {}", path.display(), answer.body);
+        assert!(answer.body.starts_with(r#"{"error":""#), "{}", answer.body);
+    }
+
+    assert_eq!(post(&url, Some(SECRET), &update).status, 200);
+    assert_eq!(post(&url, Some(SECRET), &update).status, 200, "redelivery");
+
+    let (status, health) = get(&server.url("/health"));
+    assert_eq!(status, 200);
+    assert!(
+        health.starts_with(r#"{"status":"ok","version":"0.1.0"#),
+        "{health}"
+    );
+
+    let (status, metrics) = get(&server.url("/metrics"));
+    assert_eq!(status, 200);
+    for line in [
+        r#"botline_webhook_requests_total{outcome="unauthorized"} 2"#,
+        r#"botline_webhook_requests_total{outcome="too_large"} 1"#,
+        r#"botline_webhook_requests_total{outcome="accepted"} 1"#,
+        r#"botline_webhook_requests_total{outcome="duplicate"} 1"#,
+        "botline_webhook_ack_seconds_bucket",
+        "botline_dlq_depth 0",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
+
+    server.wait_drained();
+    assert_eq!(
+        server.messages().len(),
+        1,
+        "one copy of the redelivered update"
+    );
+    let logs = server.logs();
+    assert!(logs.contains(r#""outcome":"unauthorized""#), "{logs}");
+    assert!(!logs.contains(SECRET), "the secret leaked into the logs");
+}
+
+#[test]
+fn every_fixture_is_stored_once_byte_for_byte_and_exported() {
+    let server = Server::start(&[]);
+    let url = server.url("/telegram/webhook");
+    let mut sent_messages = BTreeSet::new();
+    let mut fixtures = 0;
+    for entry in std::fs::read_dir(data_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let body = std::fs::read(&path).unwrap();
+        assert_eq!(post(&url, None, &body).status, 200, "{}", path.display());
+        assert_eq!(post(&url, None, &body).status, 200, "{}", path.display());
+        fixtures += 1;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("message-") && !name.starts_with("message-reaction") {
+            sent_messages.insert(String::from_utf8(body).unwrap());
+        }
+    }
+    let stats = server.wait_drained();
+    assert_eq!(stats["done"], fixtures, "one queue entry per update");
+    assert_eq!(stats["dead"], 0);
+
+    let messages = server.messages();
+    assert_eq!(messages.len(), sent_messages.len());
+    let stored: BTreeSet<String> = messages
+        .iter()
+        .map(|m| m["raw"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, sent_messages, "raw kept byte for byte");
+    let fields: BTreeSet<&str> = messages[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from([
+            "chatId",
+            "messageId",
+            "userId",
+            "userName",
+            "text",
+            "timestamp",
+            "raw",
+            "createdAt"
+        ])
+    );
+
+    let csv = server.cli(&["messages", "export", "--format", "csv"]);
+    assert!(csv.status.success());
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert!(csv.starts_with("chatId,messageId,userId,userName,text,timestamp,raw,createdAt\n"));
+    let rows = csv::Reader::from_reader(csv.as_bytes()).records().count();
+    assert_eq!(rows, messages.len());
+
+    let chat = server.cli(&["messages", "export", "--chat", "-1009876543210123"]);
+    let chat = String::from_utf8(chat.stdout).unwrap();
+    assert_eq!(chat.lines().count(), 1, "{chat}");
+    assert!(chat.contains(r#""chatId":"-1009876543210123""#));
+    let future = server.cli(&["messages", "export", "--since", "2100-01-01"]);
+    assert!(future.status.success() && future.stdout.is_empty());
+    let bad = server.cli(&["messages", "export", "--since", "last tuesday"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
+}
+
+#[test]
+fn sigterm_finishes_what_is_in_hand_and_exits_zero() {
+    let mut server = Server::start(&[]);
+    let url = server.url("/telegram/webhook");
+    let sender = std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        for n in 0..2000 {
+            match common::post(&url, None, &message(100 + n, 5 + n % 7, 100 + n, "bye")).status {
+                200 => acknowledged.push(100 + n),
+                _ => break,
+            }
+        }
+        acknowledged
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    let acknowledged = sender.join().unwrap();
+    assert!(!acknowledged.is_empty());
+    let logs = server.logs();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(logs.contains(r#""message":"stopped""#), "{logs}");
+
+    server.restart();
+    server.wait_drained();
+    let stored: BTreeSet<i64> = server
+        .messages()
+        .iter()
+        .map(|m| m["messageId"].as_i64().unwrap())
+        .collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged update {id} was lost");
+    }
+}
+
+#[test]
+fn a_locked_store_answers_503_with_retry_after_then_recovers() {
+    let server = Server::start(&[("BOTLINE_ACK_TIMEOUT", "300ms")]);
+    let url = server.url("/telegram/webhook");
+    let db = rusqlite::Connection::open(server.data_dir.join("botline.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let update = message(7, 1, 7, "while locked");
+    let answer = post(&url, None, &update);
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert_eq!(answer.body, r#"{"error":"temporarily unavailable"}"#);
+    assert_eq!(get(&server.url("/health")).0, 503);
+
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    common::deliver(&url, None, &update, Duration::from_secs(20));
+    assert_eq!(get(&server.url("/health")).0, 200);
+    server.wait_drained();
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["text"], "while locked");
+    assert!(server.logs().contains(r#""outcome":"unavailable""#));
+}
+
+#[test]
+fn failed_updates_are_dead_lettered_and_can_be_redriven() {
+    let server = Server::start(&[
+        ("BOTLINE_BACKOFF_BASE", "50ms"),
+        ("BOTLINE_BACKOFF_MAX", "100ms"),
+    ]);
+    let url = server.url("/telegram/webhook");
+    // A real failure in the real write path: the store refuses this message.
+    let db = rusqlite::Connection::open(server.data_dir.join("botline.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.text = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poison message refused'); END;",
+    )
+    .unwrap();
+    assert_eq!(post(&url, None, &message(31, -77, 1, "poison")).status, 200);
+    assert_eq!(
+        post(&url, None, &message(32, -77, 2, "after the poison")).status,
+        200
+    );
+
+    let stats = server.wait_drained();
+    assert_eq!(stats["dead"], 1, "{stats}");
+    let list = server.cli(&["dlq", "list"]);
+    let list = String::from_utf8(list.stdout).unwrap();
+    let dead: serde_json::Value = serde_json::from_str(list.trim()).expect(&list);
+    assert_eq!(dead["updateId"], 31);
+    assert_eq!(dead["attempts"], 3);
+    assert!(
+        dead["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("poison message refused")
+    );
+    let show = server.cli(&["dlq", "show", "31"]);
+    let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(show["raw"]["message"]["text"], "poison");
+    let texts: Vec<_> = server
+        .messages()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["after the poison"],
+        "the dead letter does not block its chat"
+    );
+
+    let missing = server.cli(&["dlq", "redrive", "999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a dead letter"));
+
+    db.execute_batch("DROP TRIGGER poison").unwrap();
+    let redrive = server.cli(&["dlq", "redrive", "31"]);
+    assert!(
+        redrive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redrive.stderr)
+    );
+    let stats = server.wait_drained();
+    assert_eq!(stats["dead"], 0);
+    assert_eq!(server.messages().len(), 2);
+    let empty = server.cli(&["dlq", "list"]);
+    assert_eq!(
+        String::from_utf8(empty.stdout).unwrap().trim(),
+        "no dead letters"
+    );
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(
+        metrics.contains("botline_dead_lettered_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("botline_processing_failures_total 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_public_address_without_a_secret_is_refused() {
+    let dir = temp_dir();
+    let port = free_port();
+    let out = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env_remove("BOTLINE_WEBHOOK_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without a webhook secret") && stderr.contains("--insecure-no-secret"),
+        "{stderr}"
+    );
+
+    let mut child = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--insecure-no-secret",
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env_remove("BOTLINE_WEBHOOK_SECRET")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthy = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(25));
+        get(&format!("http://127.0.0.1:{port}/health")).0 == 200
+    });
+    common::signal(child.id(), "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    assert!(healthy, "--insecure-no-secret serves");
+}
+
+#[test]
+fn one_server_per_data_directory_and_clear_cli_errors() {
+    let server = Server::start(&[]);
+    let out = Command::new(common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(&server.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another `botline serve`"));
+
+    let nowhere = cli(&temp_dir().join("missing"), &["stats"]);
+    assert!(!nowhere.status.success());
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("no Botline store"));
+    let stats = server.cli(&["stats"]);
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("pending"));
+}
