@@ -237,6 +237,12 @@ pub trait Store: Send + Sync {
     /// acknowledges the delivery and a later [`Queue::ack`] changes nothing.
     async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError>;
 
+    /// Whether [`Store::apply`] also acknowledges the delivery (queue and store share one
+    /// database), so that the worker need not call [`Queue::ack`] after it.
+    fn apply_acknowledges(&self) -> bool {
+        false
+    }
+
     async fn messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, BackendError>;
 
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, BackendError>;

@@ -494,6 +494,10 @@ impl Store for SqliteBackend {
         .await
     }
 
+    fn apply_acknowledges(&self) -> bool {
+        true
+    }
+
     async fn messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, BackendError> {
         let query = query.clone();
         self.read(move |conn| {

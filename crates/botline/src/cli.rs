@@ -94,7 +94,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
 
-    /// Updates of different chats processed at once [default: 16]
+    /// Updates of different chats processed at once [default: 64]
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_concurrency: Option<usize>,

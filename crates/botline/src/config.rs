@@ -76,7 +76,7 @@ impl Default for Settings {
             backoff_base: queue.retry.backoff_base,
             backoff_max: queue.retry.backoff_max,
             dedupe_window: queue.dedupe_window,
-            worker_concurrency: 16,
+            worker_concurrency: 64,
             log_format: LogFormat::Auto,
         }
     }

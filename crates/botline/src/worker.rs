@@ -116,8 +116,10 @@ pub async fn process(backend: &dyn Backend, delivery: Delivery) {
         Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
     };
     let result = match result {
-        Ok(applied) => backend.ack(&delivery).await.map(|()| applied),
-        Err(e) => Err(e),
+        Ok(applied) if !backend.apply_acknowledges() => {
+            backend.ack(&delivery).await.map(|()| applied)
+        }
+        other => other,
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
