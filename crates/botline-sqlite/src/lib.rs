@@ -394,17 +394,27 @@ impl Queue for SqliteBackend {
     }
 
     async fn housekeeping(&self) -> Result<(), BackendError> {
-        let window = millis(self.inner.config.dedupe_window);
-        let forgotten = self
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "DELETE FROM updates WHERE rowid IN
-                     (SELECT rowid FROM updates WHERE state = 1 AND received_at < ?1 LIMIT 10000)",
-                )
-                .and_then(|mut forget| forget.execute(params![clock::now_ms() - window]))
-                .map_err(unavailable)
-            })
-            .await?;
+        const BATCH: usize = 10_000;
+        let cutoff = clock::now_ms() - millis(self.inner.config.dedupe_window);
+        let mut forgotten = 0;
+        // In batches, so that acknowledgements queued behind a batch wait for little.
+        loop {
+            let deleted = self
+                .write(move |conn| {
+                    conn.prepare_cached(
+                        "DELETE FROM updates WHERE rowid IN
+                         (SELECT rowid FROM updates WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
+                    )
+                    .and_then(|mut forget| forget.execute(params![cutoff, BATCH as i64]))
+                    .map_err(unavailable)
+                })
+                .await?;
+            forgotten += deleted;
+            if deleted < BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         let purged = self.purge_expired_sessions(clock::now_ms()).await?;
         tracing::debug!(forgotten, purged, "housekeeping");
         Ok(())

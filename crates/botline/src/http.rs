@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use botline_core::{Backend, BackendError, Enqueued, InboundUpdate, InvalidUpdate};
+use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -259,7 +259,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             metrics::gauge!(names::QUEUE_DEPTH, "state" => "in_flight").set(stats.in_flight as f64);
             metrics::gauge!(names::DLQ_DEPTH).set(stats.dead as f64);
         }
-        Err(e) => log_unavailable("metrics", &e),
+        Err(e) => tracing::warn!(error = %e, "metrics: queue depth unavailable"),
     }
     (
         [(
@@ -269,10 +269,6 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         handle.render(),
     )
         .into_response()
-}
-
-fn log_unavailable(what: &str, e: &BackendError) {
-    tracing::warn!(error = %e, "{what}: backend unavailable");
 }
 
 async fn not_found() -> Response {

@@ -1,6 +1,6 @@
 //! `botline`: wires the command line to the library.
 
-use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, StoreArgs};
+use botline::cli::{Cli, Command, DlqCommand, MessagesCommand};
 use botline::config::{LogFormat, Settings};
 use botline::ops::{self, OpsError};
 use botline::serve::{open_backend, serve};
@@ -126,7 +126,3 @@ fn init_logging(
     }
     guard
 }
-
-// `StoreArgs` is named here so that every operator command shares one way to find the store.
-#[allow(dead_code)]
-fn _store_args(_: &StoreArgs) {}

@@ -1,0 +1,88 @@
+//! Behaviours of the embedded backend beyond the shared suite: forgetting old ids, reopening.
+
+use botline_core::testsuite::{message_update, suite_config};
+use botline_core::{Enqueued, Queue, QueueConfig, Store, build_records, clock};
+use botline_sqlite::SqliteBackend;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_forgets_done_ids_past_the_window_and_nothing_else() {
+    let dir = dir();
+    let config = QueueConfig {
+        dedupe_window: Duration::ZERO,
+        ..suite_config()
+    };
+    let backend = Arc::new(SqliteBackend::open(dir.path(), config).unwrap());
+    // More than one housekeeping batch of done updates.
+    let done = 10_050;
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..done {
+        let backend = Arc::clone(&backend);
+        tasks.spawn(async move { backend.enqueue(&message_update(id, id, 1, "x")).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap().unwrap(), Enqueued::New);
+    }
+    let mut applied = 0;
+    while applied < done {
+        for delivery in backend.receive(1000).await.unwrap() {
+            let records = build_records(&delivery.update, clock::now_ms()).unwrap();
+            backend.apply(&delivery, &records).await.unwrap();
+            applied += 1;
+        }
+    }
+    let pending = message_update(done + 1, -1, 1, "still pending");
+    backend.enqueue(&pending).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    backend.housekeeping().await.unwrap();
+
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.done, stats.pending), (0, 1), "{stats:?}");
+    assert_eq!(
+        backend
+            .enqueue(&message_update(0, 0, 1, "x"))
+            .await
+            .unwrap(),
+        Enqueued::New,
+        "a forgotten id is new again"
+    );
+    assert_eq!(
+        backend.enqueue(&pending).await.unwrap(),
+        Enqueued::Duplicate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_store_has_every_acknowledged_update() {
+    let dir = dir();
+    {
+        let backend = SqliteBackend::open(dir.path(), suite_config()).unwrap();
+        for id in 1..=3 {
+            backend
+                .enqueue(&message_update(id, 5, id, "x"))
+                .await
+                .unwrap();
+        }
+        let leased = backend.receive(10).await.unwrap();
+        assert_eq!(leased.len(), 1, "one chat, one at a time");
+    }
+    let backend = SqliteBackend::open_existing(dir.path(), suite_config()).unwrap();
+    assert_eq!(
+        backend.stats().await.unwrap().pending + backend.stats().await.unwrap().in_flight,
+        3
+    );
+    tokio::time::sleep(suite_config().lease + Duration::from_millis(100)).await;
+    let delivery = backend.receive(10).await.unwrap().remove(0);
+    assert_eq!(
+        delivery.update.update_id.0, 1,
+        "the leased update comes back first"
+    );
+    assert_eq!(delivery.attempt, 2);
+    assert!(SqliteBackend::open_existing(&dir.path().join("nowhere"), suite_config()).is_err());
+}
