@@ -181,7 +181,9 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-const UPDATE_COLUMNS: &str = "update_id, entry_id, order_key, kind, raw, received_at";
+/// The columns of a queued update, from `updates AS u JOIN update_bodies AS b USING (update_id)`.
+const UPDATE_COLUMNS: &str = "u.update_id, u.entry_id, u.order_key, u.kind, b.raw, u.received_at";
+const UPDATE_ROWS: &str = "updates AS u JOIN update_bodies AS b USING (update_id)";
 
 /// A `updates` row (selected with [`UPDATE_COLUMNS`] first) as a queued update.
 fn queued_update(row: &Row<'_>) -> rusqlite::Result<QueuedUpdate> {
@@ -217,8 +219,8 @@ impl Queue for SqliteBackend {
             let now = clock::now_ms();
             let inserted = conn
                 .prepare_cached(
-                    "INSERT INTO updates (update_id, entry_id, order_key, kind, raw, received_at, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (update_id) DO NOTHING",
+                    "INSERT INTO updates (update_id, entry_id, order_key, kind, received_at, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (update_id) DO NOTHING",
                 )
                 .and_then(|mut insert| {
                     insert.execute(params![
@@ -226,16 +228,17 @@ impl Queue for SqliteBackend {
                         entry_id,
                         update.order_key.to_string(),
                         update.kind.as_str(),
-                        update.raw,
                         now
                     ])
                 })
                 .map_err(unavailable)?;
-            Ok(if inserted == 1 {
-                Enqueued::New
-            } else {
-                Enqueued::Duplicate
-            })
+            if inserted == 0 {
+                return Ok(Enqueued::Duplicate);
+            }
+            conn.prepare_cached("INSERT OR REPLACE INTO update_bodies (update_id, raw) VALUES (?1, ?2)")
+                .and_then(|mut insert| insert.execute(params![update.id.0, update.raw]))
+                .map_err(unavailable)?;
+            Ok(Enqueued::New)
         })
         .await
     }
@@ -246,12 +249,12 @@ impl Queue for SqliteBackend {
             let now = clock::now_ms();
             let heads = conn
                 .prepare_cached(&format!(
-                    "SELECT {UPDATE_COLUMNS}, attempts FROM updates AS u
-                     WHERE state = 0 AND visible_at <= ?1
+                    "SELECT {UPDATE_COLUMNS}, u.attempts FROM {UPDATE_ROWS}
+                     WHERE u.state = 0 AND u.visible_at <= ?1
                        AND NOT EXISTS (SELECT 1 FROM updates AS p
                                        WHERE p.state = 0 AND p.order_key = u.order_key
                                          AND p.update_id < u.update_id)
-                     ORDER BY visible_at, update_id LIMIT ?2"
+                     ORDER BY u.visible_at, u.update_id LIMIT ?2"
                 ))
                 .and_then(|mut select| {
                     select
@@ -401,12 +404,21 @@ impl Queue for SqliteBackend {
         loop {
             let deleted = self
                 .write(move |conn| {
-                    conn.prepare_cached(
-                        "DELETE FROM updates WHERE rowid IN
-                         (SELECT rowid FROM updates WHERE state = 1 AND received_at < ?1 LIMIT ?2)",
+                    let forget = |sql: &str| {
+                        conn.prepare_cached(sql)
+                            .and_then(|mut forget| forget.execute(params![cutoff, BATCH as i64]))
+                            .map_err(unavailable)
+                    };
+                    forget(
+                        "DELETE FROM update_bodies WHERE update_id IN
+                         (SELECT update_id FROM updates WHERE state = 1 AND received_at < ?1
+                          ORDER BY received_at LIMIT ?2)",
+                    )?;
+                    forget(
+                        "DELETE FROM updates WHERE update_id IN
+                         (SELECT update_id FROM updates WHERE state = 1 AND received_at < ?1
+                          ORDER BY received_at LIMIT ?2)",
                     )
-                    .and_then(|mut forget| forget.execute(params![cutoff, BATCH as i64]))
-                    .map_err(unavailable)
                 })
                 .await?;
             forgotten += deleted;
@@ -432,8 +444,8 @@ impl DeadLetters for SqliteBackend {
     async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
         self.read(move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {UPDATE_COLUMNS}, attempts, last_error, finished_at FROM updates
-                 WHERE state = 2 ORDER BY finished_at, update_id LIMIT ?1"
+                "SELECT {UPDATE_COLUMNS}, u.attempts, u.last_error, u.finished_at FROM {UPDATE_ROWS}
+                 WHERE u.state = 2 ORDER BY u.finished_at, u.update_id LIMIT ?1"
             ))
             .and_then(|mut select| {
                 select
@@ -448,8 +460,8 @@ impl DeadLetters for SqliteBackend {
     async fn show(&self, id: UpdateId) -> Result<Option<DeadLetter>, BackendError> {
         self.read(move |conn| {
             conn.prepare_cached(&format!(
-                "SELECT {UPDATE_COLUMNS}, attempts, last_error, finished_at FROM updates
-                 WHERE state = 2 AND update_id = ?1"
+                "SELECT {UPDATE_COLUMNS}, u.attempts, u.last_error, u.finished_at FROM {UPDATE_ROWS}
+                 WHERE u.state = 2 AND u.update_id = ?1"
             ))
             .and_then(|mut select| select.query_row(params![id.0], dead_letter).optional())
             .map_err(unavailable)

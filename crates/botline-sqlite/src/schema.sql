@@ -5,12 +5,12 @@
 -- The queue and the dedupe set: one row per update_id seen within the dedupe window.
 -- state: 0 pending (visible at visible_at; leased while receipt is set and visible_at is ahead),
 --        1 done, 2 dead letter.
+-- The body lives in update_bodies, so that leasing and finishing rewrite a short row.
 CREATE TABLE IF NOT EXISTS updates (
     update_id   INTEGER PRIMARY KEY,
     entry_id    TEXT    NOT NULL,
     order_key   TEXT    NOT NULL,
     kind        TEXT    NOT NULL,
-    raw         TEXT    NOT NULL,
     received_at INTEGER NOT NULL,
     state       INTEGER NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
@@ -23,6 +23,12 @@ CREATE INDEX IF NOT EXISTS updates_pending_by_key ON updates (order_key, update_
 CREATE INDEX IF NOT EXISTS updates_pending_by_time ON updates (visible_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS updates_done ON updates (received_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS updates_dead ON updates (finished_at) WHERE state = 2;
+
+-- Each queued update's body as received, written once.
+CREATE TABLE IF NOT EXISTS update_bodies (
+    update_id INTEGER PRIMARY KEY,
+    raw       TEXT    NOT NULL
+) STRICT;
 
 -- Seed 000's messages table.
 CREATE TABLE IF NOT EXISTS messages (
