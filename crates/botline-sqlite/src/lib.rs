@@ -95,7 +95,7 @@ impl SqliteBackend {
     async fn write<R, F>(&self, op: F) -> Result<R, BackendError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, BackendError> + Send + 'static,
+        F: Fn(&Connection) -> Result<R, BackendError> + Send + 'static,
     {
         self.inner.writer.write(op).await
     }
@@ -713,6 +713,7 @@ fn session(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 impl Sessions for SqliteBackend {
     async fn put_session(&self, s: &SessionRecord) -> Result<(), BackendError> {
         let s = s.clone();
+        let data = serde_json::Value::Object(s.data.clone()).to_string();
         self.write(move |conn| {
             conn.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
@@ -723,7 +724,7 @@ impl Sessions for SqliteBackend {
                     s.user_id,
                     s.chat_id,
                     s.state,
-                    serde_json::Value::Object(s.data).to_string(),
+                    data,
                     s.created_at,
                     s.updated_at,
                     s.expires_at
