@@ -9,7 +9,9 @@
 //! - [`Sessions`]: conversation state with a time to live.
 
 use crate::ids::UpdateId;
-use crate::records::{EventRecord, MessageRecord, Records, SessionRecord, UserRecord};
+use crate::records::{
+    EventRecord, MessageRecord, OutboxMessage, Records, SessionRecord, UserRecord,
+};
 use crate::update::{InboundUpdate, OrderKey, UpdateKind};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -231,7 +233,10 @@ pub trait DeadLetters: Send + Sync {
 pub trait Store: Send + Sync {
     /// Writes an update's records and marks it done, in one transaction. A second call for the
     /// same update writes nothing. The first record of a (`chatId`, `messageId`) wins; a user's
-    /// `createdAt` is kept and the rest of the user moves to the latest values.
+    /// `createdAt` is kept and the rest of the user moves to the latest values. The same
+    /// transaction redeems a registration token when the records carry a `/register`, writes the
+    /// answer and the other outbox calls, and replaces the queue's copy of the body with its
+    /// redacted form.
     ///
     /// Where queue and store share a database the mark is the queue's own, so this also
     /// acknowledges the delivery and a later [`Queue::ack`] changes nothing.
@@ -273,10 +278,80 @@ pub trait Sessions: Send + Sync {
     async fn purge_expired_sessions(&self, now_ms: i64) -> Result<u64, BackendError>;
 }
 
-/// Everything a full backend offers.
-pub trait Backend: Queue + DeadLetters + Store + Sessions + std::fmt::Debug {}
+/// A Bot API call in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub call: OutboxMessage,
+    pub update_id: UpdateId,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub created_at_ms: i64,
+}
 
-impl<T: Queue + DeadLetters + Store + Sessions + std::fmt::Debug> Backend for T {}
+/// How the outbox stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// The Bot API calls that processing decided on, made once each by the sender.
+///
+/// A call is handed out under a lease, like an update; within a chat, one call at a time in the
+/// order they were written. A crash after Telegram accepted a call and before [`call_done`]
+/// committed hands it out again: that one call may be made twice, nothing else.
+///
+/// [`call_done`]: Outbox::call_done
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Leases up to `max` calls that are due, the oldest pending of each chat.
+    async fn due_calls(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, BackendError>;
+
+    /// Records that Telegram accepted the call (with the id of the message it sent, if any).
+    async fn call_done(
+        &self,
+        outbox_id: &str,
+        telegram_message_id: Option<i64>,
+    ) -> Result<(), BackendError>;
+
+    /// Records a failed try: retried after `retry_after`, or, with `None`, failed for good.
+    async fn call_failed(
+        &self,
+        outbox_id: &str,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<(), BackendError>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, BackendError>;
+}
+
+/// Single-use registration tokens, issued by the operator and redeemed by `/register`.
+#[async_trait]
+pub trait RegistrationTokens: Send + Sync {
+    /// Keeps a token's digest for `username` until `expires_at_ms`.
+    async fn issue_token(
+        &self,
+        username: &str,
+        token_digest: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError>;
+}
+
+/// Everything a full backend offers.
+pub trait Backend:
+    Queue + DeadLetters + Store + Sessions + Outbox + RegistrationTokens + std::fmt::Debug
+{
+}
+
+impl<T> Backend for T where
+    T: Queue + DeadLetters + Store + Sessions + Outbox + RegistrationTokens + std::fmt::Debug
+{
+}
 
 #[cfg(test)]
 mod tests {

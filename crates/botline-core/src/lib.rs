@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod clock;
+pub mod commands;
 pub mod ids;
 pub mod records;
 #[cfg(feature = "testsuite")]
@@ -28,8 +29,12 @@ pub mod update;
 
 pub use backend::{
     Applied, Backend, BackendError, DeadLetter, DeadLetters, Delivery, Enqueued, Failed,
-    MessageQuery, Queue, QueueConfig, QueueStats, QueuedUpdate, RetryPolicy, Sessions, Store,
+    MessageQuery, Outbox, OutboxEntry, OutboxStats, Queue, QueueConfig, QueueStats, QueuedUpdate,
+    RegistrationTokens, RetryPolicy, Sessions, Store,
 };
 pub use ids::{ChatId, MessageId, UpdateId, UserId};
-pub use records::{EventRecord, MessageRecord, Records, SessionRecord, UserRecord, build_records};
+pub use records::{
+    EventRecord, Handling, MessageRecord, OutboxAction, OutboxMessage, Records,
+    RegistrationAttempt, SessionRecord, UserRecord, build_records,
+};
 pub use update::{InboundUpdate, InvalidUpdate, OrderKey, UpdateKind};

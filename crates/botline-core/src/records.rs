@@ -6,6 +6,7 @@
 
 use crate::backend::QueuedUpdate;
 use crate::clock;
+use crate::commands::{self, REDACTED, Registration, replies};
 use crate::ids::{UpdateId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -96,6 +97,76 @@ pub struct Records {
     /// The sender, when the update has one.
     pub user: Option<UserRecord>,
     pub event: EventRecord,
+    /// Bot API calls the update asks for, written to the outbox with the records.
+    pub outbox: Vec<OutboxMessage>,
+    /// A `/register` whose answer depends on the store, resolved in the same transaction.
+    pub registration: Option<RegistrationAttempt>,
+    /// The update's body with the secrets a user typed replaced, when it held any: it replaces
+    /// the queue's copy of the body when the update is marked done.
+    pub redacted_raw: Option<String>,
+}
+
+/// A Bot API call to make once, after the update that asked for it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxMessage {
+    /// Derived from the queue entry, so a retried update writes the same id (and nothing new).
+    pub outbox_id: String,
+    pub chat_id: i64,
+    pub action: OutboxAction,
+}
+
+/// The Bot API calls the outbox makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "camelCase")]
+pub enum OutboxAction {
+    #[serde(rename_all = "camelCase")]
+    SendMessage {
+        text: String,
+        reply_to_message_id: Option<i64>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeleteMessage { message_id: i64 },
+}
+
+/// `/register <username> <token>` as the store must check it: the token only as its digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationAttempt {
+    pub username: String,
+    /// SHA-256 of the token, hex ([`commands::token_digest`]).
+    pub token_digest: String,
+    pub telegram_user_id: Option<i64>,
+    pub chat_id: i64,
+    pub message_id: i64,
+    /// The outbox id of the answer.
+    pub reply_id: String,
+}
+
+impl RegistrationAttempt {
+    /// The answer, once the store knows whether the credentials were good.
+    pub fn reply(&self, registered: bool) -> OutboxMessage {
+        let text = if registered {
+            replies::registered(&self.username)
+        } else {
+            replies::REGISTRATION_FAILED.to_owned()
+        };
+        OutboxMessage {
+            outbox_id: self.reply_id.clone(),
+            chat_id: self.chat_id,
+            action: OutboxAction::SendMessage {
+                text,
+                reply_to_message_id: Some(self.message_id),
+            },
+        }
+    }
+}
+
+/// What handling an update needs to know beyond the update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handling {
+    /// The bot's own username, so `/command@otherbot` is left alone. Unknown: only unaddressed
+    /// commands are taken.
+    pub bot_username: Option<String>,
 }
 
 /// Why a queued update could not be turned into records.
@@ -103,10 +174,133 @@ pub struct Records {
 #[error("queued update {0} is not valid JSON")]
 pub struct CorruptUpdate(pub UpdateId);
 
-/// The records a queued update becomes, as of `now_ms`.
+/// The records a queued update becomes, as of `now_ms`, for a bot whose username is unknown.
 pub fn build_records(update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
-    let body: Map<String, Value> =
-        serde_json::from_str(&update.raw).map_err(|_| CorruptUpdate(update.update_id))?;
+    Handling::default().records(update, now_ms)
+}
+
+impl Handling {
+    /// The records a queued update becomes, as of `now_ms`.
+    pub fn records(&self, update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
+        let corrupt = |_| CorruptUpdate(update.update_id);
+        let mut body: Map<String, Value> = serde_json::from_str(&update.raw).map_err(corrupt)?;
+        let kind = update.kind.as_str();
+        let command = (kind == "message")
+            .then(|| self.command_in(body.get(kind)?, &update.entry_id))
+            .flatten();
+        let redacted_raw = match &command {
+            Some(command) => command
+                .redact(&update.raw, &mut body, kind)
+                .map_err(corrupt)?,
+            None => None,
+        };
+        let raw = redacted_raw.as_deref().unwrap_or(&update.raw);
+        let mut records = records_of(update, &body, raw, now_ms);
+        if let Some(command) = command {
+            let sender = records.user.as_ref().map(|user| user.telegram_id);
+            command.decide(&mut records, sender);
+        }
+        records.redacted_raw = redacted_raw;
+        Ok(records)
+    }
+
+    fn command_in(&self, message: &Value, entry_id: &str) -> Option<RegisterCommand> {
+        let text = message.get("text")?.as_str()?;
+        let args = commands::register_args(text, self.bot_username.as_deref())?;
+        let chat = message.get("chat")?;
+        Some(RegisterCommand {
+            registration: Registration::parse(args),
+            has_args: !args.trim().is_empty(),
+            text: text.to_owned(),
+            args_at: text.len() - args.len(),
+            chat_id: chat.get("id")?.as_i64()?,
+            in_group: chat.get("type").and_then(Value::as_str) != Some("private"),
+            message_id: message.get("message_id")?.as_i64()?,
+            entry_id: entry_id.to_owned(),
+        })
+    }
+}
+
+/// A `/register` message addressed to this bot.
+#[derive(Debug)]
+struct RegisterCommand {
+    registration: Option<Registration>,
+    has_args: bool,
+    text: String,
+    /// Where the arguments start in `text`.
+    args_at: usize,
+    chat_id: i64,
+    in_group: bool,
+    message_id: i64,
+    entry_id: String,
+}
+
+impl RegisterCommand {
+    /// Replaces what the user typed after the command with [`REDACTED`] in `body` and returns
+    /// the redacted raw body, or `None` when there was nothing to redact. A well-formed token
+    /// holds only characters JSON never escapes, so it is replaced in place and the rest of the
+    /// body stays byte for byte; anything else is rewritten through the parsed body.
+    fn redact(
+        &self,
+        raw: &str,
+        body: &mut Map<String, Value>,
+        kind: &str,
+    ) -> Result<Option<String>, serde_json::Error> {
+        if !self.has_args {
+            return Ok(None);
+        }
+        let redacted_text = match &self.registration {
+            Some(registration) => self.text.replace(&registration.token, REDACTED),
+            None => format!("{}{REDACTED}", &self.text[..self.args_at]),
+        };
+        if let Some(text) = body.get_mut(kind).and_then(|m| m.get_mut("text")) {
+            *text = Value::String(redacted_text);
+        }
+        Ok(Some(match &self.registration {
+            Some(registration) if raw.contains(&registration.token) => {
+                raw.replace(&registration.token, REDACTED)
+            }
+            _ => serde_json::to_string(body)?,
+        }))
+    }
+
+    /// Adds the answer (or the attempt the store answers) and, in a group, the deletion of the
+    /// message that carried the secret.
+    fn decide(self, records: &mut Records, sender: Option<i64>) {
+        let reply_id = format!("{}:1", self.entry_id);
+        match self.registration {
+            Some(registration) => {
+                records.registration = Some(RegistrationAttempt {
+                    token_digest: registration.token_digest(),
+                    username: registration.username,
+                    telegram_user_id: sender,
+                    chat_id: self.chat_id,
+                    message_id: self.message_id,
+                    reply_id,
+                });
+            }
+            None => records.outbox.push(OutboxMessage {
+                outbox_id: reply_id,
+                chat_id: self.chat_id,
+                action: OutboxAction::SendMessage {
+                    text: replies::REGISTER_FORMAT.to_owned(),
+                    reply_to_message_id: Some(self.message_id),
+                },
+            }),
+        }
+        if self.in_group && self.has_args {
+            records.outbox.push(OutboxMessage {
+                outbox_id: format!("{}:2", self.entry_id),
+                chat_id: self.chat_id,
+                action: OutboxAction::DeleteMessage {
+                    message_id: self.message_id,
+                },
+            });
+        }
+    }
+}
+
+fn records_of(update: &QueuedUpdate, body: &Map<String, Value>, raw: &str, now_ms: i64) -> Records {
     let now = clock::iso8601(now_ms);
     let kind = update.kind.as_str();
     let payload = body.get(kind).cloned().unwrap_or(Value::Null);
@@ -124,7 +318,7 @@ pub fn build_records(update: &QueuedUpdate, now_ms: i64) -> Result<Records, Corr
     });
 
     let message = (kind == "message")
-        .then(|| message_record(&payload, sender.as_ref(), &update.raw, &now))
+        .then(|| message_record(&payload, sender.as_ref(), raw, &now))
         .flatten();
 
     let event = EventRecord {
@@ -136,12 +330,15 @@ pub fn build_records(update: &QueuedUpdate, now_ms: i64) -> Result<Records, Corr
         processed: true,
     };
 
-    Ok(Records {
+    Records {
         update_id: update.update_id,
         message,
         user,
         event,
-    })
+        outbox: Vec::new(),
+        registration: None,
+        redacted_raw: None,
+    }
 }
 
 fn message_record(
@@ -288,5 +485,133 @@ mod tests {
         };
         assert!(!session.is_expired(99_999));
         assert!(session.is_expired(100_000));
+    }
+
+    fn register_update(chat: i64, chat_type: &str, text: &str) -> QueuedUpdate {
+        let body = serde_json::json!({
+            "update_id": 90,
+            "message": {
+                "message_id": 17, "date": 1,
+                "chat": {"id": chat, "type": chat_type},
+                "from": {"id": 7, "is_bot": false, "first_name": "Ann"},
+                "text": text,
+                "entities": [{"type": "bot_command", "offset": 0, "length": 9}]
+            }
+        });
+        queued(&body.to_string())
+    }
+
+    fn handling() -> Handling {
+        Handling {
+            bot_username: Some("botline_bot".into()),
+        }
+    }
+
+    #[test]
+    fn a_registration_is_left_to_the_store_with_the_token_redacted_everywhere() {
+        let update = register_update(7, "private", "/register alice s3cr3t-T0ken");
+        let records = handling().records(&update, 0).unwrap();
+        let attempt = records.registration.clone().unwrap();
+        assert_eq!(attempt.username, "alice");
+        assert_eq!(attempt.token_digest, commands::token_digest("s3cr3t-T0ken"));
+        assert_eq!((attempt.chat_id, attempt.message_id), (7, 17));
+        assert_eq!(attempt.telegram_user_id, Some(7));
+        assert_eq!(attempt.reply_id, "entry-1:1");
+        assert!(records.outbox.is_empty(), "no deletion in a private chat");
+        let redacted = records.redacted_raw.clone().unwrap();
+        assert_eq!(
+            redacted,
+            update.raw.replace("s3cr3t-T0ken", REDACTED),
+            "the rest of the body stays byte for byte"
+        );
+        let message = records.message.clone().unwrap();
+        assert_eq!(message.text.as_deref(), Some("/register alice [redacted]"));
+        assert_eq!(message.raw, redacted);
+        assert_eq!(records.event.payload["text"], "/register alice [redacted]");
+        let everything = format!("{records:?}");
+        assert!(!everything.contains("s3cr3t-T0ken"), "{everything}");
+        let reply = attempt.reply(true);
+        assert_eq!(
+            reply.action,
+            OutboxAction::SendMessage {
+                text: "Registration successful! Welcome alice".into(),
+                reply_to_message_id: Some(17)
+            }
+        );
+        assert!(matches!(attempt.reply(false).action,
+            OutboxAction::SendMessage { text, .. } if text == replies::REGISTRATION_FAILED));
+    }
+
+    #[test]
+    fn in_a_group_the_message_carrying_the_token_is_deleted_after_the_answer() {
+        let update = register_update(
+            -100,
+            "supergroup",
+            "/register@botline_bot alice s3cr3t-T0ken",
+        );
+        let records = handling().records(&update, 0).unwrap();
+        assert_eq!(records.registration.unwrap().reply_id, "entry-1:1");
+        assert_eq!(
+            records.outbox,
+            vec![OutboxMessage {
+                outbox_id: "entry-1:2".into(),
+                chat_id: -100,
+                action: OutboxAction::DeleteMessage { message_id: 17 },
+            }]
+        );
+    }
+
+    #[test]
+    fn a_malformed_registration_gets_the_format_and_hides_what_was_typed() {
+        let update = register_update(-5, "group", "/register alice \"tok en\"");
+        let records = handling().records(&update, 0).unwrap();
+        assert!(records.registration.is_none());
+        assert_eq!(records.outbox.len(), 2);
+        assert_eq!(
+            records.outbox[0].action,
+            OutboxAction::SendMessage {
+                text: replies::REGISTER_FORMAT.into(),
+                reply_to_message_id: Some(17)
+            }
+        );
+        let message = records.message.unwrap();
+        assert_eq!(message.text.as_deref(), Some("/register [redacted]"));
+        assert!(!message.raw.contains("tok en") && !message.raw.contains("alice"));
+        assert!(!records.redacted_raw.unwrap().contains("tok"));
+    }
+
+    #[test]
+    fn other_commands_and_other_bots_are_left_alone() {
+        let bare = handling()
+            .records(&register_update(7, "private", "/register"), 0)
+            .unwrap();
+        assert_eq!(bare.outbox.len(), 1, "the format answer");
+        assert!(bare.redacted_raw.is_none());
+        for text in [
+            "/register@other_bot alice s3cr3t-T0ken",
+            "/start",
+            "hello /register a b",
+            "register a b",
+        ] {
+            let records = handling()
+                .records(&register_update(-1, "group", text), 0)
+                .unwrap();
+            assert!(
+                records.outbox.is_empty() && records.registration.is_none(),
+                "{text}"
+            );
+            assert!(records.redacted_raw.is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_a_body_escaped_like_the_bot_api_is_still_found() {
+        let body = r#"{"update_id":91,"message":{"message_id":3,"date":1,"chat":{"id":7,"type":"private"},"from":{"id":7,"first_name":"\u0410nn"},"text":"\/register alice s3cr3t-T0ken"}}"#;
+        let records = handling().records(&queued(body), 0).unwrap();
+        assert!(records.registration.is_some());
+        assert_eq!(
+            records.redacted_raw.unwrap(),
+            body.replace("s3cr3t-T0ken", REDACTED)
+        );
     }
 }

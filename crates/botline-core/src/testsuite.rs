@@ -10,7 +10,8 @@
 //! asserts what happens, never how fast.
 
 use crate::backend::{Applied, Backend, BackendError, Enqueued, Failed, MessageQuery, QueueConfig};
-use crate::records::{Records, SessionRecord, build_records};
+use crate::commands::{replies, token_digest};
+use crate::records::{Handling, OutboxAction, Records, SessionRecord, build_records};
 use crate::{Delivery, InboundUpdate, RetryPolicy, UpdateId, clock};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -39,6 +40,8 @@ macro_rules! backend_suite {
             events_are_queryable_by_user_and_time,
             messages_filter_and_page,
             sessions_expire,
+            a_registration_token_is_redeemed_once,
+            outbox_calls_go_out_once_in_order_per_chat,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -685,4 +688,194 @@ where
     assert!(backend.delete_session("s-other").await.unwrap());
     assert!(!backend.delete_session("s-other").await.unwrap());
     assert_eq!(backend.session("s-other").await.unwrap(), None);
+}
+
+/// A `/register` message from user 1000 + |chat| in `chat`.
+pub fn register_update(update_id: i64, chat: i64, args: &str) -> InboundUpdate {
+    message_update(update_id, chat, update_id, &format!("/register {args}"))
+}
+
+async fn apply_with<B: Backend>(backend: &B, delivery: &Delivery, handling: &Handling) -> Records {
+    let records = handling
+        .records(&delivery.update, clock::now_ms())
+        .expect("records");
+    backend.apply(delivery, &records).await.expect("apply");
+    records
+}
+
+fn sent_text(action: &OutboxAction) -> &str {
+    match action {
+        OutboxAction::SendMessage { text, .. } => text,
+        OutboxAction::DeleteMessage { .. } => "",
+    }
+}
+
+pub async fn a_registration_token_is_redeemed_once<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let handling = Handling::default();
+    let token = "s3cr3t-T0ken-1";
+    let far = clock::now_ms() + 3_600_000;
+    backend
+        .issue_token("alice", &token_digest(token), far)
+        .await
+        .unwrap();
+    backend
+        .issue_token("bob", &token_digest("expired-T0ken"), clock::now_ms() - 1)
+        .await
+        .unwrap();
+
+    let attempts = [
+        (200, format!("alice {token}")),
+        (201, format!("alice {token}")),
+        (202, "bob expired-T0ken".to_owned()),
+        (203, format!("mallory {token}")),
+        (204, "alice".to_owned()),
+    ];
+    for (id, args) in &attempts {
+        enqueue(&backend, &register_update(*id, 9, args)).await;
+        let delivery = receive(&backend, 1).await.remove(0);
+        apply_with(&backend, &delivery, &handling).await;
+        // A retried update answers nothing new.
+        apply_with(&backend, &delivery, &handling).await;
+    }
+    let mut answers = Vec::new();
+    loop {
+        let calls = backend
+            .due_calls(10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        if calls.is_empty() {
+            break;
+        }
+        for call in calls {
+            answers.push((call.update_id.0, sent_text(&call.call.action).to_owned()));
+            backend
+                .call_done(&call.call.outbox_id, Some(1))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        answers,
+        vec![
+            (200, replies::registered("alice")),
+            (201, replies::REGISTRATION_FAILED.to_owned()),
+            (202, replies::REGISTRATION_FAILED.to_owned()),
+            (203, replies::REGISTRATION_FAILED.to_owned()),
+            (204, replies::REGISTER_FORMAT.to_owned()),
+        ],
+        "one answer per update, in order"
+    );
+    let stored = backend
+        .messages(&MessageQuery {
+            limit: 10,
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), attempts.len());
+    for message in &stored {
+        assert!(
+            !message.raw.contains(token) && !message.text.as_deref().unwrap_or("").contains(token)
+        );
+    }
+    let events = backend.events_by_user("telegram_1009", "").await.unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.payload.to_string().contains(token))
+    );
+}
+
+pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(make: F)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make).await;
+    let handling = Handling::default();
+    // Malformed registrations in a group: an answer, then the deletion of the message.
+    enqueue(&backend, &register_update(300, -50, "only-one-word")).await;
+    enqueue(&backend, &register_update(301, -51, "x")).await;
+    for delivery in receive(&backend, 10).await {
+        apply_with(&backend, &delivery, &handling).await;
+        apply_with(&backend, &delivery, &handling).await;
+    }
+    assert_eq!(
+        backend.outbox_stats().await.unwrap().pending,
+        4,
+        "no call written twice"
+    );
+
+    let lease = Duration::from_millis(400);
+    let first = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(first.len(), 2, "one call per chat at a time");
+    assert!(
+        first
+            .iter()
+            .all(|c| sent_text(&c.call.action) == replies::REGISTER_FORMAT)
+    );
+    assert!(first.iter().all(|c| c.attempt == 1));
+    assert!(
+        backend.due_calls(10, lease).await.unwrap().is_empty(),
+        "leased"
+    );
+
+    // Chat -50: the answer goes through; its deletion comes next (held, under a long lease).
+    let (done, waiting): (Vec<_>, Vec<_>) = first.into_iter().partition(|c| c.call.chat_id == -50);
+    backend
+        .call_done(&done[0].call.outbox_id, Some(77))
+        .await
+        .unwrap();
+    let held = backend
+        .due_calls(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].call.action,
+        OutboxAction::DeleteMessage { message_id: 300 }
+    );
+
+    // Chat -51: Telegram asked to wait; not due before that, due after.
+    backend
+        .call_failed(
+            &waiting[0].call.outbox_id,
+            "429 retry after",
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    assert!(backend.due_calls(10, lease).await.unwrap().is_empty());
+    wait_past(Duration::from_millis(300)).await;
+    let retried = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].call.outbox_id, waiting[0].call.outbox_id);
+    assert_eq!(retried[0].attempt, 2);
+
+    // A final failure does not block the chat; an expired lease hands a call out again.
+    backend
+        .call_failed(&retried[0].call.outbox_id, "403 bot was blocked", None)
+        .await
+        .unwrap();
+    let deletion = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(deletion.len(), 1);
+    assert_eq!(
+        deletion[0].call.action,
+        OutboxAction::DeleteMessage { message_id: 301 }
+    );
+    wait_past(lease).await;
+    let again = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].call.outbox_id, deletion[0].call.outbox_id);
+    assert_eq!(again[0].attempt, 2);
+    for call in held.iter().chain(&again) {
+        backend.call_done(&call.call.outbox_id, None).await.unwrap();
+    }
+    let stats = backend.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.done, stats.failed), (0, 3, 1));
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use botline_core::backend::{Applied, DeadLetter, Enqueued, Failed, MessageQuery, QueueStats};
 use botline_core::{
     BackendError, DeadLetters, Delivery, EventRecord, InboundUpdate, MessageRecord, OrderKey,
-    Queue, QueueConfig, QueuedUpdate, Records, SessionRecord, Sessions, Store, UpdateId,
-    UpdateKind, UserRecord, clock,
+    Outbox, OutboxEntry, OutboxMessage, OutboxStats, Queue, QueueConfig, QueuedUpdate, Records,
+    RegistrationTokens, SessionRecord, Sessions, Store, UpdateId, UpdateKind, UserRecord, clock,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -506,6 +506,7 @@ impl Store for SqliteBackend {
                 return Ok(Applied::AlreadyDone);
             }
             write_records(conn, &records).map_err(unavailable)?;
+            write_outcome(conn, &records).map_err(unavailable)?;
             conn.prepare_cached(
                 "UPDATE updates SET state = 1, finished_at = ?2 WHERE update_id = ?1",
             )
@@ -688,6 +689,206 @@ fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
         e.processed
     ])?;
     Ok(())
+}
+
+/// The parts of an update's outcome beyond its records: the redacted body, a redeemed
+/// registration token, the outbox calls.
+fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
+    let now = clock::now_ms();
+    if let Some(raw) = &records.redacted_raw {
+        conn.prepare_cached("UPDATE update_bodies SET raw = ?2 WHERE update_id = ?1")?
+            .execute(params![records.update_id.0, raw])?;
+    }
+    let mut calls: Vec<OutboxMessage> = Vec::with_capacity(records.outbox.len() + 1);
+    if let Some(attempt) = &records.registration {
+        let registered = match attempt.telegram_user_id {
+            Some(user) => {
+                let redeemed = conn
+                    .prepare_cached(
+                        "UPDATE registration_tokens SET used_at = ?4, used_by = ?3
+                         WHERE token_digest = ?1 AND username = ?2 AND used_at IS NULL
+                           AND expires_at > ?4",
+                    )?
+                    .execute(params![attempt.token_digest, attempt.username, user, now])?;
+                if redeemed == 1 {
+                    conn.prepare_cached(
+                        "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
+                             chat_id = excluded.chat_id, registered_at = excluded.registered_at",
+                    )?
+                    .execute(params![user, attempt.username, attempt.chat_id, clock::iso8601(now)])?;
+                }
+                redeemed == 1
+            }
+            None => false,
+        };
+        calls.push(attempt.reply(registered));
+    }
+    calls.extend(records.outbox.iter().cloned());
+    for call in calls {
+        let action = serde_json::to_string(&call.action)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        conn.prepare_cached(
+            "INSERT INTO outbox (outbox_id, update_id, chat_id, action, due_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            call.outbox_id,
+            records.update_id.0,
+            call.chat_id,
+            action,
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+fn outbox_entry(row: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let action: String = row.get(3)?;
+    Ok(OutboxEntry {
+        call: OutboxMessage {
+            outbox_id: row.get(0)?,
+            chat_id: row.get(2)?,
+            action: serde_json::from_str(&action).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+            })?,
+        },
+        update_id: UpdateId(row.get(1)?),
+        attempt: row.get(4)?,
+        created_at_ms: row.get(5)?,
+    })
+}
+
+#[async_trait]
+impl Outbox for SqliteBackend {
+    async fn due_calls(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, BackendError> {
+        self.write(move |conn| {
+            let now = clock::now_ms();
+            let mut due = conn
+                .prepare_cached(
+                    "SELECT outbox_id, update_id, chat_id, action, attempts + 1, created_at
+                     FROM outbox AS o
+                     WHERE state = 0 AND due_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM outbox AS p
+                                       WHERE p.state = 0 AND p.chat_id = o.chat_id
+                                         AND (p.created_at, p.outbox_id) < (o.created_at, o.outbox_id))
+                     ORDER BY due_at, created_at, outbox_id LIMIT ?2",
+                )
+                .and_then(|mut select| {
+                    select
+                        .query_map(params![now, max as i64], outbox_entry)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            for entry in &mut due {
+                conn.prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, due_at = ?2 WHERE outbox_id = ?1",
+                )
+                .and_then(|mut lease_it| {
+                    lease_it.execute(params![entry.call.outbox_id, now.saturating_add(millis(lease))])
+                })
+                .map_err(unavailable)?;
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn call_done(
+        &self,
+        outbox_id: &str,
+        telegram_message_id: Option<i64>,
+    ) -> Result<(), BackendError> {
+        let outbox_id = outbox_id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET state = 1, finished_at = ?2, telegram_message_id = ?3,
+                 last_error = NULL WHERE outbox_id = ?1",
+            )
+            .and_then(|mut done| {
+                done.execute(params![outbox_id, clock::now_ms(), telegram_message_id])
+            })
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn call_failed(
+        &self,
+        outbox_id: &str,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        let outbox_id = outbox_id.to_owned();
+        let reason: String = reason.chars().take(2000).collect();
+        self.write(move |conn| {
+            let now = clock::now_ms();
+            let statement = match retry_after {
+                Some(_) => "UPDATE outbox SET due_at = ?2, last_error = ?3 WHERE outbox_id = ?1 AND state = 0",
+                None => "UPDATE outbox SET state = 2, finished_at = ?2, last_error = ?3 WHERE outbox_id = ?1",
+            };
+            let at = retry_after.map_or(now, |after| now.saturating_add(millis(after)));
+            conn.prepare_cached(statement)
+                .and_then(|mut failed| failed.execute(params![outbox_id, at, reason]))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, BackendError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FILTER (WHERE state = 0), COUNT(*) FILTER (WHERE state = 1),
+                        COUNT(*) FILTER (WHERE state = 2) FROM outbox",
+                [],
+                |row| {
+                    Ok(OutboxStats {
+                        pending: row.get::<_, i64>(0)?.unsigned_abs(),
+                        done: row.get::<_, i64>(1)?.unsigned_abs(),
+                        failed: row.get::<_, i64>(2)?.unsigned_abs(),
+                    })
+                },
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RegistrationTokens for SqliteBackend {
+    async fn issue_token(
+        &self,
+        username: &str,
+        token_digest: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError> {
+        let (username, token_digest) = (username.to_owned(), token_digest.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO registration_tokens (token_digest, username, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut issue| {
+                issue.execute(params![
+                    token_digest,
+                    username,
+                    clock::now_ms(),
+                    expires_at_ms
+                ])
+            })
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+        .await
+    }
 }
 
 const SESSION_COLUMNS: &str =

@@ -79,4 +79,40 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id);
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);
 
+-- Bot API calls to make once (transactional outbox), written with the update that asked for
+-- them. state: 0 pending (handed out while due_at is ahead), 1 done, 2 failed for good.
+CREATE TABLE IF NOT EXISTS outbox (
+    outbox_id           TEXT    PRIMARY KEY,
+    update_id           INTEGER NOT NULL,
+    chat_id             INTEGER NOT NULL,
+    action              TEXT    NOT NULL,
+    state               INTEGER NOT NULL DEFAULT 0,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    due_at              INTEGER NOT NULL,
+    created_at          INTEGER NOT NULL,
+    finished_at         INTEGER,
+    telegram_message_id INTEGER,
+    last_error          TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS outbox_pending_by_chat ON outbox (chat_id, created_at, outbox_id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS outbox_pending_by_time ON outbox (due_at) WHERE state = 0;
+
+-- Single-use registration tokens (`botline tokens issue`), kept only as SHA-256 digests.
+CREATE TABLE IF NOT EXISTS registration_tokens (
+    token_digest TEXT    PRIMARY KEY,
+    username     TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    used_at      INTEGER,
+    used_by      INTEGER
+) STRICT;
+
+-- Who registered as whom.
+CREATE TABLE IF NOT EXISTS registrations (
+    telegram_user_id INTEGER PRIMARY KEY,
+    username         TEXT    NOT NULL,
+    chat_id          INTEGER NOT NULL,
+    registered_at    TEXT    NOT NULL
+) STRICT;
+
 PRAGMA user_version = 1;

@@ -33,6 +33,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Registration tokens for `/register <username> <token>`.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Queue depth, updates in flight, dead letters, updates remembered.
     Stats {
         #[command(flatten)]
@@ -149,5 +154,19 @@ pub enum DlqCommand {
         /// Redrive every dead letter.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a single-use token for USERNAME; it is printed once, on the last line, and kept
+    /// only as a digest.
+    Issue {
+        #[command(flatten)]
+        store: StoreArgs,
+        username: String,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
     },
 }

@@ -51,6 +51,9 @@ pub struct Settings {
     pub worker_concurrency: usize,
     /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
     pub log_format: LogFormat,
+    /// The bot's username, so that `/command@otherbot` is left alone. Unset: only commands
+    /// without `@botname` are taken.
+    pub bot_username: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -78,6 +81,7 @@ impl Default for Settings {
             dedupe_window: queue.dedupe_window,
             worker_concurrency: 64,
             log_format: LogFormat::Auto,
+            bot_username: None,
         }
     }
 }
@@ -111,6 +115,7 @@ const ENV_SETTINGS: &[&str] = &[
     "dedupe_window",
     "worker_concurrency",
     "log_format",
+    "bot_username",
 ];
 
 impl Settings {

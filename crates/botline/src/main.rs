@@ -1,6 +1,6 @@
 //! `botline`: wires the command line to the library.
 
-use botline::cli::{Cli, Command, DlqCommand, MessagesCommand};
+use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, TokensCommand};
 use botline::config::{LogFormat, Settings};
 use botline::ops::{self, OpsError};
 use botline::serve::{open_backend, serve};
@@ -22,6 +22,9 @@ fn main() -> ExitCode {
                 DlqCommand::List { store, .. }
                 | DlqCommand::Show { store, .. }
                 | DlqCommand::Redrive { store, .. },
+        }
+        | Command::Tokens {
+            command: TokensCommand::Issue { store, .. },
         }
         | Command::Stats { store, .. } => Settings::load(cli.config.as_deref(), store),
     };
@@ -61,7 +64,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
         let metrics = botline::metrics::install();
         return serve(settings, metrics).await.map_err(|e| e.to_string());
     }
-    let backend = open_backend(&settings, true).map_err(|e| e.to_string())?;
+    // Tokens may be issued before the first `serve`; the other commands read what serve wrote.
+    let existing = !matches!(command, Command::Tokens { .. });
+    let backend = open_backend(&settings, existing).map_err(|e| e.to_string())?;
     let out = std::io::stdout().lock();
     let result = match command {
         Command::Serve(_) => Ok(()),
@@ -86,6 +91,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
                 ops::dlq_redrive(&*backend, id.map(UpdateId), out).await
             }
         },
+        Command::Tokens {
+            command: TokensCommand::Issue { username, ttl, .. },
+        } => ops::issue_token(&*backend, &username, ttl, out).await,
         Command::Stats { json, .. } => ops::stats(&*backend, json, out).await,
     };
     match result {

@@ -27,6 +27,8 @@ pub enum OpsError {
     Csv(#[from] csv::Error),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl OpsError {
@@ -211,5 +213,35 @@ pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Re
         writeln!(out, "dead       {}", stats.dead)?;
         writeln!(out, "done       {} (remembered for dedupe)", stats.done)?;
     }
+    Ok(())
+}
+
+/// Issues a single-use registration token for `username`, valid for `ttl`, and prints it on the
+/// last line. Only its SHA-256 digest is stored.
+pub async fn issue_token(
+    backend: &dyn Backend,
+    username: &str,
+    ttl: std::time::Duration,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    use rand::RngCore;
+    if !botline_core::commands::is_username(username) {
+        return Err(OpsError::Invalid(
+            "a username is 1 to 64 of A-Z a-z 0-9 _ . - @".to_owned(),
+        ));
+    }
+    let mut bytes = [0_u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires_at = clock::now_ms().saturating_add(ttl_ms);
+    let digest = botline_core::commands::token_digest(&token);
+    backend.issue_token(username, &digest, expires_at).await?;
+    writeln!(
+        out,
+        "single-use token for {username}, valid until {}; send it as: /register {username} <token>",
+        clock::iso8601(expires_at)
+    )?;
+    writeln!(out, "{token}")?;
     Ok(())
 }

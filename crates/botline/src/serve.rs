@@ -75,6 +75,10 @@ pub async fn serve(
             backend: Arc::clone(&backend),
             concurrency: settings.worker_concurrency,
             wake,
+            handling: Arc::new(botline_core::Handling {
+                bot_username: settings.bot_username.clone(),
+            }),
+            outbox: Arc::new(Notify::new()),
         }
         .run(shutdown.clone()),
     );

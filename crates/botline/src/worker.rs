@@ -7,8 +7,7 @@
 //! the last attempt the update is a dead letter.
 
 use crate::metrics as names;
-use botline_core::records::build_records;
-use botline_core::{Applied, Backend, BackendError, Delivery, Failed, clock};
+use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, clock};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -28,6 +27,10 @@ pub struct Worker {
     pub concurrency: usize,
     /// Notified when there may be new work.
     pub wake: Arc<Notify>,
+    /// What the bot knows of itself, for its commands.
+    pub handling: Arc<Handling>,
+    /// Notified when processing wrote outbox calls.
+    pub outbox: Arc<Notify>,
 }
 
 impl Worker {
@@ -52,8 +55,12 @@ impl Worker {
                             break;
                         };
                         let (backend, wake) = (Arc::clone(&self.backend), Arc::clone(&self.wake));
+                        let (handling, outbox) =
+                            (Arc::clone(&self.handling), Arc::clone(&self.outbox));
                         in_hand.spawn(async move {
-                            process(&*backend, delivery).await;
+                            if process(&*backend, &handling, delivery).await {
+                                outbox.notify_one();
+                            }
                             drop(slot);
                             // The chat's next update may now be handed out.
                             wake.notify_one();
@@ -106,13 +113,17 @@ pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken
     }
 }
 
-/// One attempt at one update.
-pub async fn process(backend: &dyn Backend, delivery: Delivery) {
+/// One attempt at one update. True when it wrote outbox calls.
+pub async fn process(backend: &dyn Backend, handling: &Handling, delivery: Delivery) -> bool {
     metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
     let update = &delivery.update;
     let started = std::time::Instant::now();
-    let result = match build_records(update, clock::now_ms()) {
-        Ok(records) => backend.apply(&delivery, &records).await,
+    let mut calls = false;
+    let result = match handling.records(update, clock::now_ms()) {
+        Ok(records) => {
+            calls = !records.outbox.is_empty() || records.registration.is_some();
+            backend.apply(&delivery, &records).await
+        }
         Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
     };
     let result = match result {
@@ -142,6 +153,7 @@ pub async fn process(backend: &dyn Backend, delivery: Delivery) {
                 stored_after_ms,
                 "processed"
             );
+            calls
         }
         Err(e) => {
             metrics::counter!(names::PROCESSING_FAILURES).increment(1);
@@ -165,6 +177,7 @@ pub async fn process(backend: &dyn Backend, delivery: Delivery) {
                 error = %e,
                 "processing failed"
             );
+            false
         }
     }
 }
