@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Botline's whole test suite: formatting, lints, and every test of every crate (unit tests,
-# the shared backend suite on SQLite, black-box tests of the real binary, the crash test).
-# Installs nothing the machine's Rust toolchain does not already have.
+# the shared backend suite on SQLite, black-box tests of the real binary, the crash test), and
+# the CDK app's offline tests (infra/scripts/test.sh: npm ci, Jest on the synthesized templates,
+# cdk synth, cfn-lint from PyPI in a venv). Needs Rust (rustup), Node.js 20+ with npm, Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +15,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Before cargo test, so that cargo's summary closes the run.
+echo "== infra (CDK app: jest, cdk synth, cfn-lint)"
+infra/scripts/test.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,433 @@
+/**
+ * One Botline deployment: HTTP API → ingest Lambda → SQS (+ DLQ) → worker Lambda → DynamoDB, with
+ * the secrets, log groups, alarms and dashboard that go with it. Resource names are
+ * `botline-<stage>-<resource>`; see docs/deploy.md for how to deploy it.
+ */
+import {
+  Annotations,
+  CfnOutput,
+  CfnParameter,
+  CfnRule,
+  Duration,
+  Fn,
+  Stack,
+  StackProps,
+  Tags,
+} from 'aws-cdk-lib';
+import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
+import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { BotlineConfig } from './config';
+import { Monitoring } from './monitoring';
+import { STAGE_SETTINGS, StageSettings } from './stages';
+
+/** Figures from seed 001 and the issue, in one place so tests and docs can quote them. */
+export const LIMITS = {
+  ingest: { memoryMb: 256, timeout: Duration.seconds(30) },
+  worker: { memoryMb: 512, timeout: Duration.seconds(60), maxConcurrency: 10, batchSize: 10 },
+  queue: {
+    /** Redrive to the DLQ on the receive after the third failed one. */
+    maxReceiveCount: 3,
+    retention: Duration.days(4),
+    /**
+     * AWS asks for at least six times the function timeout (plus the batching window, which is
+     * zero here) so that a batch still in a retried or throttled invocation does not become
+     * visible to another one. 6 × 60 s = 360 s; seed 001's 5 minutes would be too short.
+     */
+    visibilityTimeout: Duration.minutes(6),
+    /**
+     * Standard queues keep a message's original enqueue time when it moves to the DLQ, so the
+     * DLQ must keep messages longer than the queue does or dead letters expire on arrival.
+     */
+    dlqRetention: Duration.days(14),
+  },
+} as const;
+
+/** The DynamoDB tables the worker writes, by the suffix after `botline-<stage>-`. */
+export const TABLE_NAMES = ['messages', 'users', 'events', 'sessions', 'updates'] as const;
+export type TableName = (typeof TABLE_NAMES)[number];
+
+export interface BotlineStackProps extends StackProps {
+  readonly config: BotlineConfig;
+}
+
+export class BotlineStack extends Stack {
+  readonly config: BotlineConfig;
+  readonly settings: StageSettings;
+  readonly api: apigwv2.HttpApi;
+  readonly ingest: lambda.Function;
+  readonly worker: lambda.Function;
+  readonly queue: sqs.Queue;
+  readonly deadLetters: sqs.Queue;
+  readonly tables: Record<TableName, dynamodb.Table>;
+
+  constructor(scope: Construct, id: string, props: BotlineStackProps) {
+    super(scope, id, {
+      description: `Botline ${props.config.stage}: Telegram webhook -> API Gateway -> Lambda -> SQS -> Lambda -> DynamoDB`,
+      ...props,
+    });
+    this.config = props.config;
+    this.settings = STAGE_SETTINGS[this.config.stage];
+    const { stage } = this.config;
+    Tags.of(this).add('project', 'botline');
+    Tags.of(this).add('stage', stage);
+
+    // Queue and dead-letter queue.
+    const fifoSuffix = this.config.fifo ? '.fifo' : '';
+    this.deadLetters = new sqs.Queue(this, 'DeadLetterQueue', {
+      queueName: `${this.name('dlq')}${fifoSuffix}`,
+      fifo: this.config.fifo || undefined,
+      retentionPeriod: LIMITS.queue.dlqRetention,
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+    this.queue = new sqs.Queue(this, 'Queue', {
+      queueName: `${this.name('queue')}${fifoSuffix}`,
+      // FIFO: the ingest function sets MessageGroupId = chat id (per-chat order) and
+      // MessageDeduplicationId = update id, so content-based deduplication stays off.
+      fifo: this.config.fifo || undefined,
+      contentBasedDeduplication: this.config.fifo ? false : undefined,
+      retentionPeriod: LIMITS.queue.retention,
+      visibilityTimeout: LIMITS.queue.visibilityTimeout,
+      deadLetterQueue: { queue: this.deadLetters, maxReceiveCount: LIMITS.queue.maxReceiveCount },
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+
+    // Tables (names and keys as the AWS backend expects them).
+    this.tables = {
+      messages: this.table('messages', { partitionKey: str('chatId'), sortKey: num('messageId') }),
+      users: this.table('users', { partitionKey: str('userId') }),
+      events: this.table('events', { partitionKey: str('eventId') }),
+      sessions: this.table('sessions', { partitionKey: str('sessionId'), timeToLiveAttribute: 'expiresAt' }),
+      updates: this.table('updates', { partitionKey: num('updateId'), timeToLiveAttribute: 'expiresAt' }),
+    };
+    this.tables.events.addGlobalSecondaryIndex({
+      indexName: 'UserIdIndex',
+      partitionKey: str('userId'),
+      sortKey: str('timestamp'),
+    });
+    this.tables.sessions.addGlobalSecondaryIndex({ indexName: 'UserIdIndex', partitionKey: str('userId') });
+
+    // Secrets. CloudFormation generates a value for each so that the stack deploys on its own;
+    // the operator replaces the bot token and the OpenAI key (docs/deploy.md). The generated
+    // webhook secret is usable as it is: 64 characters from Telegram's allowed A-Z a-z 0-9.
+    const botToken = this.secret(
+      'bot-token',
+      'Telegram bot token from @BotFather (replace the generated value)',
+    );
+    const webhookSecret = this.secret(
+      'webhook-secret',
+      'Telegram setWebhook secret_token, checked against X-Telegram-Bot-Api-Secret-Token',
+    );
+    // Stored now, read by no function yet (seed 000: "stored now, used in Phase 2").
+    const openAiKey = this.secret(
+      'openai-api-key',
+      'OpenAI API key for later phases (replace the generated value)',
+    );
+
+    // Functions, each with a role of its own that grants only what it uses.
+    const sharedEnvironment = {
+      BOTLINE_STAGE: stage,
+      BOTLINE_LOG: 'info',
+      BOTLINE_QUEUE_URL: this.queue.queueUrl,
+      // A URL grants nothing; the ingest function has no permission on the DLQ.
+      BOTLINE_DLQ_URL: this.deadLetters.queueUrl,
+    };
+    this.ingest = this.function('ingest', {
+      code: this.config.ingestCode,
+      memoryMb: LIMITS.ingest.memoryMb,
+      timeout: LIMITS.ingest.timeout,
+      description: 'Botline receiver: checks and enqueues Telegram updates, serves /health',
+      environment: {
+        ...sharedEnvironment,
+        BOTLINE_WEBHOOK_SECRET_ID: webhookSecret.secretArn,
+      },
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'SendUpdatesToQueue',
+          actions: ['sqs:SendMessage'],
+          resources: [this.queue.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ReadWebhookSecret',
+          actions: ['secretsmanager:GetSecretValue'],
+          resources: [webhookSecret.secretArn],
+        }),
+      ],
+    });
+    const tableArns = TABLE_NAMES.map((name) => this.tables[name].tableArn);
+    this.worker = this.function('worker', {
+      code: this.config.workerCode,
+      memoryMb: LIMITS.worker.memoryMb,
+      timeout: LIMITS.worker.timeout,
+      description: 'Botline worker: processes queued updates into DynamoDB',
+      reservedConcurrency: this.config.workerReservedConcurrency,
+      environment: {
+        ...sharedEnvironment,
+        BOTLINE_TABLE_PREFIX: this.name(''),
+        BOTLINE_BOT_TOKEN_ID: botToken.secretArn,
+      },
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'ConsumeQueue',
+          // ChangeMessageVisibility: the worker backs off a failed update by shortening or
+          // lengthening its lease instead of waiting out the whole visibility timeout.
+          actions: [
+            'sqs:ReceiveMessage',
+            'sqs:DeleteMessage',
+            'sqs:ChangeMessageVisibility',
+            'sqs:GetQueueAttributes',
+          ],
+          resources: [this.queue.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ReadWriteOwnTables',
+          // Transactions (TransactWriteItems) are authorized per item by these same actions.
+          actions: [
+            'dynamodb:GetItem',
+            'dynamodb:BatchGetItem',
+            'dynamodb:Query',
+            'dynamodb:PutItem',
+            'dynamodb:UpdateItem',
+            'dynamodb:DeleteItem',
+            'dynamodb:BatchWriteItem',
+            'dynamodb:ConditionCheckItem',
+          ],
+          resources: [
+            ...tableArns,
+            `${this.tables.events.tableArn}/index/UserIdIndex`,
+            `${this.tables.sessions.tableArn}/index/UserIdIndex`,
+          ],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ReadBotToken',
+          actions: ['secretsmanager:GetSecretValue'],
+          resources: [botToken.secretArn],
+        }),
+      ],
+    });
+
+    // The worker polls the queue: batches of 10, failed items reported one by one, and at most
+    // 10 concurrent invocations. Maximum concurrency on the mapping (not reserved concurrency on
+    // the function) caps the worker without the poller being throttled into early redrives.
+    new lambda.EventSourceMapping(this, 'WorkerQueueMapping', {
+      target: this.worker,
+      eventSourceArn: this.queue.queueArn,
+      batchSize: LIMITS.worker.batchSize,
+      reportBatchItemFailures: true,
+      maxConcurrency: LIMITS.worker.maxConcurrency,
+      enabled: true,
+    });
+
+    // HTTP API: the ingest function serves both routes (one axum router).
+    this.api = new apigwv2.HttpApi(this, 'Api', {
+      apiName: this.name('api'),
+      description: `Botline ${stage}: Telegram webhook and health check`,
+      createDefaultStage: false,
+    });
+    const integration = new HttpLambdaIntegration('IngestIntegration', this.ingest, {
+      payloadFormatVersion: apigwv2.PayloadFormatVersion.VERSION_2_0,
+    });
+    this.api.addRoutes({ path: '/telegram/webhook', methods: [apigwv2.HttpMethod.POST], integration });
+    this.api.addRoutes({ path: '/health', methods: [apigwv2.HttpMethod.GET], integration });
+    const accessLogs = new logs.LogGroup(this, 'ApiAccessLogs', {
+      logGroupName: `/aws/apigateway/${this.name('api')}`,
+      retention: this.settings.logRetention,
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+    new apigwv2.HttpStage(this, 'DefaultStage', {
+      httpApi: this.api,
+      stageName: '$default',
+      autoDeploy: true,
+      description: 'Throttled: see docs/deploy.md for the figures',
+      throttle: { rateLimit: this.config.apiRateLimit, burstLimit: this.config.apiBurstLimit },
+      accessLogSettings: {
+        destination: new apigwv2.LogGroupLogDestination(accessLogs),
+        // No headers: the webhook secret travels in one.
+        format: AccessLogFormat.custom(
+          JSON.stringify({
+            requestId: '$context.requestId',
+            requestTime: '$context.requestTimeEpoch',
+            sourceIp: '$context.identity.sourceIp',
+            routeKey: '$context.routeKey',
+            status: '$context.status',
+            responseLength: '$context.responseLength',
+            latencyMs: '$context.responseLatency',
+            integrationError: '$context.integrationErrorMessage',
+          }),
+        ),
+      },
+    });
+
+    const webhookUrl = `${this.api.apiEndpoint}/telegram/webhook`;
+    new Monitoring(this, 'Monitoring', {
+      name: (resource) => this.name(resource),
+      api: this.api,
+      ingest: this.ingest,
+      worker: this.worker,
+      queue: this.queue,
+      deadLetters: this.deadLetters,
+      tables: TABLE_NAMES.map((name) => this.tables[name]),
+      alarmEmail: this.config.alarmEmail,
+    });
+
+    if (this.config.lambdaAssets === 'placeholder') {
+      this.refuseDeployment();
+    }
+
+    // Outputs.
+    this.output('WebhookUrl', webhookUrl, 'POST target for Telegram: botline webhook set --url <this>');
+    this.output('HealthUrl', `${this.api.apiEndpoint}/health`, 'GET: {"status":"ok","version":...}');
+    this.output('QueueUrl', this.queue.queueUrl, 'SQS queue of updates (BOTLINE_QUEUE_URL)');
+    this.output('DlqUrl', this.deadLetters.queueUrl, 'SQS dead-letter queue (BOTLINE_DLQ_URL)');
+    this.output('TablePrefix', this.name(''), 'BOTLINE_TABLE_PREFIX');
+    for (const name of TABLE_NAMES) {
+      this.output(`${capitalize(name)}TableName`, this.tables[name].tableName, `DynamoDB table ${name}`);
+    }
+    this.output('BotTokenSecretArn', botToken.secretArn, 'Put the bot token here');
+    this.output('WebhookSecretArn', webhookSecret.secretArn, 'Telegram secret_token (generated)');
+    this.output('OpenAiApiKeySecretArn', openAiKey.secretArn, 'Put the OpenAI API key here (later phases)');
+  }
+
+  /** `botline-<stage>-<resource>`; with an empty resource, the prefix `botline-<stage>-`. */
+  name(resource: string): string {
+    return `botline-${this.config.stage}-${resource}`;
+  }
+
+  private table(
+    name: TableName,
+    keys: Pick<dynamodb.TableProps, 'partitionKey' | 'sortKey' | 'timeToLiveAttribute'>,
+  ): dynamodb.Table {
+    return new dynamodb.Table(this, `${capitalize(name)}Table`, {
+      tableName: this.name(name),
+      ...keys,
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: this.settings.pointInTimeRecovery },
+      deletionProtection: this.settings.tableDeletionProtection,
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+  }
+
+  private secret(name: string, description: string): secretsmanager.Secret {
+    return new secretsmanager.Secret(this, `${pascal(name)}Secret`, {
+      secretName: this.name(name),
+      description,
+      generateSecretString: { passwordLength: 64, excludePunctuation: true, includeSpace: false },
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+  }
+
+  private function(
+    name: 'ingest' | 'worker',
+    props: {
+      code: string;
+      memoryMb: number;
+      timeout: Duration;
+      description: string;
+      environment: Record<string, string>;
+      statements: iam.PolicyStatement[];
+      reservedConcurrency?: number;
+    },
+  ): lambda.Function {
+    const functionName = this.name(name);
+    const logGroup = new logs.LogGroup(this, `${capitalize(name)}Logs`, {
+      logGroupName: `/aws/lambda/${functionName}`,
+      retention: this.settings.logRetention,
+      removalPolicy: this.settings.dataRemovalPolicy,
+    });
+    // Role names are left to CloudFormation (`botline-<stage>-<Id>-<random>`): IAM names are
+    // global to the account, so a fixed name would collide between regions.
+    const role = new iam.Role(this, `${capitalize(name)}Role`, {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: `Botline ${this.config.stage} ${name} function: only what it uses`,
+    });
+    role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'WriteOwnLogs',
+        // The log group exists already (above), so no logs:CreateLogGroup.
+        actions: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+        resources: [logGroup.logGroupArn],
+      }),
+    );
+    for (const statement of props.statements) {
+      role.addToPolicy(statement);
+    }
+    return new lambda.Function(this, `${capitalize(name)}Function`, {
+      functionName,
+      description: props.description,
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      architecture: lambda.Architecture.ARM_64,
+      handler: 'bootstrap',
+      code: lambda.Code.fromAsset(props.code),
+      memorySize: props.memoryMb,
+      timeout: props.timeout,
+      role,
+      environment: props.environment,
+      logGroup,
+      // JSON logs: the Rust runtime reads AWS_LAMBDA_LOG_FORMAT and writes JSON lines.
+      loggingFormat: lambda.LoggingFormat.JSON,
+      applicationLogLevelV2: lambda.ApplicationLogLevel.INFO,
+      systemLogLevelV2: lambda.SystemLogLevel.WARN,
+      tracing: this.config.tracing ? lambda.Tracing.ACTIVE : lambda.Tracing.DISABLED,
+      reservedConcurrentExecutions: props.reservedConcurrency,
+    });
+  }
+
+  /**
+   * A template built with placeholder code must never reach AWS. The rule below is evaluated by
+   * CloudFormation when a change set is created, so `cdk deploy` (and any other deploy of this
+   * template) fails with this message before anything is created or changed. It checks a
+   * parameter, as CDK's own bootstrap-version rule does, rather than a constant; the parameter
+   * can be overridden on purpose (`--parameters LambdaCode=real`), never by accident.
+   */
+  private refuseDeployment(): void {
+    const message =
+      'This template was synthesized with -c lambdaAssets=placeholder: its Lambda code is a ' +
+      'placeholder that only exits with an error. Build the real zips and deploy without ' +
+      'lambdaAssets=placeholder (docs/deploy.md).';
+    const lambdaCode = new CfnParameter(this, 'LambdaCode', {
+      type: 'String',
+      default: 'placeholder',
+      allowedValues: ['placeholder', 'real'],
+      description: 'Which Lambda code this template carries; "placeholder" refuses to deploy',
+    });
+    new CfnRule(this, 'RefusePlaceholderLambdaCode', {
+      assertions: [
+        { assert: Fn.conditionEquals(lambdaCode.valueAsString, 'real'), assertDescription: message },
+      ],
+    });
+    Annotations.of(this).addWarningV2('botline:placeholder-lambda-code', message);
+  }
+
+  private output(id: string, value: string, description: string): void {
+    new CfnOutput(this, id, { value, description });
+  }
+}
+
+function str(name: string): dynamodb.Attribute {
+  return { name, type: dynamodb.AttributeType.STRING };
+}
+
+function num(name: string): dynamodb.Attribute {
+  return { name, type: dynamodb.AttributeType.NUMBER };
+}
+
+function capitalize(word: string): string {
+  return word.charAt(0).toUpperCase() + word.slice(1);
+}
+
+/** `openai-api-key` → `OpenaiApiKey`. */
+function pascal(name: string): string {
+  return name.split('-').map(capitalize).join('');
+}

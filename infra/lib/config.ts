@@ -1,0 +1,185 @@
+/**
+ * Everything the Botline stack can be told from the command line (`-c key=value`), read once,
+ * checked, and turned into one typed `BotlineConfig`. Both `bin/botline.ts` and the tests go
+ * through `readConfig`, so what the tests assert is what `cdk synth` and `cdk deploy` build.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { Node } from 'constructs';
+
+/** A deployment of Botline. Each stage is its own stack with its own resources. */
+export type Stage = 'dev' | 'prod';
+
+/**
+ * Where the Lambda code comes from.
+ * - `real`: the zips that `cargo lambda build` leaves under `target/lambda/` (or `-c ingestZip`,
+ *   `-c workerZip`); the app refuses to synthesize when they are missing.
+ * - `placeholder`: a stand-in `bootstrap` that only exits with an error, for offline synth and
+ *   tests. A template built from it carries a CloudFormation rule that fails every deploy.
+ */
+export type LambdaAssets = 'real' | 'placeholder';
+
+export interface BotlineConfig {
+  readonly stage: Stage;
+  /** AWS region; eu-north-1 unless `-c region=...`. */
+  readonly region: string;
+  /** Account from `CDK_DEFAULT_ACCOUNT` (set by the CDK CLI from the credentials in use), else none. */
+  readonly account?: string;
+  /** SQS FIFO instead of standard (`-c fifo=true`). */
+  readonly fifo: boolean;
+  /** X-Ray active tracing on both functions (`-c tracing=true`). */
+  readonly tracing: boolean;
+  /** E-mail subscribed to the alarm topic (`-c alarmEmail=...`); none means no subscription. */
+  readonly alarmEmail?: string;
+  readonly lambdaAssets: LambdaAssets;
+  readonly ingestCode: string;
+  readonly workerCode: string;
+  /** HTTP API steady-state request rate per second (`-c apiRateLimit=...`). */
+  readonly apiRateLimit: number;
+  /** HTTP API burst, in requests (`-c apiBurstLimit=...`). */
+  readonly apiBurstLimit: number;
+  /** Reserved concurrency of the worker (`-c workerReservedConcurrency=...`); none by default. */
+  readonly workerReservedConcurrency?: number;
+}
+
+export const DEFAULT_REGION = 'eu-north-1';
+
+/** The repository root: `infra/` sits directly under it. */
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+
+/** The stand-in Lambda code for offline synth; see `LambdaAssets`. */
+export const PLACEHOLDER_ASSET_DIR = path.resolve(__dirname, '..', 'placeholder-asset');
+
+/** Where cargo lambda puts each function's zip (`cargo lambda build --release --arm64 --output-format zip`). */
+export function defaultZip(functionName: 'botline-ingest' | 'botline-worker'): string {
+  return path.join(REPO_ROOT, 'target', 'lambda', functionName, 'bootstrap.zip');
+}
+
+/** Build command for the real zips, quoted in error messages and in docs/deploy.md. */
+export const BUILD_COMMAND = 'cargo lambda build --release --arm64 --output-format zip';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Reads and checks the context of `node` (the app), and the default account from `env`. */
+export function readConfig(node: Node, env: NodeJS.ProcessEnv = process.env): BotlineConfig {
+  const stage = readStage(node.tryGetContext('stage'));
+  const lambdaAssets = readLambdaAssets(node.tryGetContext('lambdaAssets'));
+  const apiRateLimit = readPositiveInt(node, 'apiRateLimit', 100);
+  const apiBurstLimit = readPositiveInt(node, 'apiBurstLimit', 200);
+  if (apiBurstLimit < apiRateLimit) {
+    throw new ConfigError(
+      `apiBurstLimit (${apiBurstLimit}) must be at least apiRateLimit (${apiRateLimit}): ` +
+        'a burst smaller than one second of steady traffic throttles the steady traffic',
+    );
+  }
+  const reserved = node.tryGetContext('workerReservedConcurrency');
+  const alarmEmail = readOptionalString(node, 'alarmEmail');
+  if (alarmEmail !== undefined && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(alarmEmail)) {
+    throw new ConfigError(`alarmEmail is not an e-mail address: ${alarmEmail}`);
+  }
+  return {
+    stage,
+    region: readOptionalString(node, 'region') ?? DEFAULT_REGION,
+    account: env.CDK_DEFAULT_ACCOUNT || undefined,
+    fifo: readBool(node, 'fifo'),
+    tracing: readBool(node, 'tracing'),
+    alarmEmail,
+    lambdaAssets,
+    ...resolveCode(node, lambdaAssets),
+    apiRateLimit,
+    apiBurstLimit,
+    workerReservedConcurrency:
+      reserved === undefined ? undefined : readPositiveInt(node, 'workerReservedConcurrency', 0),
+  };
+}
+
+function readStage(value: unknown): Stage {
+  if (value === 'dev' || value === 'prod') {
+    return value;
+  }
+  throw new ConfigError(
+    value === undefined
+      ? 'no stage: pass -c stage=dev or -c stage=prod'
+      : `unknown stage ${JSON.stringify(value)}: pass -c stage=dev or -c stage=prod`,
+  );
+}
+
+function readLambdaAssets(value: unknown): LambdaAssets {
+  if (value === undefined || value === 'real') {
+    return 'real';
+  }
+  if (value === 'placeholder') {
+    return 'placeholder';
+  }
+  throw new ConfigError(`lambdaAssets must be "real" or "placeholder", not ${JSON.stringify(value)}`);
+}
+
+/** The code of both functions: the real zips (which must exist) or the placeholder directory. */
+function resolveCode(node: Node, assets: LambdaAssets): { ingestCode: string; workerCode: string } {
+  if (assets === 'placeholder') {
+    if (node.tryGetContext('ingestZip') !== undefined || node.tryGetContext('workerZip') !== undefined) {
+      throw new ConfigError('ingestZip/workerZip and lambdaAssets=placeholder exclude each other');
+    }
+    return { ingestCode: PLACEHOLDER_ASSET_DIR, workerCode: PLACEHOLDER_ASSET_DIR };
+  }
+  const ingestCode = path.resolve(readOptionalString(node, 'ingestZip') ?? defaultZip('botline-ingest'));
+  const workerCode = path.resolve(readOptionalString(node, 'workerZip') ?? defaultZip('botline-worker'));
+  const missing = [ingestCode, workerCode].filter((zip) => !isFile(zip));
+  if (missing.length > 0) {
+    throw new ConfigError(
+      `Lambda code not found: ${missing.join(', ')}.\n` +
+        `Build it from the repository root with: ${BUILD_COMMAND}\n` +
+        'or point -c ingestZip=... -c workerZip=... at the zips. For an offline synth that will ' +
+        'never be deployed, pass -c lambdaAssets=placeholder.',
+    );
+  }
+  return { ingestCode, workerCode };
+}
+
+function isFile(file: string): boolean {
+  try {
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function readOptionalString(node: Node, key: string): string | undefined {
+  const value = node.tryGetContext(key);
+  if (value === undefined || value === null || value === '') {
+    return undefined;
+  }
+  if (typeof value !== 'string') {
+    throw new ConfigError(`${key} must be a string, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/** Context flags come as strings from `-c` and as booleans from cdk.json; both are accepted. */
+function readBool(node: Node, key: string): boolean {
+  const value = node.tryGetContext(key);
+  if (value === undefined || value === false || value === 'false') {
+    return false;
+  }
+  if (value === true || value === 'true') {
+    return true;
+  }
+  throw new ConfigError(`${key} must be true or false, not ${JSON.stringify(value)}`);
+}
+
+function readPositiveInt(node: Node, key: string, fallback: number): number {
+  const value = node.tryGetContext(key);
+  if (value === undefined) {
+    return fallback;
+  }
+  const number = typeof value === 'number' ? value : Number(value);
+  if (!Number.isInteger(number) || number < 1) {
+    throw new ConfigError(`${key} must be a positive integer, not ${JSON.stringify(value)}`);
+  }
+  return number;
+}

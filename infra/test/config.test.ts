@@ -1,0 +1,211 @@
+/**
+ * The context the app accepts (`-c key=value`), what it refuses, and where the Lambda code comes
+ * from: the real zips, or the placeholder that a template can never be deployed with.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { App, Token } from 'aws-cdk-lib';
+import { Annotations, Match } from 'aws-cdk-lib/assertions';
+import { buildApp } from '../lib/app';
+import { BUILD_COMMAND, ConfigError, defaultZip, PLACEHOLDER_ASSET_DIR, REPO_ROOT } from '../lib/config';
+import { appContext, logicalId, quietSynth, resourcesOfType, synth } from './support';
+
+/** Builds the app with exactly this context (no placeholder default), to see what it throws. */
+function build(context: Record<string, unknown>) {
+  const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'botline-infra-config-'));
+  try {
+    return buildApp(new App({ outdir, context: appContext(context) }), {});
+  } finally {
+    fs.rmSync(outdir, { recursive: true, force: true });
+  }
+}
+
+describe('stage', () => {
+  test('is required', () => {
+    expect(() => build({ lambdaAssets: 'placeholder' })).toThrow(
+      /no stage: pass -c stage=dev or -c stage=prod/,
+    );
+  });
+
+  test('must be dev or prod', () => {
+    expect(() => build({ stage: 'staging', lambdaAssets: 'placeholder' })).toThrow(ConfigError);
+  });
+});
+
+describe('region and account', () => {
+  test('eu-north-1 by default, whatever the CLI profile says', () => {
+    const { stack } = synth({ stage: 'dev' }, { CDK_DEFAULT_REGION: 'us-east-1' });
+    expect(stack.region).toBe('eu-north-1');
+  });
+
+  test('-c region overrides it, and the template follows', () => {
+    const { stack, json } = synth({ stage: 'dev', region: 'eu-west-1' });
+    expect(stack.region).toBe('eu-west-1');
+    expect(JSON.stringify(json)).not.toContain('eu-north-1');
+  });
+
+  test('the account comes from CDK_DEFAULT_ACCOUNT when the CLI has credentials, and none is required', () => {
+    expect(synth({ stage: 'dev' }, { CDK_DEFAULT_ACCOUNT: '123456789012' }).stack.account).toBe(
+      '123456789012',
+    );
+    expect(Token.isUnresolved(synth({ stage: 'dev' }, {}).stack.account)).toBe(true);
+  });
+});
+
+describe('Lambda code', () => {
+  let dir: string;
+  let ingestZip: string;
+  let workerZip: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'botline-zips-'));
+    ingestZip = path.join(dir, 'ingest.zip');
+    workerZip = path.join(dir, 'worker.zip');
+    fs.writeFileSync(ingestZip, 'not really a zip: ingest');
+    fs.writeFileSync(workerZip, 'not really a zip: worker');
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('defaults to the zips cargo lambda builds under target/lambda', () => {
+    expect(defaultZip('botline-ingest')).toBe(
+      path.join(REPO_ROOT, 'target/lambda/botline-ingest/bootstrap.zip'),
+    );
+    expect(defaultZip('botline-worker')).toBe(
+      path.join(REPO_ROOT, 'target/lambda/botline-worker/bootstrap.zip'),
+    );
+    expect(fs.existsSync(path.join(REPO_ROOT, 'infra', 'cdk.json'))).toBe(true);
+  });
+
+  test('missing zips stop the synth, naming the build command and the placeholder option', () => {
+    const missing = path.join(dir, 'missing.zip');
+    let error: unknown;
+    try {
+      build({ stage: 'dev', ingestZip: missing, workerZip });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const message = (error as Error).message;
+    expect(message).toContain(missing);
+    expect(message).not.toContain(workerZip);
+    expect(message).toContain(BUILD_COMMAND);
+    expect(message).toContain('-c lambdaAssets=placeholder');
+  });
+
+  test('real zips: each function gets its own, and the template has no refusal rule', () => {
+    const { json, outdir, stack } = synth({ stage: 'prod', lambdaAssets: 'real', ingestZip, workerZip });
+    expect(json.Rules?.RefusePlaceholderLambdaCode).toBeUndefined();
+    expect(json.Parameters?.LambdaCode).toBeUndefined();
+    expect(Annotations.fromStack(stack).findWarning('*', Match.stringLikeRegexp('placeholder'))).toEqual([]);
+    for (const [fn, zip] of [
+      ['ingest', ingestZip],
+      ['worker', workerZip],
+    ]) {
+      const code =
+        json.Resources[logicalId(json, 'AWS::Lambda::Function', 'FunctionName', `botline-prod-${fn}`)]
+          .Properties!.Code;
+      expect(code.S3Key).toMatch(/^[0-9a-f]{64}\.zip$/);
+      const staged = path.join(outdir, `asset.${code.S3Key.replace(/\.zip$/, '')}.zip`);
+      expect(fs.readFileSync(staged, 'utf8')).toBe(fs.readFileSync(zip, 'utf8'));
+    }
+  });
+
+  test('placeholder: a warning at synth, and the template refuses to deploy', () => {
+    const { json, stack } = synth({ stage: 'dev', lambdaAssets: 'placeholder' });
+    const annotations = quietSynth(() => Annotations.fromStack(stack));
+    expect(annotations.findWarning('*', Match.stringLikeRegexp('lambdaAssets=placeholder'))).toHaveLength(1);
+    expect(json.Parameters!.LambdaCode).toEqual(
+      expect.objectContaining({
+        Type: 'String',
+        Default: 'placeholder',
+        AllowedValues: ['placeholder', 'real'],
+      }),
+    );
+    expect(json.Rules!.RefusePlaceholderLambdaCode.Assertions[0].Assert).toEqual({
+      'Fn::Equals': [{ Ref: 'LambdaCode' }, 'real'],
+    });
+  });
+
+  test('the placeholder is an executable bootstrap that only fails', () => {
+    const bootstrap = path.join(PLACEHOLDER_ASSET_DIR, 'bootstrap');
+    expect(fs.statSync(bootstrap).mode & 0o111).not.toBe(0);
+    expect(fs.readFileSync(bootstrap, 'utf8')).toMatch(/exit 1\s*$/);
+  });
+
+  test('placeholder and explicit zips exclude each other', () => {
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', ingestZip })).toThrow(
+      /exclude each other/,
+    );
+  });
+
+  test('lambdaAssets takes real or placeholder only', () => {
+    expect(() => build({ stage: 'dev', lambdaAssets: 'fake' })).toThrow(ConfigError);
+  });
+});
+
+describe('FIFO', () => {
+  test('-c fifo=true makes both queues FIFO, deduplicated by the id the ingest function sets', () => {
+    const { json } = synth({ stage: 'dev', fifo: 'true' });
+    const queues = Object.values(resourcesOfType(json, 'AWS::SQS::Queue')).map((q) => q.Properties!);
+    expect(queues.map((q) => q.QueueName).sort()).toEqual(['botline-dev-dlq.fifo', 'botline-dev-queue.fifo']);
+    for (const queue of queues) {
+      expect(queue.FifoQueue).toBe(true);
+      expect(queue.SqsManagedSseEnabled).toBe(true);
+    }
+    const main = queues.find((q) => q.QueueName === 'botline-dev-queue.fifo')!;
+    expect(main.ContentBasedDeduplication).toBe(false);
+    expect(main.RedrivePolicy.maxReceiveCount).toBe(3);
+    expect(main.VisibilityTimeout).toBe(360);
+  });
+
+  test('fifo accepts true or false only', () => {
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', fifo: 'yes' })).toThrow(ConfigError);
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', fifo: false })).not.toThrow();
+  });
+});
+
+describe('X-Ray', () => {
+  test('off by default, active on both functions with -c tracing=true', () => {
+    const functions = (context: Record<string, unknown>) =>
+      Object.values(resourcesOfType(synth(context).json, 'AWS::Lambda::Function')).map(
+        (f) => f.Properties!.TracingConfig,
+      );
+    expect(functions({ stage: 'prod' })).toEqual([undefined, undefined]);
+    expect(functions({ stage: 'prod', tracing: 'true' })).toEqual([{ Mode: 'Active' }, { Mode: 'Active' }]);
+  });
+});
+
+describe('throttling and concurrency', () => {
+  test('-c apiRateLimit / apiBurstLimit set the stage throttling', () => {
+    const { template } = synth({ stage: 'dev', apiRateLimit: '20', apiBurstLimit: '50' });
+    template.hasResourceProperties('AWS::ApiGatewayV2::Stage', {
+      DefaultRouteSettings: { ThrottlingRateLimit: 20, ThrottlingBurstLimit: 50 },
+    });
+  });
+
+  test('a burst below the rate, or a non-integer, is refused', () => {
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', apiRateLimit: '500' })).toThrow(
+      /apiBurstLimit/,
+    );
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', apiRateLimit: '1.5' })).toThrow(
+      /positive integer/,
+    );
+  });
+
+  test('-c workerReservedConcurrency reserves concurrency for the worker only', () => {
+    const { json } = synth({ stage: 'prod', workerReservedConcurrency: '10' });
+    const reserved = (fn: string) =>
+      json.Resources[logicalId(json, 'AWS::Lambda::Function', 'FunctionName', `botline-prod-${fn}`)]
+        .Properties!.ReservedConcurrentExecutions;
+    expect(reserved('worker')).toBe(10);
+    expect(reserved('ingest')).toBeUndefined();
+  });
+});
+
+describe('alarm e-mail', () => {
+  test('must look like an address', () => {
+    expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', alarmEmail: 'ops' })).toThrow(
+      /alarmEmail/,
+    );
+  });
+});

@@ -1,0 +1,204 @@
+/**
+ * Least privilege, read from the IAM policies in the template: every statement of every policy
+ * of every role, and the resource policies. Checked for both stages and for the FIFO and X-Ray
+ * variants, which add or change resources.
+ */
+import {
+  CfnTemplate,
+  Grant,
+  grantsOf,
+  logicalId,
+  render,
+  resourcesOfType,
+  roleGrants,
+  synth,
+} from './support';
+
+/** Services where a `*` in an action or a resource is never acceptable (issue 5). */
+const NO_WILDCARD_SERVICES = ['sqs', 'dynamodb', 'secretsmanager', 'ssm'];
+
+const VARIANTS: [string, Record<string, unknown>][] = [
+  ['dev', { stage: 'dev' }],
+  ['prod', { stage: 'prod' }],
+  ['dev, FIFO queue', { stage: 'dev', fifo: 'true' }],
+  ['prod, X-Ray tracing', { stage: 'prod', tracing: 'true' }],
+];
+
+const XRAY_GRANTS = ['xray:PutTraceSegments', 'xray:PutTelemetryRecords'].map((action) => ({
+  effect: 'Allow' as const,
+  action,
+  resource: '*',
+}));
+
+describe.each(VARIANTS)('%s', (_label, context) => {
+  const stage = context.stage as string;
+  const fifo = context.fifo === 'true';
+  const tracing = context.tracing === 'true';
+  let json: CfnTemplate;
+  const name = (resource: string) => `botline-${stage}-${resource}`;
+  const queueName = (resource: string) => `${name(resource)}${fifo ? '.fifo' : ''}`;
+  beforeAll(() => {
+    json = synth(context).json;
+  });
+
+  const id = (type: string, key: string, value: string) => logicalId(json, type, key, value);
+  const fnRole = (fn: 'ingest' | 'worker') => {
+    const role = json.Resources[id('AWS::Lambda::Function', 'FunctionName', name(fn))].Properties!.Role;
+    return render(role).replace(/\.Arn$/, '');
+  };
+  const grantsOfFunction = (fn: 'ingest' | 'worker') => roleGrants(json, fnRole(fn));
+  const arn = (type: string, key: string, value: string) => `${id(type, key, value)}.Arn`;
+  const queueArn = () => arn('AWS::SQS::Queue', 'QueueName', queueName('queue'));
+  const dlqArn = () => arn('AWS::SQS::Queue', 'QueueName', queueName('dlq'));
+  const secretRef = (secret: string) => `ref(${id('AWS::SecretsManager::Secret', 'Name', name(secret))})`;
+  const tableArn = (table: string) => arn('AWS::DynamoDB::Table', 'TableName', name(table));
+  const logsArn = (fn: string) => arn('AWS::Logs::LogGroup', 'LogGroupName', `/aws/lambda/${name(fn)}`);
+  const sorted = (grants: Grant[]) => grants.map((g) => `${g.effect} ${g.action} on ${g.resource}`).sort();
+
+  test('the only roles are the two function roles, with no managed policies', () => {
+    expect(Object.keys(resourcesOfType(json, 'AWS::IAM::Role')).sort()).toEqual(
+      [fnRole('ingest'), fnRole('worker')].sort(),
+    );
+    for (const fn of ['ingest', 'worker'] as const) {
+      expect(grantsOfFunction(fn).managedPolicies).toEqual([]);
+    }
+  });
+
+  test('each role may be assumed by Lambda only', () => {
+    for (const role of Object.values(resourcesOfType(json, 'AWS::IAM::Role'))) {
+      expect(role.Properties!.AssumeRolePolicyDocument.Statement).toEqual([
+        { Action: 'sts:AssumeRole', Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' } },
+      ]);
+    }
+  });
+
+  test('ingest: send to the queue, read the webhook secret, write its own logs; nothing else', () => {
+    expect(sorted(grantsOfFunction('ingest').grants)).toEqual(
+      sorted([
+        { effect: 'Allow', action: 'sqs:SendMessage', resource: queueArn() },
+        { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secretRef('webhook-secret') },
+        { effect: 'Allow', action: 'logs:CreateLogStream', resource: logsArn('ingest') },
+        { effect: 'Allow', action: 'logs:PutLogEvents', resource: logsArn('ingest') },
+        ...(tracing ? XRAY_GRANTS : []),
+      ]),
+    );
+  });
+
+  test('worker: consume the queue, read/write its own tables, read the bot token, write its own logs', () => {
+    const tableActions = [
+      'dynamodb:GetItem',
+      'dynamodb:BatchGetItem',
+      'dynamodb:Query',
+      'dynamodb:PutItem',
+      'dynamodb:UpdateItem',
+      'dynamodb:DeleteItem',
+      'dynamodb:BatchWriteItem',
+      'dynamodb:ConditionCheckItem',
+    ];
+    const tableResources = [
+      ...['messages', 'users', 'events', 'sessions', 'updates'].map(tableArn),
+      `${tableArn('events')}/index/UserIdIndex`,
+      `${tableArn('sessions')}/index/UserIdIndex`,
+    ];
+    expect(sorted(grantsOfFunction('worker').grants)).toEqual(
+      sorted([
+        ...[
+          'sqs:ReceiveMessage',
+          'sqs:DeleteMessage',
+          'sqs:ChangeMessageVisibility',
+          'sqs:GetQueueAttributes',
+        ].map((action) => ({ effect: 'Allow' as const, action, resource: queueArn() })),
+        ...tableActions.flatMap((action) =>
+          tableResources.map((resource) => ({ effect: 'Allow' as const, action, resource })),
+        ),
+        { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secretRef('bot-token') },
+        { effect: 'Allow', action: 'logs:CreateLogStream', resource: logsArn('worker') },
+        { effect: 'Allow', action: 'logs:PutLogEvents', resource: logsArn('worker') },
+        ...(tracing ? XRAY_GRANTS : []),
+      ]),
+    );
+  });
+
+  test('the ingest function touches no DynamoDB, no DLQ, no bot token and no OpenAI key', () => {
+    const grants = grantsOfFunction('ingest').grants;
+    expect(grants.filter((g) => g.action.startsWith('dynamodb:'))).toEqual([]);
+    expect(grants.filter((g) => g.resource.includes('Table'))).toEqual([]);
+    for (const forbidden of [dlqArn(), secretRef('bot-token'), secretRef('openai-api-key')]) {
+      expect(grants.filter((g) => g.resource === forbidden)).toEqual([]);
+    }
+  });
+
+  test('the worker cannot read the webhook secret or the OpenAI key, send, or touch the DLQ', () => {
+    const grants = grantsOfFunction('worker').grants;
+    for (const forbidden of [dlqArn(), secretRef('webhook-secret'), secretRef('openai-api-key')]) {
+      expect(grants.filter((g) => g.resource === forbidden)).toEqual([]);
+    }
+    expect(grants.filter((g) => g.action === 'sqs:SendMessage')).toEqual([]);
+  });
+
+  test('no function may read the OpenAI key yet', () => {
+    const all = [...grantsOfFunction('ingest').grants, ...grantsOfFunction('worker').grants];
+    expect(all.filter((g) => g.resource === secretRef('openai-api-key'))).toEqual([]);
+  });
+
+  test('no "*" action or resource for SQS, DynamoDB, Secrets Manager or SSM in any IAM policy', () => {
+    const policies = [
+      ...Object.values(resourcesOfType(json, 'AWS::IAM::Policy')).map((p) => p.Properties!.PolicyDocument),
+      ...Object.values(resourcesOfType(json, 'AWS::IAM::Role')).flatMap((r) =>
+        (r.Properties!.Policies ?? []).map((p: { PolicyDocument: unknown }) => p.PolicyDocument),
+      ),
+      ...Object.values(resourcesOfType(json, 'AWS::IAM::ManagedPolicy')).map(
+        (p) => p.Properties!.PolicyDocument,
+      ),
+    ];
+    expect(policies.length).toBeGreaterThan(0);
+    const grants = policies.flatMap((document) => grantsOf(document));
+    for (const grant of grants) {
+      expect(grant.effect).toBe('Allow');
+      expect(grant.action).not.toBe('*');
+      const service = grant.action.split(':')[0];
+      expect(grant.action).not.toMatch(/^[a-z0-9-]+:\*$/);
+      if (NO_WILDCARD_SERVICES.includes(service)) {
+        expect({ grant, wildcard: grant.action.includes('*') || grant.resource.includes('*') }).toEqual({
+          grant,
+          wildcard: false,
+        });
+      }
+    }
+    // Resource "*" only where the service has no resource-level permissions (X-Ray).
+    expect(
+      grants
+        .filter((g) => g.resource === '*')
+        .map((g) => g.action)
+        .sort(),
+    ).toEqual(
+      tracing
+        ? [
+            'xray:PutTelemetryRecords',
+            'xray:PutTelemetryRecords',
+            'xray:PutTraceSegments',
+            'xray:PutTraceSegments',
+          ].sort()
+        : [],
+    );
+    expect(grants.filter((g) => g.action.startsWith('ssm:') || g.action.startsWith('iam:'))).toEqual([]);
+  });
+
+  test('resource policies only deny (queues: no TLS, no access)', () => {
+    const queuePolicies = Object.values(resourcesOfType(json, 'AWS::SQS::QueuePolicy'));
+    expect(queuePolicies).toHaveLength(2);
+    for (const policy of queuePolicies) {
+      for (const statement of policy.Properties!.PolicyDocument.Statement) {
+        expect(statement.Effect).toBe('Deny');
+        expect(statement.Condition).toEqual({ Bool: { 'aws:SecureTransport': 'false' } });
+      }
+    }
+    for (const type of [
+      'AWS::SecretsManager::ResourcePolicy',
+      'AWS::SNS::TopicPolicy',
+      'AWS::DynamoDB::ResourcePolicy',
+    ]) {
+      expect(Object.keys(resourcesOfType(json, type))).toEqual([]);
+    }
+  });
+});
