@@ -145,7 +145,9 @@ pub struct InboundUpdate {
 impl InboundUpdate {
     /// Validates a webhook body and reads its id, kind and order key.
     pub fn parse(body: &[u8]) -> Result<Self, InvalidUpdate> {
-        let fields: TopLevel<'_> = serde_json::from_slice(body).map_err(|e| {
+        // Validated once here; parsing a `&str` then trusts it instead of checking again.
+        let body = std::str::from_utf8(body).map_err(|_| InvalidUpdate::NotJson)?;
+        let fields: TopLevel<'_> = serde_json::from_str(body).map_err(|e| {
             if e.is_data() {
                 InvalidUpdate::NotAnObject
             } else {
@@ -172,12 +174,11 @@ impl InboundUpdate {
             ),
             None => (UpdateKind::empty(), OrderKey::Update(id)),
         };
-        let raw = String::from_utf8(body.to_vec()).map_err(|_| InvalidUpdate::NotJson)?;
         Ok(Self {
             id,
             kind,
             order_key,
-            raw,
+            raw: body.to_owned(),
         })
     }
 }

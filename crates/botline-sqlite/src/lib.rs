@@ -369,9 +369,9 @@ impl Queue for SqliteBackend {
     async fn stats(&self) -> Result<QueueStats, BackendError> {
         self.read(|conn| {
             let now = clock::now_ms();
-            let count = |sql: &str| -> Result<u64, BackendError> {
+            let count = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<u64, BackendError> {
                 conn.prepare_cached(sql)
-                    .and_then(|mut count| count.query_row(params![now], |row| row.get::<_, i64>(0)))
+                    .and_then(|mut count| count.query_row(params, |row| row.get::<_, i64>(0)))
                     .map(|n| n.unsigned_abs())
                     .map_err(unavailable)
             };
@@ -379,13 +379,15 @@ impl Queue for SqliteBackend {
                 pending: count(
                     "SELECT COUNT(*) FROM updates WHERE state = 0
                      AND (receipt IS NULL OR visible_at <= ?1)",
+                    params![now],
                 )?,
                 in_flight: count(
                     "SELECT COUNT(*) FROM updates WHERE state = 0
                      AND receipt IS NOT NULL AND visible_at > ?1",
+                    params![now],
                 )?,
-                dead: count("SELECT COUNT(*) FROM updates WHERE state = 2 AND ?1 = ?1")?,
-                done: count("SELECT COUNT(*) FROM updates WHERE state = 1 AND ?1 = ?1")?,
+                dead: count("SELECT COUNT(*) FROM updates WHERE state = 2", &[])?,
+                done: count("SELECT COUNT(*) FROM updates WHERE state = 1", &[])?,
             })
         })
         .await
