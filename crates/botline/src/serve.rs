@@ -52,8 +52,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let secret = settings.webhook_secret()?;
     settings.check_exposure(secret.as_ref())?;
-    let backend = open_backend(&settings, false)?;
     let _lock = lock_data_dir(&settings.data_dir)?;
+    let backend = open_backend(&settings, false)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -134,7 +134,10 @@ async fn wait_for_signal() {
 }
 
 /// Keeps a second `botline serve` off the same data directory (the CLI may still open it).
+/// Taken before the store is opened, so a refused server touches nothing.
 fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ServeError::DataDir(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join("serve.lock");
     let file = File::create(&path)?;
     match file.try_lock() {
