@@ -1,0 +1,76 @@
+//! Telegram's flood limits, when the stand-in enforces them. The per-group limit (20 a minute)
+//! is tested on the limiter itself, with made-up times, in `src/state.rs`.
+
+mod common;
+
+use botline_standin::{Settings, StandIn};
+use common::{call, settings, standin};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn enforcing() -> StandIn {
+    StandIn::start(Settings {
+        enforce_limits: true,
+        ..settings()
+    })
+}
+
+#[test]
+fn one_message_a_second_to_a_chat() {
+    let standin = enforcing();
+    let base = standin.base_url();
+    let send = |chat: i64| call(&base, "sendMessage", json!({"chat_id": chat, "text": "hi"}));
+
+    let first = Instant::now();
+    assert_eq!(send(42).status, 200);
+    let limited = send(42);
+    assert_eq!(
+        limited.body,
+        json!({"ok": false, "error_code": 429,
+               "description": "Too Many Requests: retry after 1",
+               "parameters": {"retry_after": 1}})
+    );
+    assert_eq!(limited.status, 429);
+    assert_eq!(send(43).status, 200, "another chat is not limited");
+
+    // A second after the first was answered (it arrived a little after `first`).
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(first.elapsed()));
+    let later = send(42);
+    assert_eq!(later.status, 200);
+    // The refused message was not sent.
+    assert_eq!(later.body["result"]["message_id"], 2);
+}
+
+#[test]
+fn thirty_messages_a_second_in_all() {
+    let standin = enforcing();
+    let base = standin.base_url();
+    let started = Instant::now();
+    let statuses: Vec<u16> = (1..=31)
+        .map(|chat| {
+            call(
+                &base,
+                "sendMessage",
+                json!({"chat_id": chat, "text": "news"}),
+            )
+            .status
+        })
+        .collect();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "too slow to test: {took:?}"
+    );
+    assert_eq!(statuses[..30], [200; 30]);
+    assert_eq!(statuses[30], 429);
+}
+
+#[test]
+fn limits_are_off_unless_asked_for() {
+    let standin = standin();
+    let base = standin.base_url();
+    for _ in 0..5 {
+        let sent = call(&base, "sendMessage", json!({"chat_id": 42, "text": "hi"}));
+        assert_eq!(sent.status, 200);
+    }
+}
