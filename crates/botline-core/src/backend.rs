@@ -211,6 +211,12 @@ pub trait Queue: Send + Sync {
     async fn housekeeping(&self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// Called once when the process stops, after the last write: a backend with a local log
+    /// (SQLite's WAL) folds it into its files, so overwritten data (a redacted token) is gone.
+    async fn close(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Updates that ran out of attempts.

@@ -118,6 +118,28 @@ pub fn is_username(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
 }
 
+/// A secret a user typed (a registration token): handed to the registration backend, never
+/// printed (`Debug` shows [`REDACTED`]) and never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TypedSecret(String);
+
+impl TypedSecret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the backend that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TypedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 /// SHA-256 of a registration token, as lowercase hex.
 pub fn token_digest(token: &str) -> String {
     Sha256::digest(token.as_bytes())

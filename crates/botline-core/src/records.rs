@@ -133,8 +133,11 @@ pub enum OutboxAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationAttempt {
     pub username: String,
-    /// SHA-256 of the token, hex ([`commands::token_digest`]).
+    /// SHA-256 of the token, hex ([`commands::token_digest`]): what the embedded store checks.
     pub token_digest: String,
+    /// The token as typed, for a registration backend outside the store (a database function),
+    /// which is called before the update's records are written. Never stored or printed.
+    pub token: commands::TypedSecret,
     pub telegram_user_id: Option<i64>,
     pub chat_id: i64,
     pub message_id: i64,
@@ -272,6 +275,7 @@ impl RegisterCommand {
             Some(registration) => {
                 records.registration = Some(RegistrationAttempt {
                     token_digest: registration.token_digest(),
+                    token: commands::TypedSecret::new(registration.token),
                     username: registration.username,
                     telegram_user_id: sender,
                     chat_id: self.chat_id,

@@ -26,12 +26,15 @@ trait Job: Send {
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), &BackendError>);
+    /// Runs outside any transaction (a WAL checkpoint), after the jobs before it.
+    fn bare(&self) -> bool;
 }
 
 struct Op<R, F> {
     op: F,
     result: Option<Result<R, BackendError>>,
     reply: oneshot::Sender<Result<R, BackendError>>,
+    bare: bool,
 }
 
 impl<R, F> Job for Op<R, F>
@@ -54,6 +57,10 @@ where
         };
         // The caller may have given up (timed out); then nobody is waiting for the answer.
         let _ = self.reply.send(result);
+    }
+
+    fn bare(&self) -> bool {
+        self.bare
     }
 }
 
@@ -81,11 +88,30 @@ impl Writer {
         R: Send + 'static,
         F: Fn(&Connection) -> Result<R, BackendError> + Send + 'static,
     {
+        self.send(op, false).await
+    }
+
+    /// Runs `op` on the write connection outside any transaction, once the writes sent before
+    /// it are committed (for statements SQLite refuses inside one, such as a WAL checkpoint).
+    pub(crate) async fn outside_transaction<R, F>(&self, op: F) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: Fn(&Connection) -> Result<R, BackendError> + Send + 'static,
+    {
+        self.send(op, true).await
+    }
+
+    async fn send<R, F>(&self, op: F, bare: bool) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: Fn(&Connection) -> Result<R, BackendError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Op {
             op,
             result: None,
             reply,
+            bare,
         });
         self.jobs
             .send(job)
@@ -100,24 +126,41 @@ impl Writer {
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.blocking_recv() {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
+        let mut bare = None;
+        if job.bare() {
+            bare = Some(job);
+        } else {
+            batch.push(job);
+        }
+        while bare.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(job) if job.bare() => bare = Some(job),
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        match run_group(&conn, &mut batch) {
-            Ok(true) => finish_all(&mut batch, Ok(())),
-            Ok(false) => {
-                for job in batch.drain(..) {
-                    run_alone(&conn, job);
-                }
+        if !batch.is_empty() {
+            run_batch(&conn, &mut batch);
+        }
+        if let Some(mut job) = bare {
+            job.run(&conn);
+            job.finish(Ok(()));
+        }
+    }
+}
+
+/// Runs a batch in one transaction, or each job alone if one of them failed, and answers them.
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+    match run_group(conn, batch) {
+        Ok(true) => finish_all(batch, Ok(())),
+        Ok(false) => {
+            for job in batch.drain(..) {
+                run_alone(conn, job);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = batch.len(), "SQLite transaction did not commit");
-                finish_all(&mut batch, Err(&e));
-            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "SQLite transaction did not commit");
+            finish_all(batch, Err(&e));
         }
     }
 }

@@ -21,8 +21,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Receive webhook updates, make them durable, and process them into the store.
+    /// Receive webhook updates, make them durable, process them into the store, and answer.
     Serve(ServeArgs),
+    /// As `serve`, with updates fetched from Telegram by long polling (getUpdates) instead of a
+    /// webhook: for a machine with no public HTTPS address.
+    Poll(ServeArgs),
+    /// Telegram's webhook for this bot: set, show, delete.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Read the stored messages.
     Messages {
         #[command(subcommand)]
@@ -108,6 +116,81 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telegram: TelegramArgs,
+}
+
+/// How to reach the Bot API (the token comes from BOTLINE_BOT_TOKEN or the token file).
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct TelegramArgs {
+    /// File holding the bot token (instead of BOTLINE_BOT_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bot_token_file: Option<PathBuf>,
+
+    /// The Bot API's base URL [default: https://api.telegram.org]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telegram_api_url: Option<String>,
+}
+
+/// `botline webhook set`.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct WebhookSetArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telegram: TelegramArgs,
+
+    /// File holding the webhook secret (instead of BOTLINE_WEBHOOK_SECRET).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// The public HTTPS URL of the webhook.
+    #[arg(long)]
+    #[serde(skip)]
+    pub url: String,
+
+    /// Connections Telegram opens at once, 1-100 [Telegram's default: 40]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[serde(skip)]
+    pub max_connections: Option<u32>,
+
+    /// Update kinds to receive, comma-separated (e.g. message,callback_query) [default: all
+    /// kinds except chat_member, message_reaction and message_reaction_count]
+    #[arg(long, value_name = "KINDS")]
+    #[serde(skip)]
+    pub allowed_updates: Option<String>,
+
+    /// Discard the updates Telegram holds for the bot.
+    #[arg(long)]
+    #[serde(skip)]
+    pub drop_pending_updates: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Point Telegram at URL (your `/telegram/webhook`), with the configured webhook secret as
+    /// `secret_token`.
+    Set(WebhookSetArgs),
+    /// Show the webhook as Telegram sees it: URL, pending updates, last error.
+    Info {
+        #[command(flatten)]
+        telegram: TelegramArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the webhook (needed before `botline poll`).
+    Delete {
+        #[command(flatten)]
+        telegram: TelegramArgs,
+        /// Discard the updates Telegram holds for the bot.
+        #[arg(long)]
+        drop_pending_updates: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,15 +3,19 @@
 //!
 //! Secrets are not settings: the webhook secret comes from `BOTLINE_WEBHOOK_SECRET` or from the
 //! file named by `webhook_secret_file` (flag, `BOTLINE_WEBHOOK_SECRET_FILE` or the TOML file),
-//! never from the TOML file itself, so a config file can be committed safely.
+//! never from the TOML file itself, so a config file can be committed safely. The bot token
+//! likewise comes from `BOTLINE_BOT_TOKEN` or the file named by `bot_token_file`.
 
 use crate::secret::WebhookSecret;
+use crate::telegram::{BotToken, Telegram};
 use botline_core::{QueueConfig, RetryPolicy};
+use botline_registrar::{PostgresOptions, PostgresRegistrar, Registrar, SqlServerRegistrar};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The file read when `--config` is not given, if it exists.
@@ -52,8 +56,38 @@ pub struct Settings {
     /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
     pub log_format: LogFormat,
     /// The bot's username, so that `/command@otherbot` is left alone. Unset: only commands
-    /// without `@botname` are taken.
+    /// without `@botname` are taken. Asked of Telegram (getMe) when a bot token is set.
     pub bot_username: Option<String>,
+    /// The Bot API's base URL: Telegram's, a local Bot API server, or a test stand-in.
+    pub telegram_api_url: String,
+    /// A file holding the bot token (instead of `BOTLINE_BOT_TOKEN`).
+    pub bot_token_file: Option<PathBuf>,
+    /// Bot API calls per second, overall (Telegram allows about 30).
+    pub telegram_calls_per_second: u32,
+    /// How long one getUpdates call of `botline poll` waits for updates.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Who decides `/register <username> <token>`.
+    pub registration: RegistrationBackend,
+    /// The Postgres function or SQL Server procedure that decides it [default:
+    /// `party_telegram_user_register`, or `dbo.PartyTelegramUser_REGISTER_tr` on SQL Server].
+    pub registration_procedure: Option<String>,
+    /// A file holding the registration database's connection string (instead of
+    /// `BOTLINE_REGISTRATION_DATABASE_URL`); it holds a password, so it is never a setting.
+    pub registration_database_url_file: Option<PathBuf>,
+}
+
+/// Who decides `/register`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationBackend {
+    /// Single-use tokens issued with `botline tokens issue`, checked in the store.
+    Embedded,
+    /// A Postgres function `(username text, token text, telegram_user_id bigint, chat_id bigint)
+    /// returns boolean`.
+    Postgres,
+    /// A SQL Server stored procedure, through TDS (tiberius).
+    Sqlserver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -82,6 +116,13 @@ impl Default for Settings {
             worker_concurrency: 64,
             log_format: LogFormat::Auto,
             bot_username: None,
+            telegram_api_url: crate::telegram::DEFAULT_API_URL.to_owned(),
+            bot_token_file: None,
+            telegram_calls_per_second: 30,
+            poll_timeout: Duration::from_secs(25),
+            registration: RegistrationBackend::Embedded,
+            registration_procedure: None,
+            registration_database_url_file: None,
         }
     }
 }
@@ -116,6 +157,13 @@ const ENV_SETTINGS: &[&str] = &[
     "worker_concurrency",
     "log_format",
     "bot_username",
+    "telegram_api_url",
+    "bot_token_file",
+    "telegram_calls_per_second",
+    "poll_timeout",
+    "registration",
+    "registration_procedure",
+    "registration_database_url_file",
 ];
 
 impl Settings {
@@ -163,6 +211,17 @@ impl Settings {
         if self.lease < Duration::from_secs(1) || self.ack_timeout.is_zero() {
             return invalid("lease must be at least 1s and ack_timeout more than 0");
         }
+        if !(1..=1000).contains(&self.telegram_calls_per_second) {
+            return invalid("telegram_calls_per_second must be between 1 and 1000");
+        }
+        if self.poll_timeout > Duration::from_secs(300) {
+            return invalid("poll_timeout must be at most 300s");
+        }
+        if !(self.telegram_api_url.starts_with("https://")
+            || self.telegram_api_url.starts_with("http://"))
+        {
+            return invalid("telegram_api_url must start with https:// or http://");
+        }
         Ok(())
     }
 
@@ -200,6 +259,85 @@ impl Settings {
         WebhookSecret::new(text.trim_end_matches(['\n', '\r']).to_owned())
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The bot token: `BOTLINE_BOT_TOKEN`, else the token file, else none.
+    pub fn bot_token(&self) -> Result<Option<BotToken>, ConfigError> {
+        BotToken::from_env_or_file(self.bot_token_file.as_deref()).map_err(ConfigError::Invalid)
+    }
+
+    /// A Bot API client, when a bot token is configured.
+    pub fn telegram(&self) -> Result<Option<Telegram>, ConfigError> {
+        let Some(token) = self.bot_token()? else {
+            return Ok(None);
+        };
+        Telegram::new(&self.telegram_api_url, token, self.poll_timeout)
+            .map(Some)
+            .map_err(ConfigError::Invalid)
+    }
+
+    /// Like [`Settings::telegram`], for commands that cannot work without a token.
+    pub fn require_telegram(&self) -> Result<Telegram, ConfigError> {
+        self.telegram()?.ok_or_else(|| {
+            ConfigError::Invalid(
+                "no bot token: set BOTLINE_BOT_TOKEN or BOTLINE_BOT_TOKEN_FILE (the token \
+                 @BotFather gave you)"
+                    .into(),
+            )
+        })
+    }
+
+    /// The registration backend outside the store, if one is configured. Nothing is connected
+    /// yet (a database that is down must not keep updates from being received); call
+    /// [`Registrar::ping`] to find out early.
+    pub fn registrar(&self) -> Result<Option<Arc<dyn Registrar>>, ConfigError> {
+        let invalid = |e: botline_registrar::RegistrarError| ConfigError::Invalid(e.to_string());
+        let url = || -> Result<String, ConfigError> {
+            if let Ok(url) = std::env::var("BOTLINE_REGISTRATION_DATABASE_URL") {
+                if self.registration_database_url_file.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "set BOTLINE_REGISTRATION_DATABASE_URL or a registration database URL \
+                         file, not both"
+                            .into(),
+                    ));
+                }
+                return Ok(url);
+            }
+            let Some(path) = &self.registration_database_url_file else {
+                return Err(ConfigError::Invalid(format!(
+                    "registration = {:?} needs BOTLINE_REGISTRATION_DATABASE_URL or \
+                     registration_database_url_file",
+                    self.registration
+                )));
+            };
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })
+        };
+        let registrar: Arc<dyn Registrar> = match self.registration {
+            RegistrationBackend::Embedded => return Ok(None),
+            RegistrationBackend::Postgres => {
+                let function = self
+                    .registration_procedure
+                    .as_deref()
+                    .unwrap_or("party_telegram_user_register");
+                Arc::new(
+                    PostgresRegistrar::connect_lazy(&url()?, function, PostgresOptions::default())
+                        .map_err(invalid)?,
+                )
+            }
+            RegistrationBackend::Sqlserver => {
+                let procedure = self
+                    .registration_procedure
+                    .as_deref()
+                    .unwrap_or("dbo.PartyTelegramUser_REGISTER_tr");
+                Arc::new(SqlServerRegistrar::new(&url()?, procedure).map_err(invalid)?)
+            }
+        };
+        Ok(Some(registrar))
     }
 
     /// Refuses to serve a non-loopback address without a secret unless told to.

@@ -43,8 +43,21 @@ pub struct App {
 
 /// The router of all of Botline's HTTP endpoints.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/telegram/webhook", post(webhook))
+    routes(app, true)
+}
+
+/// `/health` and `/metrics` only, for `botline poll`, which takes no webhook.
+pub fn status_router(app: Arc<App>) -> Router {
+    routes(app, false)
+}
+
+fn routes(app: Arc<App>, webhook_route: bool) -> Router {
+    let router = if webhook_route {
+        Router::new().route("/telegram/webhook", post(webhook))
+    } else {
+        Router::new()
+    };
+    router
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -260,6 +273,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             metrics::gauge!(names::DLQ_DEPTH).set(stats.dead as f64);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: queue depth unavailable"),
+    }
+    match app.backend.outbox_stats().await {
+        Ok(outbox) => {
+            metrics::gauge!(names::OUTBOX_DEPTH, "state" => "pending").set(outbox.pending as f64);
+            metrics::gauge!(names::OUTBOX_DEPTH, "state" => "failed").set(outbox.failed as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: outbox depth unavailable"),
     }
     (
         [(

@@ -2,8 +2,9 @@
 //! Telegram hears 200, processed exactly once into a store, and visible to the operator.
 //!
 //! This crate is the `botline` binary's library: the HTTP router ([`http`]), the worker
-//! ([`worker`]), settings ([`config`]), metrics ([`metrics`]), the operator commands ([`ops`]) and
-//! [`serve`], which runs them together.
+//! ([`worker`]), the Bot API client ([`telegram`]) and the [`sender`] that answers in the chat,
+//! long polling ([`poll`]), settings ([`config`]), metrics ([`metrics`]), the operator commands
+//! ([`ops`]) and [`serve`], which runs them together.
 //!
 //! # Features
 //!
@@ -16,8 +17,11 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod poll;
 pub mod secret;
+pub mod sender;
 pub mod serve;
+pub mod telegram;
 pub mod worker;
 
 use std::sync::LazyLock;

@@ -1,9 +1,10 @@
 //! `botline`: wires the command line to the library.
 
-use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, TokensCommand};
+use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, TokensCommand, WebhookCommand};
 use botline::config::{LogFormat, Settings};
 use botline::ops::{self, OpsError};
-use botline::serve::{open_backend, serve};
+use botline::serve::{open_backend, poll, serve};
+use botline::telegram::{WebhookRequest, parse_allowed_updates};
 use botline_core::{UpdateId, clock};
 use clap::Parser;
 use std::io::IsTerminal;
@@ -13,7 +14,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match &cli.command {
-        Command::Serve(args) => Settings::load(cli.config.as_deref(), args),
+        Command::Serve(args) | Command::Poll(args) => Settings::load(cli.config.as_deref(), args),
+        Command::Webhook {
+            command: WebhookCommand::Set(args),
+        } => Settings::load(cli.config.as_deref(), args),
+        Command::Webhook {
+            command: WebhookCommand::Info { telegram, .. } | WebhookCommand::Delete { telegram, .. },
+        } => Settings::load(cli.config.as_deref(), telegram),
         Command::Messages {
             command: MessagesCommand::Export { store, .. },
         }
@@ -35,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let serving = matches!(cli.command, Command::Serve(_));
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Poll(_));
     let _logs = init_logging(settings.log_format, if serving { "info" } else { "warn" });
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -60,16 +67,24 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, settings: Settings) -> Result<(), String> {
-    if let Command::Serve(_) = command {
-        let metrics = botline::metrics::install();
-        return serve(settings, metrics).await.map_err(|e| e.to_string());
+    match command {
+        Command::Serve(_) => {
+            let metrics = botline::metrics::install();
+            return serve(settings, metrics).await.map_err(|e| e.to_string());
+        }
+        Command::Poll(_) => {
+            let metrics = botline::metrics::install();
+            return poll(settings, metrics).await.map_err(|e| e.to_string());
+        }
+        Command::Webhook { command } => return webhook(command, &settings).await,
+        _ => {}
     }
     // Tokens may be issued before the first `serve`; the other commands read what serve wrote.
     let existing = !matches!(command, Command::Tokens { .. });
     let backend = open_backend(&settings, existing).map_err(|e| e.to_string())?;
     let out = std::io::stdout().lock();
     let result = match command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::Poll(_) | Command::Webhook { .. } => Ok(()),
         Command::Messages {
             command:
                 MessagesCommand::Export {
@@ -100,6 +115,35 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
         Err(e) if e.is_broken_pipe() => Ok(()),
         other => other.map_err(|e: OpsError| e.to_string()),
     }
+}
+
+async fn webhook(command: WebhookCommand, settings: &Settings) -> Result<(), String> {
+    let telegram = settings.require_telegram().map_err(|e| e.to_string())?;
+    let out = std::io::stdout().lock();
+    let result = match command {
+        WebhookCommand::Set(args) => {
+            let allowed_updates = args
+                .allowed_updates
+                .as_deref()
+                .map(parse_allowed_updates)
+                .transpose()?;
+            let secret = settings.webhook_secret().map_err(|e| e.to_string())?;
+            let request = WebhookRequest {
+                url: args.url,
+                max_connections: args.max_connections,
+                allowed_updates,
+                drop_pending_updates: args.drop_pending_updates,
+                secret_token: secret.map(|s| s.expose().to_owned()),
+            };
+            ops::webhook_set(&telegram, &request, out).await
+        }
+        WebhookCommand::Info { json, .. } => ops::webhook_info(&telegram, json, out).await,
+        WebhookCommand::Delete {
+            drop_pending_updates,
+            ..
+        } => ops::webhook_delete(&telegram, drop_pending_updates, out).await,
+    };
+    result.map_err(|e| e.to_string())
 }
 
 /// Logs go to stderr (stdout carries command output): JSON unless stderr is a terminal, through

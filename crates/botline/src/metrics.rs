@@ -11,6 +11,9 @@
 //! | `botline_processing_failures_total` | counter | | attempts that failed |
 //! | `botline_dead_lettered_total` | counter | | updates that ran out of attempts |
 //! | `botline_updates_processed_total` | counter | `outcome` | written, or already_done (a retry that changed nothing) |
+//! | `botline_telegram_calls_total` | counter | `method`, `outcome` | Bot API calls made by the sender: sent, retry (429, 5xx, network), refused (400/403, final) |
+//! | `botline_update_to_reply_seconds` | histogram | | an outbox call written to Telegram accepting it |
+//! | `botline_outbox_depth` | gauge | `state` | outbox calls pending or failed for good (read at scrape time) |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -23,6 +26,9 @@ pub const PROCESSING_ATTEMPTS: &str = "botline_processing_attempts_total";
 pub const PROCESSING_FAILURES: &str = "botline_processing_failures_total";
 pub const DEAD_LETTERED: &str = "botline_dead_lettered_total";
 pub const UPDATES_PROCESSED: &str = "botline_updates_processed_total";
+pub const TELEGRAM_CALLS: &str = "botline_telegram_calls_total";
+pub const UPDATE_TO_REPLY_SECONDS: &str = "botline_update_to_reply_seconds";
+pub const OUTBOX_DEPTH: &str = "botline_outbox_depth";
 
 /// Installs the process-wide recorder; `None` if one is already installed.
 pub fn install() -> Option<PrometheusHandle> {
@@ -34,6 +40,12 @@ pub fn install() -> Option<PrometheusHandle> {
         .and_then(|b| {
             b.set_buckets_for_metric(
                 Matcher::Full(RECEIPT_TO_STORED_SECONDS.into()),
+                &latency_buckets,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(UPDATE_TO_REPLY_SECONDS.into()),
                 &latency_buckets,
             )
         })
@@ -63,4 +75,14 @@ fn describe() {
     describe_counter!(PROCESSING_FAILURES, "Processing attempts that failed");
     describe_counter!(DEAD_LETTERED, "Updates that ran out of attempts");
     describe_counter!(UPDATES_PROCESSED, "Updates processed, by outcome");
+    describe_counter!(
+        TELEGRAM_CALLS,
+        "Bot API calls made by the sender, by method and outcome"
+    );
+    describe_histogram!(
+        UPDATE_TO_REPLY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from an outbox call being written to Telegram accepting it"
+    );
+    describe_gauge!(OUTBOX_DEPTH, "Outbox calls pending or failed for good");
 }

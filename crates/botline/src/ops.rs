@@ -1,6 +1,8 @@
-//! The operator's commands: export what was stored, look after dead letters, read the counts.
-//! They open the store next to a running `botline serve`.
+//! The operator's commands: export what was stored, look after dead letters, read the counts,
+//! issue registration tokens, manage Telegram's webhook. Those on the store open it next to a
+//! running `botline serve`.
 
+use crate::telegram::{CallError, Telegram, WebhookRequest};
 use botline_core::backend::{DeadLetter, MessageQuery};
 use botline_core::{Backend, BackendError, MessageRecord, UpdateId, clock};
 use serde::Serialize;
@@ -29,6 +31,8 @@ pub enum OpsError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Telegram(#[from] CallError),
 }
 
 impl OpsError {
@@ -199,12 +203,18 @@ pub async fn dlq_redrive(
 
 pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Result<(), OpsError> {
     let stats = backend.stats().await?;
+    let outbox = backend.outbox_stats().await?;
     if json {
         let value = serde_json::json!({
             "pending": stats.pending,
             "inFlight": stats.in_flight,
             "dead": stats.dead,
             "done": stats.done,
+            "outbox": {
+                "pending": outbox.pending,
+                "done": outbox.done,
+                "failed": outbox.failed,
+            },
         });
         writeln!(out, "{value}")?;
     } else {
@@ -212,6 +222,11 @@ pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Re
         writeln!(out, "in flight  {}", stats.in_flight)?;
         writeln!(out, "dead       {}", stats.dead)?;
         writeln!(out, "done       {} (remembered for dedupe)", stats.done)?;
+        writeln!(
+            out,
+            "replies    {} waiting, {} sent, {} refused by Telegram",
+            outbox.pending, outbox.done, outbox.failed
+        )?;
     }
     Ok(())
 }
@@ -243,5 +258,101 @@ pub async fn issue_token(
         clock::iso8601(expires_at)
     )?;
     writeln!(out, "{token}")?;
+    Ok(())
+}
+
+/// `botline webhook set`: points Telegram at the webhook, with the secret as `secret_token`.
+pub async fn webhook_set(
+    telegram: &Telegram,
+    request: &WebhookRequest,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    if !request.url.starts_with("https://") {
+        // Telegram refuses it too; saying so here is clearer than its "bad webhook".
+        tracing::warn!(url = %request.url, "Telegram only delivers to https:// webhooks");
+    }
+    telegram.set_webhook(request).await?;
+    writeln!(
+        out,
+        "webhook set: Telegram now posts updates to {}{}",
+        request.url,
+        if request.secret_token.is_some() {
+            " with the webhook secret"
+        } else {
+            " WITHOUT a secret: anyone who finds the URL can post updates (set \
+             BOTLINE_WEBHOOK_SECRET and run this again)"
+        }
+    )?;
+    Ok(())
+}
+
+/// `botline webhook info`.
+pub async fn webhook_info(
+    telegram: &Telegram,
+    json: bool,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    let info = telegram.webhook_info().await?;
+    if json {
+        let value = serde_json::to_value(&info).map_err(io::Error::other)?;
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    let url = if info.url.is_empty() {
+        "none (no webhook is set: `botline poll` can fetch updates)".to_owned()
+    } else {
+        info.url.clone()
+    };
+    writeln!(out, "url:              {url}")?;
+    writeln!(out, "pending updates:  {}", info.pending_update_count)?;
+    if let Some(max) = info.max_connections {
+        writeln!(out, "max connections:  {max}")?;
+    }
+    match &info.allowed_updates {
+        Some(kinds) if !kinds.is_empty() => {
+            let names: Vec<String> = kinds
+                .iter()
+                .filter_map(|k| serde_json::to_value(k).ok())
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            writeln!(out, "allowed updates:  {}", names.join(", "))?;
+        }
+        _ => writeln!(out, "allowed updates:  Telegram's default")?,
+    }
+    if let Some(ip) = &info.ip_address {
+        writeln!(out, "ip address:       {ip}")?;
+    }
+    match (info.last_error_date, &info.last_error_message) {
+        (Some(date), message) => writeln!(
+            out,
+            "last error:       {} {}",
+            clock::iso8601(
+                i64::try_from(date)
+                    .unwrap_or(i64::MAX / 1000)
+                    .saturating_mul(1000)
+            ),
+            message.as_deref().unwrap_or("")
+        )?,
+        (None, _) => writeln!(out, "last error:       none")?,
+    }
+    Ok(())
+}
+
+/// `botline webhook delete`.
+pub async fn webhook_delete(
+    telegram: &Telegram,
+    drop_pending_updates: bool,
+    mut out: impl Write,
+) -> Result<(), OpsError> {
+    telegram.delete_webhook(drop_pending_updates).await?;
+    writeln!(
+        out,
+        "webhook deleted{}; `botline poll` can fetch updates now",
+        if drop_pending_updates {
+            ", pending updates dropped"
+        } else {
+            ""
+        }
+    )?;
     Ok(())
 }

@@ -21,6 +21,12 @@ impl WebhookSecret {
         Ok(Self(value.into_bytes()))
     }
 
+    /// The secret itself, to hand to Telegram's setWebhook; never to a log.
+    pub fn expose(&self) -> &str {
+        // Only ASCII was accepted in `new`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
     /// Whether `candidate` is the secret, in time that does not depend on where they differ.
     pub fn matches(&self, candidate: &[u8]) -> bool {
         // Lengths are compared in constant time too: `ct_eq` on slices of unequal length

@@ -1,15 +1,21 @@
-//! `botline serve`: receiver, worker and housekeeping in one process, on one backend.
+//! `botline serve` and `botline poll`: intake (webhook or long polling), worker, sender and
+//! housekeeping in one process, on one backend.
 
 use crate::config::{ConfigError, Settings};
-use crate::http::{App, router};
+use crate::http::{App, router, status_router};
+use crate::poll::{PollError, Poller};
+use crate::sender::{Limits, Sender};
+use crate::telegram::{CallError, Telegram};
 use crate::worker::{Worker, housekeeping};
-use botline_core::{Backend, BackendError};
+use botline_core::{Backend, BackendError, Handling};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::fs::{File, TryLockError};
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for open connections to finish their requests.
@@ -31,6 +37,8 @@ pub enum ServeError {
     DataDir(String),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Poll(PollError),
 }
 
 /// Opens the embedded store in `settings.data_dir`.
@@ -44,14 +52,47 @@ pub fn open_backend(settings: &Settings, existing: bool) -> Result<Arc<dyn Backe
     Ok(Arc::new(backend))
 }
 
-/// Serves until SIGTERM or SIGINT, then stops accepting, finishes the requests and updates in
-/// hand, and returns.
+/// How updates arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Telegram posts them to `POST /telegram/webhook` (`botline serve`).
+    Webhook,
+    /// Botline fetches them with getUpdates (`botline poll`).
+    Poll,
+}
+
+/// `botline serve`: serves until SIGTERM or SIGINT, then stops accepting, finishes the
+/// requests and updates in hand, and returns.
 pub async fn serve(
     settings: Settings,
     metrics: Option<PrometheusHandle>,
 ) -> Result<(), ServeError> {
-    let secret = settings.webhook_secret()?;
-    settings.check_exposure(secret.as_ref())?;
+    run(settings, metrics, Intake::Webhook).await
+}
+
+/// `botline poll`: as `serve`, with updates fetched by long polling instead of a webhook.
+pub async fn poll(settings: Settings, metrics: Option<PrometheusHandle>) -> Result<(), ServeError> {
+    run(settings, metrics, Intake::Poll).await
+}
+
+async fn run(
+    settings: Settings,
+    metrics: Option<PrometheusHandle>,
+    intake: Intake,
+) -> Result<(), ServeError> {
+    let secret = match intake {
+        Intake::Webhook => {
+            let secret = settings.webhook_secret()?;
+            settings.check_exposure(secret.as_ref())?;
+            secret
+        }
+        Intake::Poll => None,
+    };
+    let telegram = match intake {
+        Intake::Webhook => settings.telegram()?,
+        Intake::Poll => Some(settings.require_telegram()?),
+    };
+    let registrar = settings.registrar()?;
     let _lock = lock_data_dir(&settings.data_dir)?;
     let backend = open_backend(&settings, false)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -70,31 +111,102 @@ pub async fn serve(
         metrics,
     });
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(
+    let mut tasks = JoinSet::new();
+    // Without a configured username, the bot's own is asked of Telegram before processing.
+    let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
+        bot_username: settings.bot_username.clone(),
+    });
+    let (handling_tx, handling) = watch::channel(known);
+    let outbox = Arc::new(Notify::new());
+    tasks.spawn(
         Worker {
             backend: Arc::clone(&backend),
             concurrency: settings.worker_concurrency,
-            wake,
-            handling: Arc::new(botline_core::Handling {
-                bot_username: settings.bot_username.clone(),
-            }),
-            outbox: Arc::new(Notify::new()),
+            wake: Arc::clone(&wake),
+            handling,
+            outbox: Arc::clone(&outbox),
+            registrar: registrar.clone(),
         }
         .run(shutdown.clone()),
     );
-    let upkeep = tokio::spawn(housekeeping(Arc::clone(&backend), shutdown.clone()));
+    if let Some(registrar) = registrar {
+        // Said early, so a wrong URL or a missing function is seen before the first /register.
+        tasks.spawn(async move {
+            match registrar.ping().await {
+                Ok(()) => tracing::info!(registrar = ?registrar, "registration backend ready"),
+                Err(e) => tracing::error!(error = %e, "registration backend not ready; /register attempts are retried"),
+            }
+        });
+    }
+    tasks.spawn(housekeeping(Arc::clone(&backend), shutdown.clone()));
+    match &telegram {
+        Some(telegram) => {
+            tasks.spawn(identify(
+                telegram.clone(),
+                handling_tx,
+                settings.bot_username.clone(),
+                shutdown.clone(),
+            ));
+            let per_second =
+                NonZeroU32::new(settings.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN);
+            tasks.spawn(
+                Sender {
+                    backend: Arc::clone(&backend),
+                    telegram: telegram.clone(),
+                    limits: Arc::new(Limits::telegram(per_second)),
+                    wake: outbox,
+                }
+                .run(shutdown.clone()),
+            );
+        }
+        None => tracing::warn!(
+            "no bot token (BOTLINE_BOT_TOKEN or BOTLINE_BOT_TOKEN_FILE): replies wait in the \
+             outbox and go out once a token is configured"
+        ),
+    }
+    let replies = telegram.is_some();
+    let polling = match (intake, telegram) {
+        (Intake::Poll, Some(telegram)) => {
+            let poller = Poller {
+                backend: Arc::clone(&backend),
+                telegram,
+                new_update: wake,
+                timeout: settings.poll_timeout,
+                ack_timeout: settings.ack_timeout,
+            };
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                let result = poller.run(stop.clone()).await;
+                // Polling that cannot go on stops the whole process.
+                stop.cancel();
+                result
+            }))
+        }
+        _ => None,
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %settings.data_dir.display(),
+        intake = ?intake,
         secret = app.secret.is_some(),
+        replies,
+        registration = ?settings.registration,
         version = crate::version(),
         "botline is serving"
     );
 
+    let routes = match intake {
+        Intake::Webhook => router(app),
+        Intake::Poll => status_router(app),
+    };
     let stopping = shutdown.clone();
-    let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: no new requests; finishing those in hand");
+    let server = axum::serve(listener, routes).with_graceful_shutdown(async move {
+        tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("shutting down: no new requests; finishing those in hand");
+            }
+            () = stopping.cancelled() => {}
+        }
         stopping.cancel();
     });
     let server = tokio::spawn(async move { server.await });
@@ -105,10 +217,70 @@ pub async fn serve(
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them"),
     }
-    let _ = worker.await;
-    let _ = upkeep.await;
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = backend.close().await {
+        tracing::warn!(error = %e, "closing the store");
+    }
+    let polled = match polling {
+        Some(polling) => match polling.await {
+            Ok(result) => result.map_err(ServeError::Poll),
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+        },
+        None => Ok(()),
+    };
     tracing::info!("stopped");
-    Ok(())
+    polled
+}
+
+/// Asks Telegram who the bot is (getMe) until it answers, and hands the username to the worker
+/// so `/command@otherbot` is left alone. A refused token ends the wait with the username unknown
+/// (only unaddressed commands are taken) rather than hold processing up forever.
+async fn identify(
+    telegram: Telegram,
+    handling: watch::Sender<Option<Handling>>,
+    configured: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let answer = tokio::select! {
+            answer = telegram.get_me() => answer,
+            () = shutdown.cancelled() => return,
+        };
+        match answer {
+            Ok(me) => {
+                let username = me.username.clone();
+                tracing::info!(bot_id = me.id, username = ?username, "Telegram knows the bot");
+                if let (Some(configured), Some(actual)) = (&configured, &username)
+                    && !configured.eq_ignore_ascii_case(actual)
+                {
+                    tracing::warn!(configured = %configured, actual = %actual, "bot_username differs from what Telegram says; using Telegram's");
+                }
+                handling.send_replace(Some(Handling {
+                    bot_username: username.or(configured),
+                }));
+                return;
+            }
+            Err(e @ CallError::Unauthorized { .. }) => {
+                tracing::error!(error = %e, "Telegram refused the bot token; commands addressed as /command@botname are not recognised until it is fixed");
+                handling.send_if_modified(|known| {
+                    known.get_or_insert_with(|| Handling {
+                        bot_username: configured.clone(),
+                    });
+                    true
+                });
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "getMe failed; commands addressed with @botname wait for it");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -7,10 +7,11 @@
 //! the last attempt the update is a dead letter.
 
 use crate::metrics as names;
-use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, clock};
+use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
+use botline_registrar::{Registrar, RegistrationRequest};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,15 +28,25 @@ pub struct Worker {
     pub concurrency: usize,
     /// Notified when there may be new work.
     pub wake: Arc<Notify>,
-    /// What the bot knows of itself, for its commands.
-    pub handling: Arc<Handling>,
+    /// What the bot knows of itself, for its commands. `None` until getMe answered: updates
+    /// wait in the queue rather than be handled without the bot's username.
+    pub handling: watch::Receiver<Option<Handling>>,
     /// Notified when processing wrote outbox calls.
     pub outbox: Arc<Notify>,
+    /// Decides `/register` outside the store (a database function), when configured.
+    pub registrar: Option<Arc<dyn Registrar>>,
 }
 
 impl Worker {
     /// Runs until `shutdown`; then finishes the updates in hand and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.handling.borrow().is_none() {
+            tracing::info!("waiting for Telegram to say who the bot is (getMe) before processing");
+            tokio::select! {
+                known = self.handling.wait_for(Option::is_some) => if known.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut in_hand = JoinSet::new();
         let mut backoff = Duration::ZERO;
@@ -55,10 +66,11 @@ impl Worker {
                             break;
                         };
                         let (backend, wake) = (Arc::clone(&self.backend), Arc::clone(&self.wake));
-                        let (handling, outbox) =
-                            (Arc::clone(&self.handling), Arc::clone(&self.outbox));
+                        let handling = self.handling.borrow().clone().unwrap_or_default();
+                        let outbox = Arc::clone(&self.outbox);
+                        let registrar = self.registrar.clone();
                         in_hand.spawn(async move {
-                            if process(&*backend, &handling, delivery).await {
+                            if process(&*backend, &handling, registrar.as_deref(), delivery).await {
                                 outbox.notify_one();
                             }
                             drop(slot);
@@ -97,6 +109,50 @@ impl Worker {
     }
 }
 
+/// With a registration backend outside the store, asks it about a `/register` attempt and turns
+/// the answer into the reply, written to the outbox with the records. (Without one, the store
+/// decides inside the transaction that writes the records.)
+///
+/// The backend is called before the records are committed: if the process dies in between, the
+/// update is processed again and the backend asked again, so its function should be idempotent
+/// for the same user and token (the example function is). A backend that cannot answer fails
+/// the attempt, which is retried with the queue's backoff and dead-lettered after the last one.
+async fn decide_registration(
+    registrar: Option<&dyn Registrar>,
+    records: &mut Records,
+) -> Result<(), BackendError> {
+    let Some(registrar) = registrar else {
+        return Ok(());
+    };
+    let Some(attempt) = records.registration.take() else {
+        return Ok(());
+    };
+    let registered = match attempt.telegram_user_id {
+        Some(telegram_user_id) => {
+            let request = RegistrationRequest {
+                username: &attempt.username,
+                token: attempt.token.expose(),
+                telegram_user_id,
+                chat_id: attempt.chat_id,
+            };
+            match registrar.register(&request).await {
+                Ok(registered) => registered,
+                Err(e) => {
+                    if !e.is_retryable() {
+                        tracing::error!(error = %e, "the registration backend is misconfigured");
+                    }
+                    records.registration = Some(attempt);
+                    return Err(BackendError::Unavailable(e.to_string()));
+                }
+            }
+        }
+        // A message with no sender (a channel post) cannot register anyone.
+        None => false,
+    };
+    records.outbox.insert(0, attempt.reply(registered));
+    Ok(())
+}
+
 /// Forgets dedupe ids past their window and purges expired sessions, now and every ten minutes,
 /// until `shutdown`.
 pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken) {
@@ -114,16 +170,24 @@ pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken
 }
 
 /// One attempt at one update. True when it wrote outbox calls.
-pub async fn process(backend: &dyn Backend, handling: &Handling, delivery: Delivery) -> bool {
+pub async fn process(
+    backend: &dyn Backend,
+    handling: &Handling,
+    registrar: Option<&dyn Registrar>,
+    delivery: Delivery,
+) -> bool {
     metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
     let update = &delivery.update;
     let started = std::time::Instant::now();
     let mut calls = false;
     let result = match handling.records(update, clock::now_ms()) {
-        Ok(records) => {
-            calls = !records.outbox.is_empty() || records.registration.is_some();
-            backend.apply(&delivery, &records).await
-        }
+        Ok(mut records) => match decide_registration(registrar, &mut records).await {
+            Ok(()) => {
+                calls = !records.outbox.is_empty() || records.registration.is_some();
+                backend.apply(&delivery, &records).await
+            }
+            Err(e) => Err(e),
+        },
         Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
     };
     let result = match result {

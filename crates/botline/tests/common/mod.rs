@@ -17,6 +17,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    /// `serve` or `poll`.
+    command: &'static str,
 }
 
 pub fn free_port() -> u16 {
@@ -39,18 +41,28 @@ impl Server {
     }
 
     pub fn start_in(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        Self::run("serve", data_dir, port, env)
+    }
+
+    /// Starts `botline poll` on a fresh data directory and waits until it is healthy.
+    pub fn poll(env: &[(&str, &str)]) -> Self {
+        Self::run("poll", &temp_dir(), free_port(), env)
+    }
+
+    fn run(command: &'static str, data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let log = data_dir.with_extension(format!("{}.log", unique()));
-        let child = spawn_serve(data_dir, port, &env, &log);
+        let child = spawn(command, data_dir, port, &env, &log);
         let mut server = Self {
             child,
             port,
             data_dir: data_dir.to_owned(),
             log,
             env,
+            command,
         };
         server.wait_healthy();
         server
@@ -89,7 +101,13 @@ impl Server {
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_serve(&self.data_dir, self.port, &self.env, &self.log);
+        self.child = spawn(
+            self.command,
+            &self.data_dir,
+            self.port,
+            &self.env,
+            &self.log,
+        );
         self.wait_healthy();
     }
 
@@ -154,24 +172,28 @@ fn unique() -> u128 {
         .unwrap_or_default()
 }
 
-fn spawn_serve(data_dir: &Path, port: u16, env: &[(String, String)], log: &Path) -> Child {
+fn spawn(command: &str, data_dir: &Path, port: u16, env: &[(String, String)], log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
     Command::new(BIN)
-        .args(["serve", "--data-dir"])
+        .args([command, "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_remove("BOTLINE_WEBHOOK_SECRET")
+        // A developer's real bot must never be called by the tests.
+        .env_remove("BOTLINE_BOT_TOKEN")
+        .env_remove("BOTLINE_BOT_TOKEN_FILE")
+        .env_remove("BOTLINE_TELEGRAM_API_URL")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("BOTLINE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("botline serve starts")
+        .expect("botline starts")
 }
 
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
@@ -179,6 +201,8 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .env_remove("BOTLINE_BOT_TOKEN")
+        .env_remove("BOTLINE_TELEGRAM_API_URL")
         .stdin(Stdio::null())
         .output()
         .expect("botline runs")

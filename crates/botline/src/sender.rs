@@ -1,0 +1,356 @@
+//! The sender: makes the outbox's Bot API calls, each once, within Telegram's limits.
+//!
+//! Processing writes the calls an update asks for to the outbox in the transaction that marks
+//! the update done, so a redelivered or retried update never adds a second call. The sender
+//! leases the oldest pending call of each chat, makes it, and records the outcome:
+//!
+//! - accepted: done, with the id of the message Telegram sent;
+//! - 429: the chat's next try waits `retry_after` (kept in the store, so a restart waits too),
+//!   and when several chats are refused at once the whole sender pauses;
+//! - 5xx, network errors, answers that are not Telegram's, a refused token: retried with
+//!   exponential backoff;
+//! - 400/403 (chat not found, bot blocked, message gone): failed for good, with the reason.
+//!
+//! Outgoing calls stay under Telegram's published limits: about 30 messages per second overall,
+//! one per second in a chat, and 20 per minute in a group (here one every 3 s per group, which
+//! can never exceed 20 in any minute). The limiters are governor's GCRA.
+//!
+//! The window: if the process dies after Telegram accepted a call and before `call_done`
+//! committed, the lease runs out and the call is made again. That one call may be sent twice;
+//! no other path repeats one.
+
+use crate::metrics as names;
+use crate::telegram::{CallError, Telegram};
+use botline_core::{Backend, OutboxAction, OutboxEntry};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long a leased call is held before it is handed out again (longer than a call's timeout
+/// plus the longest wait for a limiter).
+pub const LEASE: Duration = Duration::from_secs(120);
+/// Calls in flight at once (of different chats).
+const CONCURRENCY: usize = 32;
+/// How often the outbox is read when nothing woke the sender (retries whose wait ended).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Backoff of a call that failed without a `retry_after`: `BASE × 2^(attempt-1)`, capped.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// 429s from this many different chats within `FLOOD_WINDOW` mean the bot as a whole is limited.
+const FLOOD_CHATS: usize = 2;
+const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+/// Limiter entries of chats idle this long are forgotten.
+const LIMITER_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Telegram's limits, as rate limiters.
+#[derive(Debug)]
+pub struct Limits {
+    global: DefaultDirectRateLimiter,
+    per_chat: DefaultKeyedRateLimiter<i64>,
+    per_group: DefaultKeyedRateLimiter<i64>,
+}
+
+impl Limits {
+    /// `per_second` overall, one message per second per chat, one per 3 s per group.
+    pub fn telegram(per_second: NonZeroU32) -> Self {
+        let one = NonZeroU32::MIN;
+        Self {
+            global: RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second)),
+            per_chat: RateLimiter::keyed(Quota::per_second(one).allow_burst(one)),
+            per_group: RateLimiter::keyed(
+                Quota::with_period(Duration::from_secs(3))
+                    .unwrap_or_else(|| Quota::per_second(one))
+                    .allow_burst(one),
+            ),
+        }
+    }
+
+    /// Waits until a call to `chat_id` may go out. Only messages count against the per-chat and
+    /// per-group limits; every call counts against the overall one.
+    async fn until_ready(&self, chat_id: i64, sends_message: bool) {
+        if sends_message {
+            self.per_chat.until_key_ready(&chat_id).await;
+            if chat_id < 0 {
+                self.per_group.until_key_ready(&chat_id).await;
+            }
+        }
+        self.global.until_ready().await;
+    }
+
+    fn shrink(&self) {
+        self.per_chat.retain_recent();
+        self.per_group.retain_recent();
+        self.per_chat.shrink_to_fit();
+        self.per_group.shrink_to_fit();
+    }
+}
+
+/// Makes the outbox's calls until shutdown.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub backend: Arc<dyn Backend>,
+    pub telegram: Telegram,
+    pub limits: Arc<Limits>,
+    /// Notified when processing wrote calls.
+    pub wake: Arc<Notify>,
+}
+
+/// When the bot as a whole was last told to slow down.
+#[derive(Debug, Default)]
+struct Flood {
+    recent: Vec<(i64, Instant)>,
+    paused_until: Option<Instant>,
+}
+
+impl Flood {
+    /// Notes a 429 for `chat_id`; pauses everything when several chats got one at once.
+    fn refused(&mut self, chat_id: i64, after: Duration) {
+        let now = Instant::now();
+        self.recent
+            .retain(|(chat, at)| now.duration_since(*at) < FLOOD_WINDOW && *chat != chat_id);
+        self.recent.push((chat_id, now));
+        if self.recent.len() >= FLOOD_CHATS {
+            let until = now + after;
+            self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+            tracing::warn!(
+                pause_ms = after.as_millis() as u64,
+                "Telegram is limiting the bot as a whole; pausing all calls"
+            );
+        }
+    }
+
+    fn pause(&self) -> Option<Duration> {
+        self.paused_until
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+}
+
+impl Sender {
+    /// Runs until `shutdown`; then finishes the calls in flight (or leaves them to their lease).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let flood = Arc::new(Mutex::new(Flood::default()));
+        let mut in_flight = JoinSet::new();
+        let mut backoff = Duration::ZERO;
+        let mut shrunk = Instant::now();
+        while !shutdown.is_cancelled() {
+            let pause = flood.lock().map_or(None, |f| f.pause());
+            if let Some(pause) = pause {
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            if shrunk.elapsed() > LIMITER_SHRINK_INTERVAL {
+                self.limits.shrink();
+                shrunk = Instant::now();
+            }
+            let free = slots.available_permits();
+            let due = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                self.backend.due_calls(free, LEASE).await
+            };
+            let idle = match due {
+                Ok(calls) => {
+                    backoff = Duration::ZERO;
+                    let idle = calls.is_empty();
+                    for entry in calls {
+                        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                            break;
+                        };
+                        let this = self.clone();
+                        let flood = Arc::clone(&flood);
+                        in_flight.spawn(async move {
+                            this.make(entry, &flood).await;
+                            drop(slot);
+                            // The chat's next call may be due now.
+                            this.wake.notify_one();
+                        });
+                    }
+                    idle
+                }
+                Err(e) => {
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read the outbox");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            if idle || slots.available_permits() == 0 {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL_INTERVAL) => {}
+                    Some(_) = in_flight.join_next() => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            while in_flight.try_join_next().is_some() {}
+        }
+        // Calls already on the wire finish; the rest keep their lease and go out after restart.
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Makes one leased call and records how it went.
+    async fn make(&self, entry: OutboxEntry, flood: &Mutex<Flood>) {
+        let call = &entry.call;
+        let chat_id = call.chat_id;
+        let (method, sends_message) = match &call.action {
+            OutboxAction::SendMessage { .. } => ("sendMessage", true),
+            OutboxAction::DeleteMessage { .. } => ("deleteMessage", false),
+        };
+        self.limits.until_ready(chat_id, sends_message).await;
+        let started = Instant::now();
+        let result = match &call.action {
+            OutboxAction::SendMessage {
+                text,
+                reply_to_message_id,
+            } => self
+                .telegram
+                .send_message(chat_id, text, *reply_to_message_id)
+                .await
+                .map(Some),
+            OutboxAction::DeleteMessage { message_id } => self
+                .telegram
+                .delete_message(chat_id, *message_id)
+                .await
+                .map(|()| None),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(e) if e.is_retryable() => "retry",
+            Err(_) => "refused",
+        };
+        metrics::counter!(names::TELEGRAM_CALLS, "method" => method, "outcome" => outcome)
+            .increment(1);
+        let recorded = match result {
+            Ok(message_id) => {
+                metrics::histogram!(names::UPDATE_TO_REPLY_SECONDS).record(
+                    (botline_core::clock::now_ms() - entry.created_at_ms).max(0) as f64 / 1000.0,
+                );
+                tracing::info!(
+                    outbox_id = %call.outbox_id,
+                    update_id = entry.update_id.0,
+                    chat_id,
+                    method,
+                    attempt = entry.attempt,
+                    latency_ms,
+                    outcome,
+                    "telegram call"
+                );
+                self.backend.call_done(&call.outbox_id, message_id).await
+            }
+            Err(error) => {
+                let retry_after = match &error {
+                    CallError::RetryAfter { after, .. } => {
+                        if let Ok(mut flood) = flood.lock() {
+                            flood.refused(chat_id, *after);
+                        }
+                        Some(*after)
+                    }
+                    e if e.is_retryable() => Some(backoff(entry.attempt)),
+                    _ => None,
+                };
+                let log_level_warn = matches!(error, CallError::Unauthorized { .. });
+                if log_level_warn {
+                    tracing::error!(error = %error, "Telegram refused the bot token: check BOTLINE_BOT_TOKEN");
+                }
+                tracing::warn!(
+                    outbox_id = %call.outbox_id,
+                    update_id = entry.update_id.0,
+                    chat_id,
+                    method,
+                    attempt = entry.attempt,
+                    latency_ms,
+                    outcome,
+                    retry_in_ms = retry_after.map(|d| d.as_millis() as u64),
+                    error = %error,
+                    "telegram call failed"
+                );
+                self.backend
+                    .call_failed(&call.outbox_id, &error.to_string(), retry_after)
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            // The lease runs out and the call is made again: the documented window.
+            tracing::warn!(outbox_id = %call.outbox_id, error = %e, "cannot record a call's outcome");
+        }
+    }
+}
+
+/// The wait before try `attempt + 1` of a call that failed without `retry_after`.
+fn backoff(attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(40), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn one_chat_refused_pauses_only_that_chat() {
+        let mut flood = Flood::default();
+        flood.refused(1, Duration::from_secs(5));
+        flood.refused(1, Duration::from_secs(5));
+        assert!(flood.pause().is_none());
+        flood.refused(2, Duration::from_secs(5));
+        assert!(flood.pause().is_some_and(|p| p > Duration::from_secs(4)));
+    }
+
+    #[tokio::test]
+    async fn limits_hold_one_message_per_second_per_chat_and_one_per_three_in_a_group() {
+        let limits = Limits::telegram(NonZeroU32::new(30).unwrap());
+        limits.until_ready(7, true).await;
+        assert!(
+            limits.per_chat.check_key(&7).is_err(),
+            "a second message in the same second"
+        );
+        assert!(
+            limits.per_chat.check_key(&8).is_ok(),
+            "another chat is not held up"
+        );
+        limits.until_ready(-100, true).await;
+        let wait = match limits.per_group.check_key(&-100) {
+            Err(not_until) => not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            )),
+            Ok(()) => Duration::ZERO,
+        };
+        assert!(wait > Duration::from_millis(2900), "{wait:?}");
+        let started = Instant::now();
+        limits.until_ready(-100, false).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "deletions count only against the overall limit"
+        );
+        let fresh = Limits::telegram(NonZeroU32::new(30).unwrap());
+        let mut allowed = 0;
+        while fresh.global.check().is_ok() && allowed < 1000 {
+            allowed += 1;
+        }
+        assert!(
+            (30..35).contains(&allowed),
+            "about 30 calls per second overall: {allowed}"
+        );
+    }
+}
