@@ -186,18 +186,20 @@ impl Handling {
     /// The records a queued update becomes, as of `now_ms`.
     pub fn records(&self, update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
         let corrupt = |_| CorruptUpdate(update.update_id);
-        let mut body: Map<String, Value> = serde_json::from_str(&update.raw).map_err(corrupt)?;
+        let mut body: Value = serde_json::from_str(&update.raw).map_err(corrupt)?;
         let kind = update.kind.as_str();
         let command = (kind == "message")
             .then(|| self.command_in(body.get(kind)?, &update.entry_id))
             .flatten();
-        let redacted_raw = match &command {
-            Some(command) => command
-                .redact(&update.raw, &mut body, kind)
-                .map_err(corrupt)?,
-            None => None,
-        };
+        // Every `/register` text in the update is redacted, not only the one acted on: an edit of
+        // it, a reply quoting it, a caption.
+        let mut found = Redactions::default();
+        redact_registrations(&mut body, self.bot_username.as_deref(), &mut found);
+        let redacted_raw = found.raw(&update.raw, &body).map_err(corrupt)?;
         let raw = redacted_raw.as_deref().unwrap_or(&update.raw);
+        let Value::Object(body) = body else {
+            return Err(CorruptUpdate(update.update_id));
+        };
         let mut records = records_of(update, &body, raw, now_ms);
         if let Some(command) = command {
             let sender = records.user.as_ref().map(|user| user.telegram_id);
@@ -214,8 +216,6 @@ impl Handling {
         Some(RegisterCommand {
             registration: Registration::parse(args),
             has_args: !args.trim().is_empty(),
-            text: text.to_owned(),
-            args_at: text.len() - args.len(),
             chat_id: chat.get("id")?.as_i64()?,
             in_group: chat.get("type").and_then(Value::as_str) != Some("private"),
             message_id: message.get("message_id")?.as_i64()?,
@@ -224,14 +224,82 @@ impl Handling {
     }
 }
 
+/// What [`redact_registrations`] replaced.
+#[derive(Debug, Default)]
+struct Redactions {
+    /// Well-formed tokens, replaced where they stood.
+    tokens: Vec<String>,
+    /// Arguments that were not a well-formed username and token, replaced as a whole.
+    malformed: bool,
+}
+
+impl Redactions {
+    /// The raw body without the secrets, or `None` when there were none. A well-formed token
+    /// holds only characters JSON never escapes, so it is replaced in place and the rest of the
+    /// body stays byte for byte; anything else is rewritten from the redacted `body`.
+    fn raw(&self, raw: &str, body: &Value) -> Result<Option<String>, serde_json::Error> {
+        if self.tokens.is_empty() && !self.malformed {
+            return Ok(None);
+        }
+        if !self.malformed && self.tokens.iter().all(|token| raw.contains(token.as_str())) {
+            let mut redacted = raw.to_owned();
+            for token in &self.tokens {
+                redacted = redacted.replace(token.as_str(), REDACTED);
+            }
+            return Ok(Some(redacted));
+        }
+        serde_json::to_string(body).map(Some)
+    }
+}
+
+/// Replaces what was typed after every `/register` addressed to this bot, in any `text` or
+/// `caption` anywhere in `value`, with [`REDACTED`] (only the token, when it is well-formed, so
+/// the username stays readable).
+fn redact_registrations(value: &mut Value, bot_username: Option<&str>, found: &mut Redactions) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                if let (true, Value::String(text)) = (key == "text" || key == "caption", &*field) {
+                    if let Some(redacted) = redact_text(text, bot_username, found) {
+                        *field = Value::String(redacted);
+                    }
+                } else {
+                    redact_registrations(field, bot_username, found);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                redact_registrations(item, bot_username, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn redact_text(text: &str, bot_username: Option<&str>, found: &mut Redactions) -> Option<String> {
+    let args = commands::register_args(text, bot_username)?;
+    if args.trim().is_empty() {
+        return None;
+    }
+    Some(match Registration::parse(args) {
+        Some(registration) => {
+            let redacted = text.replace(&registration.token, REDACTED);
+            found.tokens.push(registration.token);
+            redacted
+        }
+        None => {
+            found.malformed = true;
+            format!("{}{REDACTED}", &text[..text.len() - args.len()])
+        }
+    })
+}
+
 /// A `/register` message addressed to this bot.
 #[derive(Debug)]
 struct RegisterCommand {
     registration: Option<Registration>,
     has_args: bool,
-    text: String,
-    /// Where the arguments start in `text`.
-    args_at: usize,
     chat_id: i64,
     in_group: bool,
     message_id: i64,
@@ -239,34 +307,6 @@ struct RegisterCommand {
 }
 
 impl RegisterCommand {
-    /// Replaces what the user typed after the command with [`REDACTED`] in `body` and returns
-    /// the redacted raw body, or `None` when there was nothing to redact. A well-formed token
-    /// holds only characters JSON never escapes, so it is replaced in place and the rest of the
-    /// body stays byte for byte; anything else is rewritten through the parsed body.
-    fn redact(
-        &self,
-        raw: &str,
-        body: &mut Map<String, Value>,
-        kind: &str,
-    ) -> Result<Option<String>, serde_json::Error> {
-        if !self.has_args {
-            return Ok(None);
-        }
-        let redacted_text = match &self.registration {
-            Some(registration) => self.text.replace(&registration.token, REDACTED),
-            None => format!("{}{REDACTED}", &self.text[..self.args_at]),
-        };
-        if let Some(text) = body.get_mut(kind).and_then(|m| m.get_mut("text")) {
-            *text = Value::String(redacted_text);
-        }
-        Ok(Some(match &self.registration {
-            Some(registration) if raw.contains(&registration.token) => {
-                raw.replace(&registration.token, REDACTED)
-            }
-            _ => serde_json::to_string(body)?,
-        }))
-    }
-
     /// Adds the answer (or the attempt the store answers) and, in a group, the deletion of the
     /// message that carried the secret.
     fn decide(self, records: &mut Records, sender: Option<i64>) {
@@ -544,6 +584,61 @@ mod tests {
         );
         assert!(matches!(attempt.reply(false).action,
             OutboxAction::SendMessage { text, .. } if text == replies::REGISTRATION_FAILED));
+    }
+
+    #[test]
+    fn edits_quotes_and_captions_of_a_registration_are_redacted_but_not_acted_on() {
+        let edited = queued(
+            r#"{"update_id":9,"edited_message":{"message_id":17,"date":1,"edit_date":2,
+                "chat":{"id":7,"type":"private"},"from":{"id":7,"is_bot":false,"first_name":"A"},
+                "text":"/register alice s3cr3t-T0ken"}}"#,
+        );
+        let records = handling().records(&edited, 0).unwrap();
+        assert!(records.registration.is_none() && records.outbox.is_empty());
+        assert_eq!(records.event.payload["text"], "/register alice [redacted]");
+        assert!(
+            !records
+                .redacted_raw
+                .clone()
+                .unwrap()
+                .contains("s3cr3t-T0ken")
+        );
+
+        let reply = queued(
+            r#"{"update_id":10,"message":{"message_id":18,"date":1,
+                "chat":{"id":-100,"type":"supergroup"},"from":{"id":8,"is_bot":false,"first_name":"B"},
+                "text":"what is this?",
+                "reply_to_message":{"message_id":17,"date":1,"chat":{"id":-100,"type":"supergroup"},
+                    "text":"/register alice s3cr3t-T0ken"},
+                "quote":{"text":"/register alice s3cr3t-T0ken","position":0}}}"#,
+        );
+        let records = handling().records(&reply, 0).unwrap();
+        assert!(records.registration.is_none() && records.outbox.is_empty());
+        let raw = records.redacted_raw.clone().unwrap();
+        assert_eq!(raw, reply.raw.replace("s3cr3t-T0ken", REDACTED));
+        assert!(!format!("{records:?}").contains("s3cr3t-T0ken"));
+
+        let malformed_caption = queued(
+            r#"{"update_id":11,"channel_post":{"message_id":3,"date":1,
+                "chat":{"id":-100,"type":"channel"},"caption":"/register alice tok en ~é"}}"#,
+        );
+        let records = handling().records(&malformed_caption, 0).unwrap();
+        assert_eq!(records.event.payload["caption"], "/register [redacted]");
+        let raw = records.redacted_raw.unwrap();
+        assert!(!raw.contains("tok en"), "{raw}");
+        let _: Value = serde_json::from_str(&raw).unwrap();
+
+        let plain = queued(
+            r#"{"update_id":12,"message":{"message_id":1,"date":1,"chat":{"id":1,"type":"private"},
+                "text":"/registered is not /register"}}"#,
+        );
+        assert!(
+            handling()
+                .records(&plain, 0)
+                .unwrap()
+                .redacted_raw
+                .is_none()
+        );
     }
 
     #[test]
