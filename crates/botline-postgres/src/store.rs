@@ -1,0 +1,448 @@
+//! The records: messages, users, events, sessions, registration tokens and registrations, and
+//! `apply`, which writes an update's records with the mark that it is done.
+
+use crate::queue::DONE;
+use crate::{Fault, PostgresBackend, opt_text, sql_limit, text};
+use async_trait::async_trait;
+use botline_core::backend::{Applied, MessageQuery};
+use botline_core::{
+    BackendError, Delivery, EventRecord, MessageRecord, OutboxMessage, Records, RegistrationTokens,
+    SessionRecord, Sessions, Store, UserRecord, clock,
+};
+use sqlx::PgConnection;
+
+#[async_trait]
+impl Store for PostgresBackend {
+    async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError> {
+        let id = delivery.update.update_id;
+        self.run(async {
+            let mut tx = self.pool().begin().await?;
+            // The row lock makes a concurrent apply of the same update wait here, then see it
+            // done.
+            let state: Option<i16> =
+                sqlx::query_scalar("SELECT state FROM updates WHERE update_id = $1 FOR UPDATE")
+                    .bind(id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if state == Some(DONE) {
+                tx.rollback().await?;
+                return Ok(Applied::AlreadyDone);
+            }
+            write_records(&mut tx, records).await?;
+            write_outcome(&mut tx, records).await?;
+            sqlx::query(
+                "UPDATE updates SET state = 1, finished_at = botline_now_ms() WHERE update_id = $1",
+            )
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Applied::Written)
+        })
+        .await
+    }
+
+    fn apply_acknowledges(&self) -> bool {
+        true
+    }
+
+    async fn messages(&self, query: &MessageQuery) -> Result<Vec<MessageRecord>, BackendError> {
+        let (after_chat, after_message) = query.after.clone().unwrap_or((String::new(), i64::MIN));
+        self.run(async {
+            let rows: Vec<MessageRow> = sqlx::query_as(
+                r#"SELECT chat_id, message_id, user_id, user_name, "text", "timestamp", raw, created_at
+                   FROM messages
+                   WHERE ($1::text IS NULL OR chat_id = $1) AND ($2::bigint IS NULL OR "timestamp" >= $2)
+                     AND (chat_id, message_id) > ($3, $4)
+                   ORDER BY chat_id, message_id LIMIT $5"#,
+            )
+            .bind(query.chat_id.as_deref())
+            .bind(query.since_ms)
+            .bind(&after_chat)
+            .bind(after_message)
+            .bind(sql_limit(query.limit))
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows.into_iter().map(message).collect())
+        })
+        .await
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, BackendError> {
+        self.run(async {
+            let row: Option<UserRow> = sqlx::query_as(
+                "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
+                        created_at, updated_at FROM users WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_optional(self.pool())
+            .await?;
+            Ok(row.map(user))
+        })
+        .await
+    }
+
+    async fn events_by_user(
+        &self,
+        user_id: &str,
+        since: &str,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        self.run(async {
+            let rows: Vec<(String, Option<String>, String, String, String, bool)> = sqlx::query_as(
+                r#"SELECT event_id, user_id, event_type, payload::text, "timestamp", processed
+                       FROM events WHERE user_id = $1 AND "timestamp" >= $2
+                       ORDER BY "timestamp", event_id"#,
+            )
+            .bind(user_id)
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?;
+            rows.into_iter()
+                .map(
+                    |(event_id, user_id, event_type, payload, timestamp, processed)| {
+                        Ok(EventRecord {
+                            payload: serde_json::from_str(&payload).map_err(|e| {
+                                BackendError::Corrupt(format!("event {event_id} payload: {e}"))
+                            })?,
+                            event_id,
+                            user_id,
+                            event_type,
+                            timestamp,
+                            processed,
+                        })
+                    },
+                )
+                .collect::<Result<_, BackendError>>()
+                .map_err(Fault::Backend)
+        })
+        .await
+    }
+}
+
+type MessageRow = (
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    String,
+);
+
+fn message(
+    (chat_id, message_id, user_id, user_name, text, timestamp, raw, created_at): MessageRow,
+) -> MessageRecord {
+    MessageRecord {
+        chat_id,
+        message_id,
+        user_id,
+        user_name,
+        text,
+        timestamp,
+        raw,
+        created_at,
+    }
+}
+
+type UserRow = (
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+);
+
+fn user(
+    (user_id, telegram_id, username, first_name, last_name, language_code, created_at, updated_at): UserRow,
+) -> UserRecord {
+    UserRecord {
+        user_id,
+        telegram_id,
+        username,
+        first_name,
+        last_name,
+        language_code,
+        created_at,
+        updated_at,
+    }
+}
+
+/// The message (the first write of a `chatId` + `messageId` wins), the user (upserted, keeping
+/// `createdAt`) and the event.
+async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(), sqlx::Error> {
+    if let Some(m) = &records.message {
+        sqlx::query(
+            r#"INSERT INTO messages (chat_id, message_id, user_id, user_name, "text", "timestamp", raw, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"#,
+        )
+        .bind(text(&m.chat_id))
+        .bind(m.message_id)
+        .bind(m.user_id)
+        .bind(opt_text(m.user_name.as_ref()))
+        .bind(opt_text(m.text.as_ref()))
+        .bind(m.timestamp)
+        .bind(&m.raw)
+        .bind(text(&m.created_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(u) = &records.user {
+        sqlx::query(
+            "INSERT INTO users (user_id, telegram_id, username, first_name, last_name,
+                                language_code, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 telegram_id = excluded.telegram_id, username = excluded.username,
+                 first_name = excluded.first_name, last_name = excluded.last_name,
+                 language_code = excluded.language_code, updated_at = excluded.updated_at",
+        )
+        .bind(text(&u.user_id))
+        .bind(u.telegram_id)
+        .bind(opt_text(u.username.as_ref()))
+        .bind(opt_text(u.first_name.as_ref()))
+        .bind(opt_text(u.last_name.as_ref()))
+        .bind(opt_text(u.language_code.as_ref()))
+        .bind(text(&u.created_at))
+        .bind(text(&u.updated_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let e = &records.event;
+    sqlx::query(
+        r#"INSERT INTO events (event_id, user_id, event_type, payload, "timestamp", processed)
+           VALUES ($1, $2, $3, $4::json, $5, $6) ON CONFLICT DO NOTHING"#,
+    )
+    .bind(text(&e.event_id))
+    .bind(opt_text(e.user_id.as_ref()))
+    .bind(text(&e.event_type))
+    .bind(e.payload.to_string())
+    .bind(text(&e.timestamp))
+    .bind(e.processed)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The parts of an update's outcome beyond its records: the redacted body, a redeemed
+/// registration token and the registration, the outbox calls.
+async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(), Fault> {
+    let now = clock::now_ms();
+    if let Some(raw) = &records.redacted_raw {
+        sqlx::query("UPDATE update_bodies SET raw = $2 WHERE update_id = $1")
+            .bind(records.update_id.0)
+            .bind(raw)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut calls: Vec<OutboxMessage> = Vec::with_capacity(records.outbox.len() + 1);
+    if let Some(attempt) = &records.registration {
+        let registered = match attempt.telegram_user_id {
+            Some(user) => {
+                let redeemed = sqlx::query(
+                    "UPDATE registration_tokens SET used_at = $4, used_by = $3
+                     WHERE token_digest = $1 AND username = $2 AND used_at IS NULL
+                       AND expires_at > $4",
+                )
+                .bind(&attempt.token_digest)
+                .bind(text(&attempt.username))
+                .bind(user)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                    == 1;
+                if redeemed {
+                    sqlx::query(
+                        "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
+                             chat_id = excluded.chat_id, registered_at = excluded.registered_at",
+                    )
+                    .bind(user)
+                    .bind(text(&attempt.username))
+                    .bind(attempt.chat_id)
+                    .bind(clock::iso8601(now))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                redeemed
+            }
+            None => false,
+        };
+        calls.push(attempt.reply(registered));
+    }
+    calls.extend(records.outbox.iter().cloned());
+    // One at a time, in order: `seq` orders a chat's calls.
+    for call in calls {
+        let action = serde_json::to_string(&call.action)
+            .map_err(|e| BackendError::Corrupt(format!("outbox call {}: {e}", call.outbox_id)))?;
+        sqlx::query(
+            "INSERT INTO outbox (outbox_id, update_id, chat_id, action, due_at, created_at)
+             VALUES ($1, $2, $3, $4::json, botline_now_ms(), botline_now_ms())
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(text(&call.outbox_id))
+        .bind(records.update_id.0)
+        .bind(call.chat_id)
+        .bind(action)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl RegistrationTokens for PostgresBackend {
+    async fn issue_token(
+        &self,
+        username: &str,
+        token_digest: &str,
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError> {
+        self.run(async {
+            sqlx::query(
+                "INSERT INTO registration_tokens (token_digest, username, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(text(token_digest))
+            .bind(text(username))
+            .bind(clock::now_ms())
+            .bind(expires_at_ms)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+const SESSION_COLUMNS: &str =
+    "session_id, user_id, chat_id, state, data::text, created_at, updated_at, expires_at";
+
+type SessionRow = (String, String, i64, String, String, String, String, i64);
+
+fn session(
+    (session_id, user_id, chat_id, state, data, created_at, updated_at, expires_at): SessionRow,
+) -> Result<SessionRecord, BackendError> {
+    Ok(SessionRecord {
+        data: serde_json::from_str(&data)
+            .map_err(|e| BackendError::Corrupt(format!("session {session_id} data: {e}")))?,
+        session_id,
+        user_id,
+        chat_id,
+        state,
+        created_at,
+        updated_at,
+        expires_at,
+    })
+}
+
+/// The newest `expires_at` (unix seconds) that has expired at `now_ms`: a session is live while
+/// `expires_at * 1000 > now_ms`.
+fn expired_by(now_ms: i64) -> i64 {
+    now_ms.div_euclid(1000)
+}
+
+#[async_trait]
+impl Sessions for PostgresBackend {
+    async fn put_session(&self, s: &SessionRecord) -> Result<(), BackendError> {
+        let data = serde_json::Value::Object(s.data.clone()).to_string();
+        self.run(async {
+            sqlx::query(
+                "INSERT INTO sessions (session_id, user_id, chat_id, state, data, created_at,
+                                       updated_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8)
+                 ON CONFLICT (session_id) DO UPDATE SET user_id = excluded.user_id,
+                     chat_id = excluded.chat_id, state = excluded.state, data = excluded.data,
+                     created_at = excluded.created_at, updated_at = excluded.updated_at,
+                     expires_at = excluded.expires_at",
+            )
+            .bind(text(&s.session_id))
+            .bind(text(&s.user_id))
+            .bind(s.chat_id)
+            .bind(text(&s.state))
+            .bind(&data)
+            .bind(text(&s.created_at))
+            .bind(text(&s.updated_at))
+            .bind(s.expires_at)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, BackendError> {
+        self.run(async {
+            let row: Option<SessionRow> = sqlx::query_as(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND expires_at > $2"
+            ))
+            .bind(session_id)
+            .bind(expired_by(clock::now_ms()))
+            .fetch_optional(self.pool())
+            .await?;
+            Ok(row.map(session).transpose()?)
+        })
+        .await
+    }
+
+    async fn sessions_by_user(&self, user_id: &str) -> Result<Vec<SessionRecord>, BackendError> {
+        self.run(async {
+            let rows: Vec<SessionRow> = sqlx::query_as(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 AND expires_at > $2
+                 ORDER BY created_at, session_id"
+            ))
+            .bind(user_id)
+            .bind(expired_by(clock::now_ms()))
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows.into_iter().map(session).collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool, BackendError> {
+        self.run(async {
+            let deleted = sqlx::query("DELETE FROM sessions WHERE session_id = $1")
+                .bind(session_id)
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn purge_expired_sessions(&self, now_ms: i64) -> Result<u64, BackendError> {
+        self.run(async {
+            let purged = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+                .bind(expired_by(now_ms))
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+            Ok(purged)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_expires_at_its_second() {
+        // Live while expires_at * 1000 > now_ms, that is expires_at > expired_by(now_ms).
+        for (expires_at, now_ms) in [(100, 99_999), (100, 100_000), (-1, -1), (-1, -1001)] {
+            assert_eq!(
+                expires_at * 1000 > now_ms,
+                expires_at > expired_by(now_ms),
+                "{expires_at} at {now_ms}"
+            );
+        }
+    }
+}
