@@ -1,9 +1,10 @@
 //! The command line. Flags that are settings are serialized (skipping those not given) and
 //! layered over the environment and `botline.toml` by [`crate::config::Settings::load`].
 
+pub use crate::config::BackendKind;
 use crate::config::LogFormat;
 use crate::ops::ExportFormat;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,16 +65,21 @@ pub struct StoreArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
 
-    /// The backend holding queue and store.
-    #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
-    #[serde(skip)]
-    pub backend: BackendKind,
-}
+    /// The backend holding queue and store [default: embedded]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendKind>,
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    /// SQLite in the data directory.
-    Embedded,
+    /// The Postgres URL of `--backend postgres` (instead of BOTLINE_DATABASE_URL; a password
+    /// given here is visible to other users of the machine, prefer the environment or a file).
+    #[arg(long, value_name = "URL")]
+    #[serde(skip)]
+    pub database_url: Option<String>,
+
+    /// File holding the Postgres URL (instead of BOTLINE_DATABASE_URL).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args, Serialize)]

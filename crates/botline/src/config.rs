@@ -25,8 +25,16 @@ pub const DEFAULT_CONFIG_FILE: &str = "botline.toml";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// Which backend holds queue and store.
+    pub backend: BackendKind,
     /// Where the embedded store lives.
     pub data_dir: PathBuf,
+    /// A file holding the Postgres URL of the `postgres` backend (instead of
+    /// `BOTLINE_DATABASE_URL`); the URL may hold a password, so it is never a setting itself.
+    pub database_url_file: Option<PathBuf>,
+    /// `--database-url`, when given (never read from the environment or a file by figment).
+    #[serde(skip)]
+    pub database_url: Option<String>,
     /// The address `botline serve` listens on.
     pub listen: SocketAddr,
     /// A file holding the webhook secret (Telegram's `secret_token`).
@@ -75,6 +83,19 @@ pub struct Settings {
     /// A file holding the registration database's connection string (instead of
     /// `BOTLINE_REGISTRATION_DATABASE_URL`); it holds a password, so it is never a setting.
     pub registration_database_url_file: Option<PathBuf>,
+    /// The edge guard (`[edge]` in `botline.toml`): Telegram network allowlist, trusted
+    /// proxies, per-address rate limit, Mini App `initData` sign-in. All off by default.
+    pub edge: botline_edge::EdgeConfig,
+}
+
+/// Which backend holds queue and store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// SQLite in the data directory: one machine, nothing to run beside it.
+    Embedded,
+    /// A Postgres database shared by several instances (`BOTLINE_DATABASE_URL`).
+    Postgres,
 }
 
 /// Who decides `/register`.
@@ -102,7 +123,10 @@ impl Default for Settings {
     fn default() -> Self {
         let queue = QueueConfig::default();
         Self {
+            backend: BackendKind::Embedded,
             data_dir: PathBuf::from("./botline-data"),
+            database_url_file: None,
+            database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             webhook_secret_file: None,
             insecure_no_secret: false,
@@ -123,6 +147,7 @@ impl Default for Settings {
             registration: RegistrationBackend::Embedded,
             registration_procedure: None,
             registration_database_url_file: None,
+            edge: botline_edge::EdgeConfig::default(),
         }
     }
 }
@@ -143,7 +168,9 @@ pub enum ConfigError {
 /// The environment variables that are settings (the rest of `BOTLINE_*` are secrets or belong
 /// to other parts).
 const ENV_SETTINGS: &[&str] = &[
+    "backend",
     "data_dir",
+    "database_url_file",
     "listen",
     "webhook_secret_file",
     "insecure_no_secret",
@@ -259,6 +286,29 @@ impl Settings {
         WebhookSecret::new(text.trim_end_matches(['\n', '\r']).to_owned())
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// The Postgres URL: `--database-url`, else `BOTLINE_DATABASE_URL`, else the URL file.
+    pub fn postgres_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        if let Ok(url) = std::env::var("BOTLINE_DATABASE_URL") {
+            return Ok(url);
+        }
+        match &self.database_url_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                }),
+            None => Err(ConfigError::Invalid(
+                "--backend postgres needs BOTLINE_DATABASE_URL, --database-url or \
+                 --database-url-file"
+                    .into(),
+            )),
+        }
     }
 
     /// The bot token: `BOTLINE_BOT_TOKEN`, else the token file, else none.

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate};
+use botline_edge::{EdgeLayer, WebAppAuth};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -39,6 +40,11 @@ pub struct App {
     /// Woken when an update was enqueued, so the worker picks it up at once.
     pub new_update: Arc<Notify>,
     pub metrics: Option<PrometheusHandle>,
+    /// The network allowlist and per-address rate limit in front of the webhook and the Mini
+    /// App route, when configured.
+    pub edge: Option<EdgeLayer>,
+    /// The Mini App sign-in route, when enabled (it needs the bot token).
+    pub webapp: Option<Arc<WebAppAuth>>,
 }
 
 /// The router of all of Botline's HTTP endpoints.
@@ -52,11 +58,18 @@ pub fn status_router(app: Arc<App>) -> Router {
 }
 
 fn routes(app: Arc<App>, webhook_route: bool) -> Router {
-    let router = if webhook_route {
-        Router::new().route("/telegram/webhook", post(webhook))
-    } else {
-        Router::new()
+    let guarded = |route: axum::routing::MethodRouter<Arc<App>>| match &app.edge {
+        Some(edge) => route.layer(edge.clone()),
+        None => route,
     };
+    let mut router = Router::new();
+    if webhook_route {
+        router = router.route("/telegram/webhook", guarded(post(webhook)));
+    }
+    if let Some(auth) = &app.webapp {
+        let sign_in = botline_edge::webapp::route(Arc::clone(auth));
+        router = router.route(auth.path(), guarded(sign_in));
+    }
     router
         .route("/health", get(health))
         .route("/metrics", get(metrics))

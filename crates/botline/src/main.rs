@@ -35,6 +35,27 @@ fn main() -> ExitCode {
         }
         | Command::Stats { store, .. } => Settings::load(cli.config.as_deref(), store),
     };
+    let database_url = match &cli.command {
+        Command::Serve(args) | Command::Poll(args) => args.store.database_url.clone(),
+        Command::Messages {
+            command: MessagesCommand::Export { store, .. },
+        }
+        | Command::Dlq {
+            command:
+                DlqCommand::List { store, .. }
+                | DlqCommand::Show { store, .. }
+                | DlqCommand::Redrive { store, .. },
+        }
+        | Command::Tokens {
+            command: TokensCommand::Issue { store, .. },
+        }
+        | Command::Stats { store, .. } => store.database_url.clone(),
+        Command::Webhook { .. } => None,
+    };
+    let settings = settings.map(|mut settings| {
+        settings.database_url = database_url;
+        settings
+    });
     let settings = match settings {
         Ok(settings) => settings,
         Err(e) => {
@@ -81,7 +102,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
     }
     // Tokens may be issued before the first `serve`; the other commands read what serve wrote.
     let existing = !matches!(command, Command::Tokens { .. });
-    let backend = open_backend(&settings, existing).map_err(|e| e.to_string())?;
+    let backend = open_backend(&settings, existing)
+        .await
+        .map_err(|e| e.to_string())?;
     let out = std::io::stdout().lock();
     let result = match command {
         Command::Serve(_) | Command::Poll(_) | Command::Webhook { .. } => Ok(()),

@@ -1,13 +1,15 @@
 //! `botline serve` and `botline poll`: intake (webhook or long polling), worker, sender and
 //! housekeeping in one process, on one backend.
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{BackendKind, ConfigError, Settings};
 use crate::http::{App, router, status_router};
 use crate::poll::{PollError, Poller};
+use crate::secret::WebhookSecret;
 use crate::sender::{Limits, Sender};
 use crate::telegram::{CallError, Telegram};
 use crate::worker::{Worker, housekeeping};
 use botline_core::{Backend, BackendError, Handling};
+use botline_edge::{EdgeLayer, WebAppAuth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::fs::{File, TryLockError};
 use std::num::NonZeroU32;
@@ -41,14 +43,61 @@ pub enum ServeError {
     Poll(PollError),
 }
 
-/// Opens the embedded store in `settings.data_dir`.
-pub fn open_backend(settings: &Settings, existing: bool) -> Result<Arc<dyn Backend>, BackendError> {
+/// Opens the configured backend for an operator command: the embedded store in
+/// `settings.data_dir` (`existing`: it must have been created already), or Postgres, connected
+/// and migrated.
+pub async fn open_backend(
+    settings: &Settings,
+    existing: bool,
+) -> Result<Arc<dyn Backend>, ServeError> {
     let config = settings.queue_config();
-    let backend = if existing {
-        botline_sqlite::SqliteBackend::open_existing(&settings.data_dir, config)?
-    } else {
-        botline_sqlite::SqliteBackend::open(&settings.data_dir, config)?
-    };
+    Ok(match settings.backend {
+        BackendKind::Embedded => Arc::new(if existing {
+            botline_sqlite::SqliteBackend::open_existing(&settings.data_dir, config)?
+        } else {
+            botline_sqlite::SqliteBackend::open(&settings.data_dir, config)?
+        }),
+        BackendKind::Postgres => Arc::new(
+            botline_postgres::PostgresBackend::connect(&settings.postgres_url()?, config).await?,
+        ),
+    })
+}
+
+/// Opens the backend `serve` runs on. A Postgres that is down at start does not stop the
+/// server: it answers 503 and keeps trying to migrate until the database is back.
+async fn open_serving_backend(
+    settings: &Settings,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Backend>, ServeError> {
+    if settings.backend == BackendKind::Embedded {
+        return open_backend(settings, false).await;
+    }
+    let url = settings.postgres_url()?;
+    let config = settings.queue_config();
+    let options = botline_postgres::PostgresOptions::default();
+    let backend = botline_postgres::PostgresBackend::connect_lazy(&url, config, options)?;
+    if let Err(e) = backend.migrate().await {
+        tracing::error!(error = %e, "Postgres is not ready; answering 503 until it is");
+        let (retry, stop) = (backend.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => return,
+                }
+                match retry.migrate().await {
+                    Ok(()) => {
+                        tracing::info!("Postgres is ready");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Postgres is still not ready"),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
     Ok(Arc::new(backend))
 }
 
@@ -93,8 +142,15 @@ async fn run(
         Intake::Poll => Some(settings.require_telegram()?),
     };
     let registrar = settings.registrar()?;
-    let _lock = lock_data_dir(&settings.data_dir)?;
-    let backend = open_backend(&settings, false)?;
+    let (edge, webapp) = edge_guards(&settings, secret.as_ref())?;
+    // Several instances may share a Postgres; one data directory has one server.
+    let _lock = match settings.backend {
+        BackendKind::Embedded => Some(lock_data_dir(&settings.data_dir)?),
+        BackendKind::Postgres => None,
+    };
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let backend = open_serving_backend(&settings, &mut tasks, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -109,9 +165,9 @@ async fn run(
         ack_timeout: settings.ack_timeout,
         new_update: Arc::clone(&wake),
         metrics,
+        edge,
+        webapp,
     });
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
     // Without a configured username, the bot's own is asked of Telegram before processing.
     let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
         bot_username: settings.bot_username.clone(),
@@ -200,6 +256,8 @@ async fn run(
         Intake::Poll => status_router(app),
     };
     let stopping = shutdown.clone();
+    // The edge guard reads the peer's address from the connection.
+    let routes = routes.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, routes).with_graceful_shutdown(async move {
         tokio::select! {
             () = wait_for_signal() => {
@@ -230,6 +288,39 @@ async fn run(
     };
     tracing::info!("stopped");
     polled
+}
+
+/// The edge guard's layer and the Mini App route, as configured.
+fn edge_guards(
+    settings: &Settings,
+    secret: Option<&WebhookSecret>,
+) -> Result<(Option<EdgeLayer>, Option<Arc<WebAppAuth>>), ConfigError> {
+    let config = &settings.edge;
+    let invalid = |e: botline_edge::ConfigError| ConfigError::Invalid(format!("edge: {e}"));
+    let edge = if config.allowlist.is_some() || config.rate_limit.enabled {
+        let secret = secret.map(|s| botline_edge::Secret::new(s.expose()));
+        Some(EdgeLayer::new(config, secret).map_err(invalid)?)
+    } else {
+        None
+    };
+    let webapp = if config.webapp.enabled {
+        let Some(token) = settings.bot_token()? else {
+            return Err(ConfigError::Invalid(
+                "edge.webapp.enabled needs the bot token (BOTLINE_BOT_TOKEN or bot_token_file)"
+                    .into(),
+            ));
+        };
+        let auth = WebAppAuth::new(
+            &config.webapp,
+            botline_edge::Secret::new(token.expose()),
+            None,
+        )
+        .map_err(invalid)?;
+        Some(Arc::new(auth))
+    } else {
+        None
+    };
+    Ok((edge, webapp))
 }
 
 /// Asks Telegram who the bot is (getMe) until it answers, and hands the username to the worker

@@ -71,6 +71,12 @@ impl BotToken {
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// The token itself, for what must be keyed by it (the Mini App `initData` check); never
+    /// for a log or an error.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// The numeric part, which is public (it is the bot's user id).
     pub fn bot_id(&self) -> &str {
         self.0.split_once(':').map_or("", |(id, _)| id)

@@ -35,6 +35,8 @@ fn harness(secret: Option<&str>) -> Harness {
         ack_timeout: Duration::from_secs(5),
         new_update: Arc::default(),
         metrics: None,
+        edge: None,
+        webapp: None,
     };
     Harness {
         router: router(Arc::new(app)),

@@ -344,3 +344,49 @@ fn one_server_per_data_directory_and_clear_cli_errors() {
     let stats = server.cli(&["stats"]);
     assert!(String::from_utf8_lossy(&stats.stdout).contains("pending"));
 }
+
+#[test]
+fn the_edge_guard_refuses_addresses_outside_the_allowlist_and_trusts_only_named_proxies() {
+    // Telegram's networks only: a request from this machine is refused before the queue.
+    let server = Server::start_with_config("[edge]\nallowlist = [\"telegram\"]\n", &[]);
+    let url = server.url("/telegram/webhook");
+    let refused = post(&url, None, &message(1, 42, 1, "hi"));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(server.stats()["pending"], 0);
+    assert_eq!(server.stats()["done"], 0, "nothing reached the queue");
+    assert_eq!(
+        common::get(&server.url("/health")).0,
+        200,
+        "health is not guarded"
+    );
+    drop(server);
+
+    // Behind a trusted proxy on this machine, the proxy's X-Forwarded-For names the client; a
+    // header the client wrote itself further left does not help it.
+    let server = Server::start_with_config(
+        "[edge]\nallowlist = [\"telegram\"]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        &[],
+    );
+    let url = server.url("/telegram/webhook");
+    let forwarded = |chain: &str, id: i64| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", chain)
+            .send(&message(id, 42, id, "hi")[..])
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(forwarded("149.154.167.1", 2), 200);
+    assert_eq!(
+        forwarded("149.154.167.1, 6.6.6.6", 3),
+        403,
+        "spoofed on the left"
+    );
+    assert_eq!(forwarded("91.108.4.10", 4), 200);
+    server.wait_drained();
+    assert_eq!(server.messages().len(), 2);
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use botline_standin::{Fault, Settings as StandInSettings, StandIn};
-use common::{BIN, Server, message, post, wait_exit};
+use common::{BIN, PgDb, Server, message, post, psql, wait_exit};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -484,83 +484,18 @@ fn poll_needs_a_bot_token() {
 }
 
 /// A database of its own on the local Postgres, with the example registration function.
-struct RegistrationDb {
-    name: String,
-}
-
-fn psql(database: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database])
-        .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
-        .output()
-        .expect("psql runs: these tests need the Postgres client and server on 127.0.0.1:5432");
-    assert!(
-        out.status.success(),
-        "psql failed (is Postgres running on 127.0.0.1:5432?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-impl RegistrationDb {
-    fn new() -> Self {
-        let name = format!("botline_e2e_{}", std::process::id()) + &format!("_{}", rand_suffix());
-        psql("postgres", &format!("CREATE DATABASE {name}"));
-        let example = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../botline-registrar/sql/example_postgres.sql"
-        );
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &name,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-f",
-                example,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for RegistrationDb {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos().into())
-        .unwrap_or_default()
+fn registration_db() -> PgDb {
+    let db = PgDb::new("botline_e2e");
+    db.run_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../botline-registrar/sql/example_postgres.sql"
+    ));
+    db
 }
 
 #[test]
 fn a_postgres_function_decides_registrations() {
-    let db = RegistrationDb::new();
+    let db = registration_db();
     psql(
         &db.name,
         "INSERT INTO party_registration_token (token_digest, username, expires_at) VALUES \

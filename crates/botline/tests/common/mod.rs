@@ -19,6 +19,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// `serve` or `poll`.
     command: &'static str,
+    /// A `botline.toml` given with `--config`.
+    config: Option<PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -49,13 +51,31 @@ impl Server {
         Self::run("poll", &temp_dir(), free_port(), env)
     }
 
+    /// Starts `botline serve --config FILE` with `toml` as the file's text.
+    pub fn start_with_config(toml: &str, env: &[(&str, &str)]) -> Self {
+        let data_dir = temp_dir();
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, toml).expect("config file");
+        Self::launch("serve", &data_dir, free_port(), env, Some(config))
+    }
+
     fn run(command: &'static str, data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        Self::launch(command, data_dir, port, env, None)
+    }
+
+    fn launch(
+        command: &'static str,
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        config: Option<PathBuf>,
+    ) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let log = data_dir.with_extension(format!("{}.log", unique()));
-        let child = spawn(command, data_dir, port, &env, &log);
+        let child = spawn(command, data_dir, port, &env, &log, config.as_deref());
         let mut server = Self {
             child,
             port,
@@ -63,6 +83,7 @@ impl Server {
             log,
             env,
             command,
+            config,
         };
         server.wait_healthy();
         server
@@ -107,6 +128,7 @@ impl Server {
             self.port,
             &self.env,
             &self.log,
+            self.config.as_deref(),
         );
         self.wait_healthy();
     }
@@ -172,13 +194,24 @@ fn unique() -> u128 {
         .unwrap_or_default()
 }
 
-fn spawn(command: &str, data_dir: &Path, port: u16, env: &[(String, String)], log: &Path) -> Child {
+fn spawn(
+    command: &str,
+    data_dir: &Path,
+    port: u16,
+    env: &[(String, String)],
+    log: &Path,
+    config: Option<&Path>,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(BIN)
+    let mut botline = Command::new(BIN);
+    if let Some(config) = config {
+        botline.arg("--config").arg(config);
+    }
+    botline
         .args([command, "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -313,4 +346,67 @@ pub fn message(update_id: i64, chat: i64, message_id: i64, text: &str) -> Vec<u8
 
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
+}
+
+/// Runs one SQL statement with `psql` on the local Postgres (127.0.0.1:5432, trust auth) and
+/// returns its unaligned output. Fails the test when Postgres is not there.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database])
+        .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
+        .output()
+        .expect("psql runs: these tests need the Postgres client and server on 127.0.0.1:5432");
+    assert!(
+        out.status.success(),
+        "psql failed (is Postgres running on 127.0.0.1:5432?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A fresh database on the local Postgres, dropped with its connections at the end.
+#[derive(Debug)]
+pub struct PgDb {
+    pub name: String,
+}
+
+impl PgDb {
+    pub fn new(prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            unique() % 1_000_000_000
+        );
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    pub fn run_file(&self, path: &str) {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &self.name])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-f", path])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
 }

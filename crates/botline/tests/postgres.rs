@@ -1,0 +1,237 @@
+//! `--backend postgres` through the real binary, on a fresh database of the local Postgres:
+//! two instances sharing it under load, one SIGKILLed mid-run; and a database that is away.
+
+mod common;
+
+use common::{BIN, PgDb, Server, get, message, post};
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CHATS: i64 = 16;
+const PER_CHAT: i64 = 25;
+
+fn postgres_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("BOTLINE_BACKEND", "postgres".to_owned()),
+        ("BOTLINE_DATABASE_URL", url.to_owned()),
+        ("BOTLINE_LEASE", "2s".to_owned()),
+    ]
+}
+
+fn start(url: &str) -> Server {
+    let env = postgres_env(url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(&env)
+}
+
+/// An operator command on the Postgres backend.
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--backend", "postgres"])
+        .env("BOTLINE_DATABASE_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("botline runs")
+}
+
+fn stats(url: &str) -> serde_json::Value {
+    let out = cli(url, &["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_instances_share_one_database_and_one_survives_the_other_being_killed() {
+    let db = PgDb::new("botline_two");
+    let url = db.url();
+    let mut a = start(&url);
+    let b = start(&url);
+    let targets = [a.url("/telegram/webhook"), b.url("/telegram/webhook")];
+    let a_dead = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+
+    // Telegram-like: each chat's updates one after another, each retried until it is answered
+    // 200, spread over both instances, switching to the other when one does not answer.
+    let senders: Vec<_> = (0..4)
+        .map(|thread| {
+            let (targets, a_dead, acknowledged) = (
+                targets.clone(),
+                Arc::clone(&a_dead),
+                Arc::clone(&acknowledged),
+            );
+            std::thread::spawn(move || {
+                for chat in (0..CHATS).filter(|c| c % 4 == thread) {
+                    for n in 0..PER_CHAT {
+                        let id = 1_000 + n * CHATS + chat;
+                        let body = message(id, 9_000 + chat, n + 1, &format!("m{n}"));
+                        let mut target = usize::from(id % 2 == 1 || a_dead.load(Ordering::SeqCst));
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while post(&targets[target], None, &body).status != 200 {
+                            assert!(Instant::now() < deadline, "update {id} never acknowledged");
+                            target = 1 - target;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        acknowledged.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = (CHATS * PER_CHAT) as u64;
+    while acknowledged.load(Ordering::SeqCst) < total / 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill();
+    a_dead.store(true, Ordering::SeqCst);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+
+    // B takes over what A held once A's leases expire; nothing is left behind.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = stats(&url);
+        if stats["pending"] == 0 && stats["inFlight"] == 0 {
+            assert_eq!(stats["dead"], 0, "{stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not drained: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let export = cli(&url, &["messages", "export", "--format", "jsonl"]);
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let messages: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        messages.len() as u64,
+        total,
+        "each acknowledged update stored once"
+    );
+    let mut by_chat: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for m in &messages {
+        by_chat
+            .entry(m["chatId"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                m["messageId"].as_i64().unwrap(),
+                m["createdAt"].as_str().unwrap().to_owned(),
+            ));
+    }
+    assert_eq!(by_chat.len() as i64, CHATS);
+    for (chat, mut stored) in by_chat {
+        stored.sort();
+        assert_eq!(stored.len() as i64, PER_CHAT, "chat {chat}");
+        assert!(
+            stored.windows(2).all(|w| w[0].1 <= w[1].1),
+            "chat {chat} was processed out of order: {stored:?}"
+        );
+    }
+}
+
+/// A TCP forwarder to the local Postgres that can be switched on later.
+fn forwarder() -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicBool::new(false));
+    let on = Arc::clone(&open);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if !on.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect("127.0.0.1:5432") else {
+                continue;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c_read, &mut s_write));
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || std::io::copy(&mut s_read, &mut c_write));
+        }
+    });
+    (port, open)
+}
+
+#[test]
+fn an_absent_database_gets_503_never_200_and_everything_resumes_when_it_returns() {
+    let db = PgDb::new("botline_away");
+    let (port, open) = forwarder();
+    let url = format!(
+        "postgres://postgres:pw-not-logged@127.0.0.1:{port}/{}",
+        db.name
+    );
+    let data_dir = common::temp_dir();
+    let listen = common::free_port();
+    let log = data_dir.with_extension("log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--backend",
+            "postgres",
+        ])
+        .env("BOTLINE_DATABASE_URL", &url)
+        .env("BOTLINE_LOG", "info")
+        .env_remove("BOTLINE_BOT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{listen}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("{base}/health")).0 == 0 {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&format!("{base}/health")).0, 503);
+    let update = message(1, 77, 1, "while the database is away");
+    let answer = post(&format!("{base}/telegram/webhook"), None, &update);
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.retry_after.is_some());
+
+    open.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while post(&format!("{base}/telegram/webhook"), None, &update).status != 200 {
+        assert!(Instant::now() < deadline, "did not resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(&format!("{base}/health")).0, 200);
+    let direct = db.url();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats(&direct)["done"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "not processed: {}",
+            stats(&direct)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !logs.contains("pw-not-logged"),
+        "the password reached the logs"
+    );
+}
