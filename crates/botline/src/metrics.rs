@@ -14,6 +14,7 @@
 //! | `botline_telegram_calls_total` | counter | `method`, `outcome` | Bot API calls made by the sender: sent, retry (429, 5xx, network), refused (400/403, final) |
 //! | `botline_update_to_reply_seconds` | histogram | | an outbox call written to Telegram accepting it |
 //! | `botline_outbox_depth` | gauge | `state` | outbox calls pending or failed for good (read at scrape time) |
+//! | `botline_edge_refused_total` | counter | `reason` | requests the edge guard refused: allowlist (403), rate_limited (429) |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
