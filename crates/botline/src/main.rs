@@ -1,6 +1,8 @@
 //! `botline`: wires the command line to the library.
 
-use botline::cli::{Cli, Command, DlqCommand, MessagesCommand, TokensCommand, WebhookCommand};
+use botline::cli::{
+    Cli, Command, DlqCommand, MessagesCommand, StoreArgs, TokensCommand, WebhookCommand,
+};
 use botline::config::{LogFormat, Settings};
 use botline::ops::{self, OpsError};
 use botline::serve::{open_backend, poll, serve};
@@ -13,45 +15,22 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.config.as_deref();
     let settings = match &cli.command {
-        Command::Serve(args) | Command::Poll(args) => Settings::load(cli.config.as_deref(), args),
+        Command::Serve(args) | Command::Poll(args) => Settings::load(config, args),
         Command::Webhook {
             command: WebhookCommand::Set(args),
-        } => Settings::load(cli.config.as_deref(), args),
+        } => Settings::load(config, args),
         Command::Webhook {
             command: WebhookCommand::Info { telegram, .. } | WebhookCommand::Delete { telegram, .. },
-        } => Settings::load(cli.config.as_deref(), telegram),
-        Command::Messages {
-            command: MessagesCommand::Export { store, .. },
-        }
-        | Command::Dlq {
-            command:
-                DlqCommand::List { store, .. }
-                | DlqCommand::Show { store, .. }
-                | DlqCommand::Redrive { store, .. },
-        }
-        | Command::Tokens {
-            command: TokensCommand::Issue { store, .. },
-        }
-        | Command::Stats { store, .. } => Settings::load(cli.config.as_deref(), store),
+        } => Settings::load(config, telegram),
+        command => match store_args(command) {
+            Some(store) => Settings::load(config, store),
+            None => Settings::load(config, &()),
+        },
     };
-    let database_url = match &cli.command {
-        Command::Serve(args) | Command::Poll(args) => args.store.database_url.clone(),
-        Command::Messages {
-            command: MessagesCommand::Export { store, .. },
-        }
-        | Command::Dlq {
-            command:
-                DlqCommand::List { store, .. }
-                | DlqCommand::Show { store, .. }
-                | DlqCommand::Redrive { store, .. },
-        }
-        | Command::Tokens {
-            command: TokensCommand::Issue { store, .. },
-        }
-        | Command::Stats { store, .. } => store.database_url.clone(),
-        Command::Webhook { .. } => None,
-    };
+    // `--database-url` is a secret: given to the settings here, never layered by figment.
+    let database_url = store_args(&cli.command).and_then(|store| store.database_url.clone());
     let settings = settings.map(|mut settings| {
         settings.database_url = database_url;
         settings
@@ -137,6 +116,27 @@ async fn run(command: Command, settings: Settings) -> Result<(), String> {
     match result {
         Err(e) if e.is_broken_pipe() => Ok(()),
         other => other.map_err(|e: OpsError| e.to_string()),
+    }
+}
+
+/// The store flags of the commands that open the store.
+fn store_args(command: &Command) -> Option<&StoreArgs> {
+    match command {
+        Command::Serve(args) | Command::Poll(args) => Some(&args.store),
+        Command::Messages {
+            command: MessagesCommand::Export { store, .. },
+        }
+        | Command::Dlq {
+            command:
+                DlqCommand::List { store, .. }
+                | DlqCommand::Show { store, .. }
+                | DlqCommand::Redrive { store, .. },
+        }
+        | Command::Tokens {
+            command: TokensCommand::Issue { store, .. },
+        }
+        | Command::Stats { store, .. } => Some(store),
+        Command::Webhook { .. } => None,
     }
 }
 
