@@ -28,10 +28,23 @@ fn env(standin: &StandIn) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The stand-in's settings plus `extra`, as the harness takes them.
+fn env_with<'a>(standin: &StandIn, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
+    let mut env = env(standin);
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+fn as_pairs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 fn start(standin: &StandIn) -> Server {
-    let env = env(standin);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Server::start(&env)
+    start_with(standin, &[])
+}
+
+fn start_with(standin: &StandIn, extra: &[(&str, &str)]) -> Server {
+    Server::start(&as_pairs(&env_with(standin, extra)))
 }
 
 fn issue_token(server: &Server, username: &str) -> String {
@@ -403,10 +416,8 @@ fn polling_runs_the_whole_pipeline_and_confirms_only_durable_updates() {
         update(2001, 7001, 2, "/register alice"),
         update(2002, 7002, 1, "hi there"),
     ]);
-    let env = env(&standin);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.push(("BOTLINE_POLL_TIMEOUT", "1s"));
-    let mut server = Server::poll(&env);
+    let env = env_with(&standin, &[("BOTLINE_POLL_TIMEOUT", "1s")]);
+    let mut server = Server::poll(&as_pairs(&env));
     wait_until("the reply", Duration::from_secs(20), || {
         accepted_texts(&standin, 7001).len() == 1
     });
@@ -502,11 +513,14 @@ fn a_postgres_function_decides_registrations() {
          (sha256(convert_to('pg-token-0001', 'UTF8')), 'alice', now() + interval '1 hour')",
     );
     let standin = standin();
-    let mut env = env(&standin);
-    env.push(("BOTLINE_REGISTRATION", "postgres".to_owned()));
-    env.push(("BOTLINE_REGISTRATION_DATABASE_URL", db.url()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = Server::start(&env);
+    let url = db.url();
+    let server = start_with(
+        &standin,
+        &[
+            ("BOTLINE_REGISTRATION", "postgres"),
+            ("BOTLINE_REGISTRATION_DATABASE_URL", &url),
+        ],
+    );
     let url = server.url("/telegram/webhook");
     assert_eq!(
         post(
@@ -555,16 +569,18 @@ fn a_postgres_function_decides_registrations() {
 #[test]
 fn an_unreachable_registration_database_retries_and_dead_letters_without_answering() {
     let standin = standin();
-    let mut env = env(&standin);
-    env.push(("BOTLINE_REGISTRATION", "postgres".to_owned()));
     let closed = format!(
         "postgres://postgres:pw-never-logged@127.0.0.1:{}/x",
         common::free_port()
     );
-    env.push(("BOTLINE_REGISTRATION_DATABASE_URL", closed));
-    env.push(("BOTLINE_BACKOFF_BASE", "100ms".to_owned()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = Server::start(&env);
+    let server = start_with(
+        &standin,
+        &[
+            ("BOTLINE_REGISTRATION", "postgres"),
+            ("BOTLINE_REGISTRATION_DATABASE_URL", &closed),
+            ("BOTLINE_BACKOFF_BASE", "100ms"),
+        ],
+    );
     let url = server.url("/telegram/webhook");
     assert_eq!(
         post(
