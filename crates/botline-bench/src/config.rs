@@ -1,7 +1,9 @@
 //! What a run does: [`LoadConfig`], and the checks that turn it into a target to send to.
 
+use crate::flood::FloodConfig;
 use hyper::Uri;
 use hyper::header::HeaderValue;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,25 +20,69 @@ pub enum LoadLimit {
     Updates(u64),
 }
 
+/// The store a run is checked against.
+#[derive(Clone, PartialEq)]
+pub enum VerifyStore {
+    /// The embedded store in this `--data-dir`.
+    DataDir(PathBuf),
+    /// A Postgres database (`--backend postgres`), handed to the export in
+    /// `BOTLINE_DATABASE_URL`, never on its command line.
+    Postgres { database_url: String },
+}
+
+impl fmt::Debug for VerifyStore {
+    /// Leaves the database URL out: it may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DataDir(dir) => f.debug_tuple("DataDir").field(dir).finish(),
+            Self::Postgres { .. } => f.write_str("Postgres { .. }"),
+        }
+    }
+}
+
 /// Where to read the store back from after the load, to check what was acknowledged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifyConfig {
-    /// The `--data-dir` of the Botline whose store is checked.
-    pub data_dir: PathBuf,
-    /// The `botline` binary, run as `<bin> messages export --data-dir DIR --format jsonl`.
+    /// The store of the Botline being checked.
+    pub store: VerifyStore,
+    /// The `botline` binary, run as `<bin> messages export <store> --format jsonl`.
     pub botline_bin: PathBuf,
     /// How long to keep exporting until every acknowledged update is present.
     pub timeout: Duration,
 }
 
 impl VerifyConfig {
-    /// Checks the store in `data_dir` with `botline_bin`, waiting up to 30 s for the worker.
+    /// Checks the embedded store in `data_dir` with `botline_bin`, waiting up to 30 s for the
+    /// worker.
     pub fn new(data_dir: impl Into<PathBuf>, botline_bin: impl Into<PathBuf>) -> Self {
+        Self::of(VerifyStore::DataDir(data_dir.into()), botline_bin)
+    }
+
+    /// Checks `store` with `botline_bin`, waiting up to 30 s for the worker.
+    pub fn of(store: VerifyStore, botline_bin: impl Into<PathBuf>) -> Self {
         Self {
-            data_dir: data_dir.into(),
+            store,
             botline_bin: botline_bin.into(),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The export command for this store.
+    pub(crate) fn export_command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.botline_bin);
+        command.args(["messages", "export"]);
+        match &self.store {
+            VerifyStore::DataDir(dir) => {
+                command.arg("--data-dir").arg(dir);
+            }
+            VerifyStore::Postgres { database_url } => {
+                command
+                    .args(["--backend", "postgres"])
+                    .env("BOTLINE_DATABASE_URL", database_url);
+            }
+        }
+        command.args(["--format", "jsonl"]);
+        command
     }
 }
 
@@ -74,6 +120,8 @@ pub struct LoadConfig {
     /// Longest wait for one request (connect, send, whole answer); past it the connection is
     /// dropped and the update retried.
     pub request_timeout: Duration,
+    /// Also flood the server from other addresses while the load runs (see [`FloodConfig`]).
+    pub flood: Option<FloodConfig>,
     /// After the load, check the store (see [`VerifyConfig`]).
     pub verify: Option<VerifyConfig>,
     /// Also write the report as JSON to this file.
@@ -96,6 +144,7 @@ impl Default for LoadConfig {
             seed: None,
             give_up: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            flood: None,
             verify: None,
             json_out: None,
             progress: false,
@@ -144,6 +193,9 @@ impl LoadConfig {
                 "connections must be 1..={MAX_CONNECTIONS}, not {}",
                 self.connections
             ));
+        }
+        if self.flood.is_some() && !matches!(self.limit, LoadLimit::Duration(_)) {
+            return invalid("a flood needs a duration, not a count of updates".to_owned());
         }
         if self.chats == 0 {
             return invalid("chats must be at least 1".to_owned());

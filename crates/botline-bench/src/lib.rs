@@ -66,12 +66,13 @@
 
 pub mod body;
 mod config;
+pub mod flood;
 mod load;
 mod report;
 pub mod verify;
 
 pub use config::{
-    BenchError, LoadConfig, LoadLimit, MAX_CONNECTIONS, VerifyConfig, parse_duration,
+    BenchError, LoadConfig, LoadLimit, MAX_CONNECTIONS, VerifyConfig, VerifyStore, parse_duration,
 };
 pub use load::{INITIAL_BACKOFF, MAX_BACKOFF, SECRET_HEADER, run};
 pub use report::{AckedUpdate, GivenUpUpdate, LatencySummary, Report};

@@ -119,6 +119,23 @@ pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
             queues,
         ))
     });
+    // `target()` checked that a flood comes with a duration.
+    let flood = config
+        .flood
+        .clone()
+        .zip(stop_at)
+        .map(|(flood_config, stop_at)| {
+            let server = addrs.iter().copied().find(SocketAddr::is_ipv4);
+            let target = Arc::clone(&target);
+            tokio::spawn(async move {
+                let Some(server) = server else {
+                    return Err(BenchError::Config(
+                        "the flood needs an IPv4 server address".to_owned(),
+                    ));
+                };
+                crate::flood::flood(flood_config, target, server, stop_at).await
+            })
+        });
     let progress = config
         .progress
         .then(|| tokio::spawn(print_progress(Arc::clone(&counters), start)));
@@ -139,6 +156,14 @@ pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
     if let Some(progress) = progress {
         progress.abort();
     }
+    let flood_report = match flood {
+        Some(task) => match task.await {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(error)) => return Err(error),
+            Err(e) => return Err(BenchError::Task(e.to_string())),
+        },
+        None => None,
+    };
     if let Some(error) = failure {
         return Err(error);
     }
@@ -151,6 +176,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
         start,
         stats,
     );
+    report.flood = flood_report;
 
     if let Some(verify_config) = config.verify.clone() {
         let (returned, verification) = tokio::task::spawn_blocking(move || {
@@ -246,6 +272,7 @@ fn summarize(
         given_up: given_up_updates.len() as u64,
         given_up_updates,
         acked_updates,
+        flood: None,
         verification: None,
     }
 }

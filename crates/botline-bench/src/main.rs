@@ -1,6 +1,7 @@
 //! `botline-bench`: the command line of the load generator; see the library's documentation.
 
-use botline_bench::{LoadConfig, LoadLimit, VerifyConfig, parse_duration, run};
+use botline_bench::flood::FloodConfig;
+use botline_bench::{LoadConfig, LoadLimit, VerifyConfig, VerifyStore, parse_duration, run};
 use clap::{ArgGroup, Parser};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -62,16 +63,42 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     request_timeout: Duration,
 
+    /// Meanwhile, flood the webhook with this many requests per second from other addresses
+    /// (a new connection each, no or a wrong secret), to test an edge guard. Needs --duration.
+    #[arg(long, requires = "duration")]
+    flood_rate: Option<f64>,
+
+    /// Distinct source addresses of the flood, from --flood-from on (loopback on Linux).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    flood_sources: u32,
+
+    /// The first source address of the flood.
+    #[arg(long, default_value = "127.1.0.1")]
+    flood_from: std::net::Ipv4Addr,
+
+    /// The (wrong) secret the flood sends; none by default.
+    #[arg(long)]
+    flood_secret: Option<String>,
+
     /// Also write the report (with every acknowledged update) as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
 
     /// After the load, check the store in this Botline data directory.
-    #[arg(long, requires = "botline_bin")]
+    #[arg(long, requires = "botline_bin", conflicts_with = "verify_database_url")]
     verify_data_dir: Option<PathBuf>,
 
+    /// After the load, check the store in this Postgres database (`--backend postgres`).
+    #[arg(
+        long,
+        env = "BOTLINE_BENCH_VERIFY_DATABASE_URL",
+        hide_env_values = true
+    )]
+    #[arg(requires = "botline_bin")]
+    verify_database_url: Option<String>,
+
     /// The botline binary that exports the store (`messages export --format jsonl`).
-    #[arg(long, requires = "verify_data_dir")]
+    #[arg(long)]
     botline_bin: Option<PathBuf>,
 
     /// How long to wait for every acknowledged update to be stored.
@@ -87,15 +114,26 @@ impl Cli {
             // clap requires one of the two.
             (None, None) => LoadConfig::default().limit,
         };
-        let verify = self
-            .verify_data_dir
+        let store = match (self.verify_data_dir, self.verify_database_url) {
+            (Some(dir), _) => Some(VerifyStore::DataDir(dir)),
+            (None, Some(database_url)) => Some(VerifyStore::Postgres { database_url }),
+            (None, None) => None,
+        };
+        let verify = store
             .zip(self.botline_bin)
-            .map(|(data_dir, botline_bin)| VerifyConfig {
+            .map(|(store, botline_bin)| VerifyConfig {
                 timeout: self.verify_timeout,
-                ..VerifyConfig::new(data_dir, botline_bin)
+                ..VerifyConfig::of(store, botline_bin)
             });
+        let flood = self.flood_rate.map(|rate| FloodConfig {
+            rate,
+            sources: self.flood_sources,
+            base: self.flood_from,
+            secret: self.flood_secret,
+        });
         LoadConfig {
             url: self.url,
+            flood,
             secret: self.secret.filter(|s| !s.is_empty()),
             connections: usize::from(self.connections),
             chats: self.chats as usize,

@@ -1,5 +1,6 @@
 //! What a run found: [`Report`], printed for people by its `Display` and saved as JSON by serde.
 
+use crate::flood::FloodReport;
 use crate::verify::Verification;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -131,6 +132,8 @@ pub struct Report {
     pub given_up_updates: Vec<GivenUpUpdate>,
     /// Every acknowledged update, by `update_id`.
     pub acked_updates: Vec<AckedUpdate>,
+    /// What the flood from other addresses got, when one was sent.
+    pub flood: Option<FloodReport>,
     /// The check of the store, when one was asked for.
     pub verification: Option<Verification>,
 }
@@ -182,6 +185,9 @@ impl fmt::Display for Report {
             write!(f, "  (lost by the client: never acknowledged)")?;
         }
         writeln!(f)?;
+        if let Some(flood) = &self.flood {
+            write!(f, "{flood}")?;
+        }
         if let Some(verification) = &self.verification {
             write!(f, "{verification}")?;
         }
@@ -267,9 +273,27 @@ mod tests {
             given_up: 1,
             given_up_updates: Vec::new(),
             acked_updates: Vec::new(),
+            flood: Some(FloodReport {
+                target_rate: 100.0,
+                sources: 16,
+                sent: 990,
+                sent_per_sec: 99.0,
+                skipped: 10,
+                by_status: BTreeMap::from([(401, 90), (429, 900)]),
+                failed: 0,
+                accepted: 0,
+            }),
             verification: None,
         };
         let text = report.to_string();
+        assert!(
+            text.contains("990 requests from 16 addresses at 99.0/s (asked 100/s, 10 skipped)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("401: 90, 429: 900; no answer 0; accepted (2xx) 0"),
+            "{text}"
+        );
         assert!(
             text.contains("non-2xx answers     500: 1, 503: 2"),
             "{text}"

@@ -11,7 +11,7 @@ use crate::report::{AckedUpdate, LatencySummary, Report, new_histogram};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -285,7 +285,7 @@ fn compare_raw(sent: &AckedUpdate, stored: &str) -> Option<RawMismatch> {
     })
 }
 
-/// Runs `<botline_bin> messages export --data-dir DIR --format jsonl` and [`verify`]s its output,
+/// Runs `<botline_bin> messages export <store> --format jsonl` and [`verify`]s its output,
 /// again every half second until nothing acknowledged is missing or `config.timeout` passes.
 /// Blocking: call it from `spawn_blocking` in async code. Fails only when the export never
 /// succeeded.
@@ -300,12 +300,8 @@ pub fn export_and_verify(
     let mut last_error = String::new();
     loop {
         runs += 1;
-        let output = Command::new(&config.botline_bin)
-            .arg("messages")
-            .arg("export")
-            .arg("--data-dir")
-            .arg(&config.data_dir)
-            .args(["--format", "jsonl"])
+        let output = config
+            .export_command()
             .stdin(Stdio::null())
             .output()
             .map_err(|e| BenchError::Export {
@@ -400,6 +396,7 @@ mod tests {
             given_up: 0,
             given_up_updates: Vec::new(),
             acked_updates,
+            flood: None,
             verification: None,
         }
     }

@@ -1,6 +1,7 @@
 //! `run()` against a small webhook server inside the test: retries, per-chat order, and a
 //! server that is killed and restarted in the middle of the load.
 
+use botline_bench::flood::FloodConfig;
 use botline_bench::verify::iso8601_from_unix_ms;
 use botline_bench::{LoadConfig, LoadLimit, Report, SECRET_HEADER, run, verify};
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpSocket};
@@ -46,6 +47,8 @@ struct State {
     stored: Vec<String>,
     stored_updates: HashSet<u64>,
     bad_requests: Vec<String>,
+    /// The addresses requests with a wrong or no secret came from.
+    unauthorized_peers: HashSet<IpAddr>,
 }
 
 struct TestServer {
@@ -81,11 +84,12 @@ async fn serve(listener: TcpListener, behaviour: Behaviour, state: Arc<Mutex<Sta
     // Dropping the JoinSet (when this task is aborted) closes every connection.
     let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| handle(request, behaviour, Arc::clone(&state)));
+        let service =
+            service_fn(move |request| handle(request, peer.ip(), behaviour, Arc::clone(&state)));
         connections.spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -96,6 +100,7 @@ async fn serve(listener: TcpListener, behaviour: Behaviour, state: Arc<Mutex<Sta
 
 async fn handle(
     request: Request<Incoming>,
+    peer: IpAddr,
     behaviour: Behaviour,
     state: Arc<Mutex<State>>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
@@ -115,7 +120,7 @@ async fn handle(
         return answer(StatusCode::BAD_REQUEST);
     }
     if headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) != Some(SECRET) {
-        state.bad_requests.push("wrong secret".to_owned());
+        state.unauthorized_peers.insert(peer);
         return answer(StatusCode::UNAUTHORIZED);
     }
     let Ok(update) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -311,6 +316,52 @@ async fn survives_the_server_being_killed_and_restarted() {
     assert_chat_order(&state.log);
     let verification = verify(&report, &state.stored.join("\n"));
     assert!(verification.is_ok(), "{verification}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_from_other_addresses_beside_the_load() {
+    let state = Arc::new(Mutex::new(State::default()));
+    let server = TestServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        Behaviour::AcceptAll,
+        Arc::clone(&state),
+    )
+    .await;
+    let report = run(LoadConfig {
+        url: server.url(),
+        secret: Some(SECRET.to_owned()),
+        connections: 4,
+        chats: 8,
+        rate: Some(100.0),
+        limit: LoadLimit::Duration(Duration::from_secs(1)),
+        first_update_id: Some(7_000_000),
+        seed: Some(13),
+        flood: Some(FloodConfig {
+            rate: 200.0,
+            sources: 8,
+            base: Ipv4Addr::new(127, 1, 0, 1),
+            secret: Some("not-the-secret".to_owned()),
+        }),
+        ..LoadConfig::default()
+    })
+    .await
+    .expect("run");
+
+    assert_all_acknowledged(&report, 100, 7_000_000);
+    let flood = report.flood.as_ref().expect("a flood report");
+    assert!(
+        (190..=200).contains(&flood.sent),
+        "about 200 requests in 1 s: {report}"
+    );
+    assert_eq!(flood.by_status.get(&401), Some(&flood.sent), "{report}");
+    assert_eq!((flood.accepted, flood.failed, flood.skipped), (0, 0, 0));
+    let state = state.lock().expect("state lock");
+    assert!(state.bad_requests.is_empty(), "{:?}", state.bad_requests);
+    let expected: HashSet<IpAddr> = (1..=8)
+        .map(|n| IpAddr::V4(Ipv4Addr::new(127, 1, 0, n)))
+        .collect();
+    assert_eq!(state.unauthorized_peers, expected);
+    assert!(report.to_string().contains("flood answers       401:"));
 }
 
 #[tokio::test]
