@@ -20,6 +20,7 @@
 #   DURATION=60s scripts/bench.sh
 #   BACKEND=postgres scripts/bench.sh
 #   scripts/bench.sh edge
+#   scripts/bench.sh peak-throughput stored-at-1000     # single scenarios
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -126,11 +127,12 @@ run() {
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"
 echo "botline $("$BOTLINE" --version), backend $BACKEND"
 [ "$BACKEND" = postgres ] && echo "postgres $(psql -At -d postgres -c 'SHOW server_version'), synchronous_commit $(psql -At -d postgres -c 'SHOW synchronous_commit')"
-throughput() {
-  run peak-throughput --connections 100 --chats 1000 --duration "$DURATION"
-  run ack-at-2000 --connections 40 --chats 1000 --rate 2000 --duration "$DURATION"
+peak-throughput() { run peak-throughput --connections 100 --chats 1000 --duration "$DURATION"; }
+ack-at-2000() { run ack-at-2000 --connections 40 --chats 1000 --rate 2000 --duration "$DURATION"; }
+stored-at-1000() {
   run stored-at-1000 --connections 40 --chats 1000 --rate 1000 --duration "$DURATION"
 }
+throughput() { peak-throughput; ack-at-2000; stored-at-1000; }
 
 edge() {
   secret=bench-secret-$$
@@ -148,8 +150,7 @@ edge() {
 
 for scenario in "${@:-throughput}"; do
   case $scenario in
-    throughput) throughput ;;
-    edge) edge ;;
-    *) echo "unknown scenario $scenario (throughput, edge)" >&2; exit 2 ;;
+    throughput | peak-throughput | ack-at-2000 | stored-at-1000 | edge) "$scenario" ;;
+    *) echo "unknown scenario $scenario (throughput, peak-throughput, ack-at-2000, stored-at-1000, edge)" >&2; exit 2 ;;
   esac
 done

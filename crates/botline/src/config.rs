@@ -35,6 +35,9 @@ pub struct Settings {
     /// `--database-url`, when given (never read from the environment or a file by figment).
     #[serde(skip)]
     pub database_url: Option<String>,
+    /// Connections each instance of the `postgres` backend keeps open at most, shared by the
+    /// receiver, the worker and the sender.
+    pub database_pool_size: u32,
     /// The address `botline serve` listens on.
     pub listen: SocketAddr,
     /// A file holding the webhook secret (Telegram's `secret_token`).
@@ -127,6 +130,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./botline-data"),
             database_url_file: None,
             database_url: None,
+            database_pool_size: 10,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             webhook_secret_file: None,
             insecure_no_secret: false,
@@ -171,6 +175,7 @@ const ENV_SETTINGS: &[&str] = &[
     "backend",
     "data_dir",
     "database_url_file",
+    "database_pool_size",
     "listen",
     "webhook_secret_file",
     "insecure_no_secret",
@@ -229,6 +234,9 @@ impl Settings {
         }
         if self.worker_concurrency == 0 {
             return invalid("worker_concurrency must be at least 1");
+        }
+        if !(2..=1000).contains(&self.database_pool_size) {
+            return invalid("database_pool_size must be between 2 and 1000");
         }
         if self.dedupe_window < QueueConfig::MIN_DEDUPE_WINDOW {
             return invalid(
@@ -474,6 +482,15 @@ mod tests {
             let error = load(None, &Flags::default()).unwrap_err();
             assert!(error.to_lowercase().contains("listen"), "{error}");
             assert!(load(Some("missing.toml"), &Flags::default()).is_err());
+            jail.set_env("BOTLINE_LISTEN", "127.0.0.1:8080");
+            jail.set_env("BOTLINE_DATABASE_POOL_SIZE", "1");
+            let error = load(None, &Flags::default()).unwrap_err();
+            assert!(error.contains("database_pool_size"), "{error}");
+            jail.set_env("BOTLINE_DATABASE_POOL_SIZE", "24");
+            assert_eq!(
+                load(None, &Flags::default()).unwrap().database_pool_size,
+                24
+            );
             Ok(())
         });
     }

@@ -75,7 +75,8 @@ async fn open_serving_backend(
     }
     let url = settings.postgres_url()?;
     let config = settings.queue_config();
-    let options = botline_postgres::PostgresOptions::default();
+    let options =
+        botline_postgres::PostgresOptions::default().max_connections(settings.database_pool_size);
     let backend = botline_postgres::PostgresBackend::connect_lazy(&url, config, options)?;
     if let Err(e) = backend.migrate().await {
         tracing::error!(error = %e, "Postgres is not ready; answering 503 until it is");
