@@ -2,7 +2,10 @@
 # Runs Botline's whole test suite: formatting, lints, and every test of every crate (unit tests,
 # the shared backend suite on SQLite, black-box tests of the real binary, the crash test), and
 # the CDK app's offline tests (infra/scripts/test.sh: npm ci, Jest on the synthesized templates,
-# cdk synth, cfn-lint from PyPI in a venv). Needs Rust (rustup), Node.js 20+ with npm, Python 3.
+# cdk synth, cfn-lint from PyPI in a venv), and the AWS backend's tests against moto's server
+# mode (installed from PyPI into target/moto-venv by scripts/moto.sh). The Postgres tests need
+# the server on 127.0.0.1:5432 (trust auth) and fail without it. Needs Rust (rustup), Node.js
+# 20+ with npm, Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,5 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Before cargo test, so that cargo's summary closes the run.
 echo "== infra (CDK app: jest, cdk synth, cfn-lint)"
 infra/scripts/test.sh
+echo "== moto (local AWS emulator for crates/botline-aws)"
+scripts/moto.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast

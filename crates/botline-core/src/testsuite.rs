@@ -6,8 +6,15 @@
 //! botline_core::backend_suite!(backend);
 //! ```
 //!
-//! The suite runs on real time with short leases and backoffs (hundreds of milliseconds); it
-//! asserts what happens, never how fast.
+//! The suite runs on real time with short leases and backoffs ([`suite_config`]: hundreds of
+//! milliseconds); it asserts what happens, never how fast. A backend whose service cannot honour
+//! such times (SQS counts visibility timeouts in whole seconds) runs it with a [`QueueConfig`] of
+//! its own, which every test then uses, for the backend and for its waits alike:
+//!
+//! ```text
+//! fn whole_seconds() -> QueueConfig { QueueConfig { lease: Duration::from_secs(2), ..suite_config() } }
+//! botline_core::backend_suite!(backend, config = whole_seconds);
+//! ```
 
 use crate::backend::{Applied, Backend, BackendError, Enqueued, Failed, MessageQuery, QueueConfig};
 use crate::commands::{replies, token_digest};
@@ -19,11 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Generates one `#[tokio::test]` per behaviour, each with a fresh backend from `$factory`, an
-/// `async fn(QueueConfig) -> impl Backend`.
+/// `async fn(QueueConfig) -> impl Backend`, made with [`suite_config`] or, with
+/// `config = $config`, with what `$config` (a `fn() -> QueueConfig`) returns.
 #[macro_export]
 macro_rules! backend_suite {
     ($factory:path) => {
-        $crate::backend_suite!(@tests $factory;
+        $crate::backend_suite!($factory, config = $crate::testsuite::suite_config);
+    };
+    ($factory:path, config = $config:path) => {
+        $crate::backend_suite!(@tests $factory, $config;
             enqueue_dedupes_by_update_id,
             keeps_the_body_byte_for_byte,
             an_acked_update_is_not_delivered_again,
@@ -44,17 +55,18 @@ macro_rules! backend_suite {
             outbox_calls_go_out_once_in_order_per_chat,
         );
     };
-    (@tests $factory:path; $($name:ident),* $(,)?) => {
+    (@tests $factory:path, $config:path; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                $crate::testsuite::$name($factory).await;
+                $crate::testsuite::$name($factory, $config()).await;
             }
         )*
     };
 }
 
-/// The settings the suite runs with: short enough to wait out, long enough not to race.
+/// The settings the suite runs with unless a backend passes its own: short enough to wait out,
+/// long enough not to race.
 pub fn suite_config() -> QueueConfig {
     QueueConfig {
         lease: Duration::from_millis(400),
@@ -83,12 +95,12 @@ pub fn message_update(update_id: i64, chat: i64, message_id: i64, text: &str) ->
     InboundUpdate::parse(body.to_string().as_bytes()).expect("a valid update")
 }
 
-async fn fresh<B, F, Fut>(make: &F) -> B
+async fn fresh<B, F, Fut>(make: &F, config: QueueConfig) -> B
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    make(suite_config()).await
+    make(config).await
 }
 
 async fn enqueue<B: Backend>(backend: &B, update: &InboundUpdate) {
@@ -119,12 +131,12 @@ async fn wait_past(duration: Duration) {
     tokio::time::sleep(duration + Duration::from_millis(150)).await;
 }
 
-pub async fn enqueue_dedupes_by_update_id<B: Backend, F, Fut>(make: F)
+pub async fn enqueue_dedupes_by_update_id<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let update = message_update(1, 10, 1, "hello");
     enqueue(&backend, &update).await;
     assert_eq!(backend.enqueue(&update).await.unwrap(), Enqueued::Duplicate);
@@ -140,12 +152,12 @@ where
     assert_eq!((stats.pending, stats.in_flight), (0, 1));
 }
 
-pub async fn keeps_the_body_byte_for_byte<B: Backend, F, Fut>(make: F)
+pub async fn keeps_the_body_byte_for_byte<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let body = "{ \"update_id\" : 5000000001,\n \"future_kind\":{\"chat\":{\"id\":-1009876543210123},\"text\":\"\\u00e9\\ud83d\\ude00 \u{5e9}\u{5dc}\u{5d5}\u{5dd}\",\"n\":1.50}}";
     let update = InboundUpdate::parse(body.as_bytes()).unwrap();
     enqueue(&backend, &update).await;
@@ -160,12 +172,14 @@ where
     assert!(queued.received_at_ms > 0);
 }
 
-pub async fn an_acked_update_is_not_delivered_again<B: Backend, F, Fut>(make: F)
-where
+pub async fn an_acked_update_is_not_delivered_again<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let update = message_update(2, 10, 1, "hello");
     enqueue(&backend, &update).await;
     let delivery = receive(&backend, 1).await.remove(0);
@@ -174,7 +188,7 @@ where
         .ack(&delivery)
         .await
         .expect("a second ack is harmless");
-    wait_past(suite_config().lease).await;
+    wait_past(config.lease).await;
     assert!(receive(&backend, 10).await.is_empty());
     assert_eq!(
         backend.enqueue(&update).await.unwrap(),
@@ -185,12 +199,12 @@ where
     assert_eq!((stats.pending, stats.in_flight, stats.done), (0, 0, 1));
 }
 
-pub async fn an_expired_lease_is_delivered_again<B: Backend, F, Fut>(make: F)
+pub async fn an_expired_lease_is_delivered_again<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(3, 10, 1, "hello")).await;
     let first = receive(&backend, 1).await.remove(0);
     assert_eq!(first.attempt, 1);
@@ -198,7 +212,7 @@ where
         receive(&backend, 10).await.is_empty(),
         "leased updates are not handed out twice"
     );
-    wait_past(suite_config().lease).await;
+    wait_past(config.lease).await;
     let second = receive(&backend, 1).await.remove(0);
     assert_eq!(second.update.update_id, first.update.update_id);
     assert_eq!(second.attempt, 2);
@@ -214,13 +228,12 @@ where
     backend.ack(&second).await.unwrap();
 }
 
-pub async fn failures_back_off_then_dead_letter<B: Backend, F, Fut>(make: F)
+pub async fn failures_back_off_then_dead_letter<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
-    let config = suite_config();
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(4, 10, 1, "poison")).await;
     for attempt in 1..=3u32 {
         let delivery = receive(&backend, 1).await.remove(0);
@@ -257,17 +270,17 @@ where
     assert_eq!(backend.stats().await.unwrap().dead, 1);
 }
 
-pub async fn expired_leases_count_as_attempts<B: Backend, F, Fut>(make: F)
+pub async fn expired_leases_count_as_attempts<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(5, 10, 1, "crashes its worker")).await;
     for attempt in 1..=3u32 {
         let delivery = receive(&backend, 1).await.remove(0);
         assert_eq!(delivery.attempt, attempt);
-        wait_past(suite_config().lease).await;
+        wait_past(config.lease).await;
     }
     assert!(receive(&backend, 10).await.is_empty());
     let dead = backend.list(10).await.unwrap();
@@ -291,12 +304,12 @@ async fn dead_letter<B: Backend>(backend: &B, update: &InboundUpdate) {
     }
 }
 
-pub async fn dead_letters_can_be_redriven<B: Backend, F, Fut>(make: F)
+pub async fn dead_letters_can_be_redriven<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     dead_letter(&backend, &message_update(6, 10, 1, "a")).await;
     assert!(backend.redrive(UpdateId(6)).await.unwrap());
     assert!(
@@ -320,24 +333,24 @@ where
     assert_eq!(backend.stats().await.unwrap().dead, 0);
 }
 
-pub async fn a_dead_letter_does_not_block_its_chat<B: Backend, F, Fut>(make: F)
+pub async fn a_dead_letter_does_not_block_its_chat<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(21, 10, 2, "second")).await;
     dead_letter(&backend, &message_update(20, 10, 1, "first")).await;
     let deliveries = receive(&backend, 10).await;
     assert_eq!(ids(&deliveries), vec![21]);
 }
 
-pub async fn one_chat_at_a_time_in_update_id_order<B: Backend, F, Fut>(make: F)
+pub async fn one_chat_at_a_time_in_update_id_order<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     for (id, chat) in [
         (12, -100),
         (10, -100),
@@ -365,14 +378,16 @@ where
     assert_eq!(ids(&receive(&backend, 10).await), vec![12]);
 }
 
-pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut>(make: F)
-where
+pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
     const CHATS: i64 = 6;
     const PER_CHAT: i64 = 15;
-    let backend = Arc::new(fresh(&make).await);
+    let backend = Arc::new(fresh(&make, config).await);
     let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
     let processed = Arc::new(Mutex::new(HashMap::<String, Vec<i64>>::new()));
 
@@ -440,12 +455,12 @@ where
     }
 }
 
-pub async fn apply_is_idempotent<B: Backend, F, Fut>(make: F)
+pub async fn apply_is_idempotent<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(50, -100, 1, "hello")).await;
     let delivery = receive(&backend, 1).await.remove(0);
     let records: Records = build_records(&delivery.update, clock::now_ms()).unwrap();
@@ -472,16 +487,16 @@ where
     assert_eq!(messages, vec![records.message.clone().unwrap()]);
     let events = backend.events_by_user("telegram_1100", "").await.unwrap();
     assert_eq!(events, vec![records.event.clone()]);
-    wait_past(suite_config().lease).await;
+    wait_past(config.lease).await;
     assert!(receive(&backend, 10).await.is_empty(), "applied means done");
 }
 
-pub async fn the_first_write_of_a_message_wins<B: Backend, F, Fut>(make: F)
+pub async fn the_first_write_of_a_message_wins<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(60, 5, 1, "first")).await;
     let first = receive(&backend, 1).await.remove(0);
     apply(&backend, &first, clock::now_ms()).await;
@@ -504,12 +519,12 @@ where
     assert_eq!(events.len(), 2, "one event per update");
 }
 
-pub async fn a_user_upsert_keeps_created_at<B: Backend, F, Fut>(make: F)
+pub async fn a_user_upsert_keeps_created_at<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let first = InboundUpdate::parse(
         br#"{"update_id":70,"message":{"message_id":1,"date":1,"chat":{"id":3},"from":{"id":3,"first_name":"Ann","username":"ann","language_code":"en"},"text":"a"}}"#,
     )
@@ -534,12 +549,12 @@ where
     assert_eq!(backend.user("telegram_4").await.unwrap(), None);
 }
 
-pub async fn events_are_queryable_by_user_and_time<B: Backend, F, Fut>(make: F)
+pub async fn events_are_queryable_by_user_and_time<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     enqueue(&backend, &message_update(80, 9, 1, "a")).await;
     let delivery = receive(&backend, 1).await.remove(0);
     apply(&backend, &delivery, clock::now_ms()).await;
@@ -567,12 +582,12 @@ where
     );
 }
 
-pub async fn messages_filter_and_page<B: Backend, F, Fut>(make: F)
+pub async fn messages_filter_and_page<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let mut id = 90;
     for chat in [-5_i64, 6, 7] {
         for message in 1..=3 {
@@ -642,12 +657,12 @@ where
     assert_eq!(unique.len(), 9);
 }
 
-pub async fn sessions_expire<B: Backend, F, Fut>(make: F)
+pub async fn sessions_expire<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let now_s = clock::now_ms() / 1000;
     let session = |id: &str, user: &str, expires_at: i64| SessionRecord {
         session_id: id.into(),
@@ -710,12 +725,12 @@ fn sent_text(action: &OutboxAction) -> &str {
     }
 }
 
-pub async fn a_registration_token_is_redeemed_once<B: Backend, F, Fut>(make: F)
+pub async fn a_registration_token_is_redeemed_once<B: Backend, F, Fut>(make: F, config: QueueConfig)
 where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let handling = Handling::default();
     let token = "s3cr3t-T0ken-1";
     let far = clock::now_ms() + 3_600_000;
@@ -791,12 +806,14 @@ where
     );
 }
 
-pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(make: F)
-where
+pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
-    let backend = fresh(&make).await;
+    let backend = fresh(&make, config).await;
     let handling = Handling::default();
     // Malformed registrations in a group: an answer, then the deletion of the message.
     enqueue(&backend, &register_update(300, -50, "only-one-word")).await;

@@ -1,0 +1,727 @@
+//! What is particular to the AWS backend, against the moto server: enqueue's order of writes,
+//! messages without items, FIFO order, the DLQ, provisioning, timeouts, the claim step as a
+//! Lambda worker uses it, and what moto must enforce for these tests to mean anything.
+
+mod common;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use botline_aws::{
+    AwsBackend, AwsSettings, ClientOptions, FifoGroup, MAX_RECEIVE_COUNT, QueueMessage, Receipt,
+    provision,
+};
+use botline_core::testsuite::{message_update, register_update};
+use botline_core::{
+    Applied, BackendError, DeadLetters, Delivery, Enqueued, Failed, Handling, InboundUpdate, Queue,
+    QueueConfig, Store, build_records, clock,
+};
+use std::time::{Duration, Instant};
+
+fn config() -> QueueConfig {
+    common::whole_seconds()
+}
+
+/// Messages on a queue: (visible, hidden, delayed).
+async fn queue_counts(backend: &AwsBackend, url: &str) -> (u64, u64, u64) {
+    let attributes = backend
+        .clients()
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes
+        .unwrap_or_default();
+    let count = |name: QueueAttributeName| {
+        attributes
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    )
+}
+
+async fn apply(backend: &AwsBackend, delivery: &Delivery) -> Applied {
+    let records = build_records(&delivery.update, clock::now_ms()).expect("records");
+    backend.apply(delivery, &records).await.expect("apply")
+}
+
+/// The update's item in `updates`, if any.
+async fn update_item(
+    backend: &AwsBackend,
+    id: i64,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    backend
+        .clients()
+        .dynamodb
+        .get_item()
+        .table_name(&backend.tables().updates)
+        .key("updateId", AttributeValue::N(id.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item
+}
+
+/// Receives and applies until `count` updates are done (or 30 s passed), checking that no two
+/// of a chat are ever out at once. Returns the ids in the order they were handed out.
+async fn drain(backend: &AwsBackend, count: usize) -> Vec<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut order = Vec::new();
+    while order.len() < count && Instant::now() < deadline {
+        let deliveries = backend.receive(10).await.expect("receive");
+        let mut chats: Vec<String> = deliveries
+            .iter()
+            .map(|d| d.update.order_key.to_string())
+            .collect();
+        chats.sort();
+        chats.dedup();
+        assert_eq!(
+            chats.len(),
+            deliveries.len(),
+            "one update per chat at a time"
+        );
+        for delivery in &deliveries {
+            order.push(delivery.update.update_id.0);
+            assert_eq!(apply(backend, delivery).await, Applied::Written);
+        }
+        if deliveries.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    order
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_send_fails_leaves_no_mark() {
+    let clients = common::clients().await;
+    let settings = provision(&clients, &common::unique_settings(true))
+        .await
+        .expect("provision");
+    let missing = AwsSettings {
+        queue_url: settings.queue_url.replace("-updates.fifo", "-missing.fifo"),
+        ..settings.clone()
+    };
+    let update = message_update(1, 10, 1, "hello");
+    let err = AwsBackend::new(clients.clone(), missing, config())
+        .enqueue(&update)
+        .await
+        .expect_err("no such queue");
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err}");
+
+    let backend = AwsBackend::new(clients, settings, config());
+    assert!(update_item(&backend, 1).await.is_none(), "no dedupe mark");
+    assert_eq!(
+        backend.enqueue(&update).await.unwrap(),
+        Enqueued::New,
+        "Telegram's retry is new"
+    );
+    let deliveries = backend.receive(10).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].update.raw, update.raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_item_was_never_written_is_processed() {
+    for fifo in [true, false] {
+        let backend = common::backend_with(common::unique_settings(fifo), config()).await;
+        // What a receiver that stopped between SendMessage and PutItem leaves behind.
+        let update = message_update(7, 20, 3, "sent, then the receiver died");
+        let received_at = clock::now_ms();
+        let body = serde_json::json!({
+            "v": 1,
+            "updateId": 7,
+            "entryId": "entry-7",
+            "orderKey": "chat:20",
+            "kind": "message",
+            "receivedAtMs": received_at,
+            "group": "chat:20",
+            "raw": update.raw,
+        })
+        .to_string();
+        let mut send = backend
+            .clients()
+            .sqs
+            .send_message()
+            .queue_url(&backend.settings().queue_url)
+            .message_body(body);
+        if fifo {
+            send = send
+                .message_group_id("chat:20")
+                .message_deduplication_id("7");
+        }
+        send.send().await.expect("SendMessage");
+        assert!(update_item(&backend, 7).await.is_none());
+
+        let deliveries = backend.receive(10).await.unwrap();
+        assert_eq!(deliveries.len(), 1, "fifo: {fifo}");
+        let queued = &deliveries[0].update;
+        assert_eq!(queued.entry_id, "entry-7");
+        assert_eq!(queued.raw, update.raw);
+        assert_eq!(queued.received_at_ms, received_at);
+        assert_eq!(apply(&backend, &deliveries[0]).await, Applied::Written);
+        assert_eq!(backend.enqueue(&update).await.unwrap(), Enqueued::Duplicate);
+        let stats = backend.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.in_flight, stats.done), (0, 0, 1));
+        assert_eq!(
+            queue_counts(&backend, &backend.settings().queue_url.clone()).await,
+            (0, 0, 0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_enqueues_end_in_update_id_order() {
+    for fifo in [true, false] {
+        let backend = common::backend_with(common::unique_settings(fifo), config()).await;
+        for id in [5, 3, 4, 1, 2] {
+            backend
+                .enqueue(&message_update(id, -30, id, "x"))
+                .await
+                .unwrap();
+        }
+        backend
+            .enqueue(&message_update(9, 31, 1, "another chat"))
+            .await
+            .unwrap();
+        let order = drain(&backend, 6).await;
+        let chat: Vec<i64> = order.iter().copied().filter(|id| *id != 9).collect();
+        assert_eq!(chat, vec![1, 2, 3, 4, 5], "fifo: {fifo}");
+        assert!(order.contains(&9));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_copied_to_the_dlq_and_redrive_removes_the_copy() {
+    for fifo in [true, false] {
+        let backend = common::backend_with(common::unique_settings(fifo), config()).await;
+        let dlq = backend.settings().dlq_url.clone();
+        backend
+            .enqueue(&message_update(40, 41, 1, "poison"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "not dead-lettered in time");
+            let Some(delivery) = backend.receive(1).await.unwrap().pop() else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if backend.fail(&delivery, "boom").await.unwrap() == Failed::DeadLettered {
+                break;
+            }
+        }
+        assert_eq!(
+            queue_counts(&backend, &dlq).await,
+            (1, 0, 0),
+            "fifo: {fifo}"
+        );
+        let copy = backend
+            .clients()
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        assert_eq!(copy.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(copy[0].body().unwrap()).unwrap();
+        assert_eq!(body["updateId"], 40);
+        assert!(body["raw"].as_str().unwrap().contains("poison"));
+        let main = backend.settings().queue_url.clone();
+        assert_eq!(queue_counts(&backend, &main).await, (0, 0, 0));
+
+        assert!(backend.redrive(botline_core::UpdateId(40)).await.unwrap());
+        assert_eq!(
+            queue_counts(&backend, &dlq).await,
+            (0, 0, 0),
+            "fifo: {fifo}"
+        );
+        let delivery = backend.receive(1).await.unwrap().remove(0);
+        assert_eq!(delivery.attempt, 1);
+        assert_eq!(apply(&backend, &delivery).await, Applied::Written);
+        assert!(backend.list(10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_expires_at_its_last_receive_is_not_lost_to_the_sqs_dlq() {
+    let backend = common::fifo_backend(config()).await;
+    backend
+        .enqueue(&message_update(50, 51, 1, "crashes its worker"))
+        .await
+        .unwrap();
+    // Each expired lease is one SQS receive of the same message: the third would be the last
+    // before SQS's redrive policy moves it.
+    for attempt in 1..=3 {
+        let delivery = backend.receive(1).await.unwrap().remove(0);
+        assert_eq!(delivery.attempt, attempt);
+        tokio::time::sleep(config().lease + Duration::from_millis(150)).await;
+    }
+    assert!(backend.receive(10).await.unwrap().is_empty());
+    let dead = backend.list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("lease expired on each of 3 attempts")
+    );
+    let dlq = backend.settings().dlq_url.clone();
+    assert_eq!(
+        queue_counts(&backend, &dlq).await,
+        (1, 0, 0),
+        "our copy only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_update_keeps_no_body_and_no_message() {
+    let backend = common::fifo_backend(config()).await;
+    let token = "s3cr3t-T0ken-9";
+    backend
+        .enqueue(&register_update(60, 61, &format!("alice {token}")))
+        .await
+        .unwrap();
+    let delivery = backend.receive(1).await.unwrap().remove(0);
+    let item = update_item(&backend, 60).await.unwrap();
+    assert!(
+        item.contains_key("raw"),
+        "queued and leased items keep the body"
+    );
+    assert!(item.contains_key("pendingKey"));
+    let records = Handling::default()
+        .records(&delivery.update, clock::now_ms())
+        .unwrap();
+    assert_eq!(
+        backend.apply(&delivery, &records).await.unwrap(),
+        Applied::Written
+    );
+    let item = update_item(&backend, 60).await.unwrap();
+    assert_eq!(item.get("state"), Some(&AttributeValue::S("done".into())));
+    assert!(!item.contains_key("raw"), "{item:?}");
+    assert!(!item.contains_key("pendingKey"));
+    assert!(
+        !format!("{item:?}").contains(token),
+        "no token in the queue's state"
+    );
+    let main = backend.settings().queue_url.clone();
+    assert_eq!(queue_counts(&backend, &main).await, (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_decides_for_messages_from_a_lambda_event() {
+    let backend = common::standard_backend(config()).await;
+    for (id, chat) in [(70, 71), (71, 71), (72, 72)] {
+        backend
+            .enqueue(&message_update(id, chat, id, "x"))
+            .await
+            .unwrap();
+    }
+    // As the Lambda service would hand them over: received with the queue's own visibility.
+    let received = backend
+        .clients()
+        .sqs
+        .receive_message()
+        .queue_url(&backend.settings().queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 3);
+    let messages: Vec<QueueMessage> = received
+        .into_iter()
+        .map(|m| QueueMessage::from_sqs(m).expect("a whole message"))
+        .collect();
+    let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+    let claimed = backend.claim(messages).await;
+    assert!(claimed.failed.is_empty(), "{:?}", claimed.failed);
+    let mut leased: Vec<i64> = claimed
+        .deliveries
+        .iter()
+        .map(|d| d.update.update_id.0)
+        .collect();
+    leased.sort_unstable();
+    assert_eq!(leased, vec![70, 72]);
+    assert_eq!(claimed.held.len(), 1, "71 waits for 70");
+    for delivery in &claimed.deliveries {
+        let receipt = Receipt::parse(&delivery.receipt).expect("an AWS receipt");
+        assert!(ids.contains(&receipt.message_id));
+        assert_eq!(apply(&backend, delivery).await, Applied::Written);
+    }
+    // 70 done: 71 is woken at once, not when its hold ends.
+    let next = backend.receive(10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].update.update_id.0, 71);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_groups_by_user_keep_chat_order() {
+    let mut settings = common::unique_settings(true);
+    settings.fifo_group = FifoGroup::User;
+    let backend = common::backend_with(settings, config()).await;
+    let from = |id: i64, user: i64| {
+        InboundUpdate::parse(
+            serde_json::json!({
+                "update_id": id,
+                "message": {
+                    "message_id": id, "date": 1, "text": "x",
+                    "chat": {"id": -80, "type": "group"},
+                    "from": {"id": user, "first_name": "U"},
+                }
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    for (id, user) in [(82, 2), (81, 1), (83, 1)] {
+        backend.enqueue(&from(id, user)).await.unwrap();
+    }
+    let groups: Vec<String> = backend
+        .clients()
+        .sqs
+        .receive_message()
+        .queue_url(&backend.settings().queue_url)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| {
+            m.attributes()?
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .cloned()
+        })
+        .collect();
+    assert!(groups.contains(&"user:1".to_owned()), "{groups:?}");
+    assert!(groups.contains(&"user:2".to_owned()), "{groups:?}");
+    assert_eq!(drain(&backend, 3).await, vec![81, 82, 83]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_is_idempotent_and_makes_what_the_docs_say() {
+    let clients = common::clients().await;
+    let wanted = common::unique_settings(true);
+    let first = provision(&clients, &wanted).await.unwrap();
+    let again = provision(&clients, &wanted).await.unwrap();
+    assert_eq!(first, again);
+    assert!(first.queue_url.ends_with("-updates.fifo"));
+    let redrive = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&first.queue_url)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::RedrivePolicy)
+        .unwrap();
+    let redrive: serde_json::Value = serde_json::from_str(&redrive).unwrap();
+    assert_eq!(redrive["maxReceiveCount"].to_string(), "3");
+    assert!(
+        redrive["deadLetterTargetArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("-dlq.fifo")
+    );
+
+    let backend = AwsBackend::new(clients.clone(), first, config());
+    let tables = backend.tables();
+    for (table, index, ttl) in [
+        (&tables.updates, Some("PendingIndex"), Some("expiresAt")),
+        (&tables.events, Some("UserIdIndex"), None),
+        (&tables.sessions, Some("UserIdIndex"), Some("expiresAt")),
+        (&tables.outbox, Some("PendingIndex"), Some("expiresAt")),
+        (&tables.messages, None, None),
+        (&tables.users, None, None),
+        (&tables.tokens, None, None),
+    ] {
+        let described = clients
+            .dynamodb
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap()
+            .table
+            .unwrap();
+        assert_eq!(
+            described
+                .billing_mode_summary()
+                .and_then(|b| b.billing_mode())
+                .map(|m| m.as_str().to_owned()),
+            Some("PAY_PER_REQUEST".to_owned()),
+            "{table}"
+        );
+        let indexes: Vec<&str> = described
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|i| i.index_name())
+            .collect();
+        assert_eq!(indexes, index.into_iter().collect::<Vec<_>>(), "{table}");
+        let described_ttl = clients
+            .dynamodb
+            .describe_time_to_live()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap()
+            .time_to_live_description
+            .and_then(|t| t.attribute_name);
+        assert_eq!(described_ttl.as_deref(), ttl, "{table}");
+    }
+}
+
+/// A TCP server that accepts connections and never answers.
+async fn silent_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_absent_service_is_unavailable_within_the_timeout() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    for endpoint in [silent_endpoint().await, closed] {
+        let options = ClientOptions {
+            operation_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            ..common::options(&endpoint)
+        };
+        let clients = common::clients_for(&options).await;
+        let settings = AwsSettings::new(
+            format!("{endpoint}/123456789012/q.fifo"),
+            format!("{endpoint}/123456789012/dlq.fifo"),
+            "bl-",
+        );
+        let backend = AwsBackend::new(clients, settings, config());
+        let started = Instant::now();
+        let err = backend
+            .enqueue(&message_update(1, 1, 1, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Unavailable(_)), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{endpoint}: {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        assert!(matches!(
+            backend.ping().await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backend.receive(10).await,
+            Err(BackendError::Unavailable(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(8));
+    }
+}
+
+/// What the backend relies on, checked against moto, so that the tests above mean what they
+/// say (the crate docs list where moto and AWS differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_enforces_what_the_backend_relies_on() {
+    let backend = common::fifo_backend(config()).await;
+    let sqs = &backend.clients().sqs;
+    let fifo = backend.settings().queue_url.clone();
+    for (id, group) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+        sqs.send_message()
+            .queue_url(&fifo)
+            .message_body(id)
+            .message_group_id(group)
+            .message_deduplication_id(id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let receive_one = || async {
+        sqs.receive_message()
+            .queue_url(&fifo)
+            .max_number_of_messages(1)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.body.unwrap(), m.receipt_handle.unwrap()))
+            .collect::<Vec<_>>()
+    };
+    // A group with a message in flight gives nothing more; others do.
+    let first = receive_one().await;
+    assert_eq!(first[0].0, "a1");
+    let second = receive_one().await;
+    assert_eq!(second[0].0, "b1");
+    assert!(receive_one().await.is_empty());
+    // Deleting the message frees its group, in order.
+    sqs.delete_message()
+        .queue_url(&fifo)
+        .receipt_handle(&first[0].1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receive_one().await[0].0, "a2");
+    // A FIFO queue refuses per-message delays; a deduplication id is kept.
+    let delayed = sqs
+        .send_message()
+        .queue_url(&fifo)
+        .message_body("x")
+        .message_group_id("c")
+        .message_deduplication_id("c1")
+        .delay_seconds(1)
+        .send()
+        .await;
+    assert!(delayed.is_err());
+
+    // A standard queue honours per-message delays and hides a received message.
+    let standard = common::standard_backend(config()).await;
+    let queue = standard.settings().queue_url.clone();
+    let sqs = &standard.clients().sqs;
+    sqs.send_message()
+        .queue_url(&queue)
+        .message_body("later")
+        .delay_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let now = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
+    assert!(now.messages.unwrap_or_default().is_empty(), "delayed");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // SQS's redrive policy moves a message after maxReceiveCount receives.
+    for receive in 1..=MAX_RECEIVE_COUNT {
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        assert_eq!(got.len(), 1, "receive {receive}");
+    }
+    let moved = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
+    assert!(moved.messages.unwrap_or_default().is_empty());
+    assert_eq!(
+        queue_counts(&standard, &standard.settings().dlq_url.clone()).await,
+        (1, 0, 0)
+    );
+
+    // A transaction cancelled by a condition says which item's condition failed.
+    let dynamodb = &backend.clients().dynamodb;
+    let table = backend.tables().messages.clone();
+    let put = |chat: &str| {
+        aws_sdk_dynamodb::types::TransactWriteItem::builder()
+            .put(
+                aws_sdk_dynamodb::types::Put::builder()
+                    .table_name(&table)
+                    .item("chatId", AttributeValue::S(chat.into()))
+                    .item("messageId", AttributeValue::N("1".into()))
+                    .condition_expression("attribute_not_exists(chatId)")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    };
+    dynamodb
+        .transact_write_items()
+        .transact_items(put("x"))
+        .send()
+        .await
+        .unwrap();
+    let cancelled = dynamodb
+        .transact_write_items()
+        .transact_items(put("y"))
+        .transact_items(put("x"))
+        .send()
+        .await
+        .unwrap_err();
+    let reasons: Vec<Option<String>> = match cancelled.as_service_error() {
+        Some(
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c),
+        ) => c
+            .cancellation_reasons()
+            .iter()
+            .map(|r| r.code().map(str::to_owned))
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        reasons,
+        vec![Some("None".into()), Some("ConditionalCheckFailed".into())]
+    );
+    let y = dynamodb
+        .get_item()
+        .table_name(&table)
+        .key("chatId", AttributeValue::S("y".into()))
+        .key("messageId", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(y.item.is_none(), "all or nothing");
+
+    // The pending index is sparse: an item without the key attribute is not in it.
+    let updates = backend.tables().updates.clone();
+    for (id, pending) in [(1, true), (2, false)] {
+        let mut put = dynamodb
+            .put_item()
+            .table_name(&updates)
+            .item("updateId", AttributeValue::N(id.to_string()))
+            .item("state", AttributeValue::S("queued".into()));
+        if pending {
+            put = put.item("pendingKey", AttributeValue::S("chat:1".into()));
+        }
+        put.send().await.unwrap();
+    }
+    let indexed = dynamodb
+        .query()
+        .table_name(&updates)
+        .index_name("PendingIndex")
+        .key_condition_expression("pendingKey = :k")
+        .expression_attribute_values(":k", AttributeValue::S("chat:1".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(indexed.items().len(), 1);
+}
