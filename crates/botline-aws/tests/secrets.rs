@@ -42,6 +42,9 @@ async fn resolves_a_secrets_manager_secret_and_an_ssm_parameter() {
         .name(&parameter)
         .value("sk-parameter-value")
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        // PutParameter has no idempotency token: an attempt that timed out on a busy emulator
+        // and is retried by the SDK must not fail as "already exists".
+        .overwrite(true)
         .send()
         .await
         .expect("PutParameter");

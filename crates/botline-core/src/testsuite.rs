@@ -390,6 +390,9 @@ pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut
     let backend = Arc::new(fresh(&make, config).await);
     let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
     let processed = Arc::new(Mutex::new(HashMap::<String, Vec<i64>>::new()));
+    // A guard against a hang, not a speed target: 30 s at the suite's 400 ms lease, and as many
+    // leases for a backend whose service counts in whole seconds.
+    let give_up_after = (config.lease * 75).max(Duration::from_secs(30));
 
     // Each chat's updates arrive one after another, as Telegram sends them.
     let mut senders = Vec::new();
@@ -411,7 +414,7 @@ pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut
             Arc::clone(&processed),
         );
         workers.push(tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let deadline = tokio::time::Instant::now() + give_up_after;
             while tokio::time::Instant::now() < deadline {
                 let done: usize = processed.lock().unwrap().values().map(Vec::len).sum();
                 if done == (CHATS * PER_CHAT) as usize {

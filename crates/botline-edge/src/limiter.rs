@@ -4,10 +4,13 @@
 //! [`retain_recent`](governor::RateLimiter::retain_recent) drops the idle ones; a flood of
 //! distinct addresses creates keys faster than they go idle. [`CappedStore`] therefore gives at
 //! most `max_keys` keys a bucket of their own: a key it does not hold, arriving while it is
-//! full, is counted in one shared overflow bucket. Under such a flood, clients already known
+//! full, is counted in one shared overflow bucket. Under such a flood, clients that keep sending
 //! keep their own buckets and new ones share a small allowance, until housekeeping (every
-//! `cleanup_interval`, and at most every second while the store is full) drops idle keys and
-//! shrinks the table.
+//! `cleanup_interval`, and at most every second while the store is full) drops idle keys (whose
+//! bucket has refilled) and shrinks the table. A client that was idle long enough to be dropped
+//! and comes back while the table is full again shares the overflow bucket like a new one; so
+//! this limiter bounds memory and slows a flood, and the webhook secret (which skips it) is what
+//! keeps Telegram's own requests from ever being limited.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -182,8 +185,6 @@ mod tests {
     fn a_million_distinct_addresses_stay_within_the_cap() {
         let max_keys = 10_000;
         let limiter = KeyedLimiter::<IpAddr>::new(10, 20, max_keys, Duration::from_secs(3600));
-        let known = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        assert_eq!(limiter.check(&known), Ok(()));
         let started = Instant::now();
         let mut admitted = 0u64;
         for n in 0..1_000_000u32 {
@@ -194,15 +195,15 @@ mod tests {
         }
         let elapsed = started.elapsed().as_secs() + 1;
         assert!(limiter.len() <= max_keys, "{} keys", limiter.len());
-        // Past the cap, new addresses shared one bucket (burst 20, 10 a second): the rest of the
-        // flood was refused...
-        let bound = max_keys as u64 + 20 + 10 * elapsed;
+        // Past the cap, new addresses shared one bucket (burst 20, 10 a second), and the rest of
+        // the flood was refused. Housekeeping, at most once a second while the store is full,
+        // drops the keys whose bucket has refilled (here: every address that sent once, 0.1 s
+        // later) and so lets at most `max_keys` new addresses in per second of the run.
+        let bound = max_keys as u64 * (elapsed + 1) + 20 + 10 * elapsed;
         assert!(
             admitted <= bound,
             "{admitted} admitted, at most {bound} expected"
         );
-        // ...while an address known before the flood kept its own.
-        assert_eq!(limiter.check(&known), Ok(()));
     }
 
     #[test]
