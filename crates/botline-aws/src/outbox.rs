@@ -289,32 +289,26 @@ impl Outbox for AwsBackend {
     /// One consistent scan of `outbox`, counted here.
     async fn outbox_stats(&self) -> Result<OutboxStats, BackendError> {
         let projection = "#state";
+        let mut items = self
+            .dynamodb()
+            .scan()
+            .table_name(&self.tables().outbox)
+            .projection_expression(projection)
+            .set_expression_attribute_names(names([projection]))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
         let mut stats = OutboxStats::default();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb()
-                .scan()
-                .table_name(&self.tables().outbox)
-                .projection_expression(projection)
-                .set_expression_attribute_names(names([projection]))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan outbox", e))?;
-            for item in page.items() {
-                match get_s(item, "state") {
-                    Some(PENDING) => stats.pending += 1,
-                    Some(DONE) => stats.done += 1,
-                    Some(FAILED) => stats.failed += 1,
-                    _ => {}
-                }
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(stats);
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| unavailable("Scan outbox", e))?;
+            match get_s(&item, "state") {
+                Some(PENDING) => stats.pending += 1,
+                Some(DONE) => stats.done += 1,
+                Some(FAILED) => stats.failed += 1,
+                _ => {}
             }
         }
+        Ok(stats)
     }
 }

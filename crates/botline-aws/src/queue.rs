@@ -1085,28 +1085,21 @@ impl AwsBackend {
     /// Every dead item, oldest first.
     async fn dead_rows(&self) -> Result<Vec<UpdateRow>, BackendError> {
         let filter = "#state = :dead";
+        let mut items = self
+            .dynamodb()
+            .scan()
+            .table_name(&self.tables().updates)
+            .filter_expression(filter)
+            .set_expression_attribute_names(names([filter]))
+            .set_expression_attribute_values(values([(":dead", s(DEAD))]))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
         let mut rows = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb()
-                .scan()
-                .table_name(&self.tables().updates)
-                .filter_expression(filter)
-                .set_expression_attribute_names(names([filter]))
-                .set_expression_attribute_values(values([(":dead", s(DEAD))]))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan updates", e))?;
-            for item in page.items() {
-                rows.push(UpdateRow::from_item(item)?);
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| unavailable("Scan updates", e))?;
+            rows.push(UpdateRow::from_item(&item)?);
         }
         rows.sort_by_key(|row| (row.dead_at.unwrap_or_default(), row.id));
         Ok(rows)
@@ -1375,36 +1368,30 @@ impl Queue for AwsBackend {
     async fn stats(&self) -> Result<QueueStats, BackendError> {
         let now = clock::now_ms();
         let projection = "#state, #leaseUntil";
+        let mut items = self
+            .dynamodb()
+            .scan()
+            .table_name(&self.tables().updates)
+            .projection_expression(projection)
+            .set_expression_attribute_names(names([projection]))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
         let mut stats = QueueStats::default();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb()
-                .scan()
-                .table_name(&self.tables().updates)
-                .projection_expression(projection)
-                .set_expression_attribute_names(names([projection]))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan updates", e))?;
-            for item in page.items() {
-                let lease_until: i64 = opt_n(item, "leaseUntil", &"an update")?.unwrap_or(0);
-                match get_s(item, "state") {
-                    Some(QUEUED) => stats.pending += 1,
-                    Some(LEASED) if lease_until > now => stats.in_flight += 1,
-                    Some(LEASED) => stats.pending += 1,
-                    Some(DONE) => stats.done += 1,
-                    Some(DEAD) => stats.dead += 1,
-                    _ => {}
-                }
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(stats);
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| unavailable("Scan updates", e))?;
+            let lease_until: i64 = opt_n(&item, "leaseUntil", &"an update")?.unwrap_or(0);
+            match get_s(&item, "state") {
+                Some(QUEUED) => stats.pending += 1,
+                Some(LEASED) if lease_until > now => stats.in_flight += 1,
+                Some(LEASED) => stats.pending += 1,
+                Some(DONE) => stats.done += 1,
+                Some(DEAD) => stats.dead += 1,
+                _ => {}
             }
         }
+        Ok(stats)
     }
 
     /// `GetQueueAttributes` on the main queue.

@@ -409,36 +409,28 @@ impl Store for AwsBackend {
         } else {
             // No key to start from: the whole table, ordered here.
             let filter = query.since_ms.map(|_| "#timestamp >= :since");
-            let mut start = None;
-            loop {
-                let page = self
-                    .dynamodb()
-                    .scan()
-                    .table_name(t)
-                    .set_filter_expression(filter.map(str::to_owned))
-                    .set_expression_attribute_names(filter.and_then(|f| names([f])))
-                    .set_expression_attribute_values(
-                        query
-                            .since_ms
-                            .and_then(|since| values([(":since", n(since))])),
-                    )
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("Scan messages", e))?;
-                for item in page.items() {
-                    let m = message(item)?;
-                    let after = query.after.as_ref().is_none_or(|(chat, message)| {
-                        (m.chat_id.as_str(), m.message_id) > (chat.as_str(), *message)
-                    });
-                    if after {
-                        found.push(m);
-                    }
-                }
-                start = page.last_evaluated_key;
-                if start.is_none() {
-                    break;
+            let mut items = self
+                .dynamodb()
+                .scan()
+                .table_name(t)
+                .set_filter_expression(filter.map(str::to_owned))
+                .set_expression_attribute_names(filter.and_then(|f| names([f])))
+                .set_expression_attribute_values(
+                    query
+                        .since_ms
+                        .and_then(|since| values([(":since", n(since))])),
+                )
+                .consistent_read(true)
+                .into_paginator()
+                .items()
+                .send();
+            while let Some(item) = items.next().await {
+                let m = message(&item.map_err(|e| unavailable("Scan messages", e))?)?;
+                let after = query.after.as_ref().is_none_or(|(chat, message)| {
+                    (m.chat_id.as_str(), m.message_id) > (chat.as_str(), *message)
+                });
+                if after {
+                    found.push(m);
                 }
             }
         }
@@ -661,47 +653,41 @@ impl Sessions for AwsBackend {
     async fn purge_expired_sessions(&self, now_ms: i64) -> Result<u64, BackendError> {
         let expired = "#expiresAt <= :cut";
         let cut = n(now_ms.div_euclid(1000));
+        let mut items = self
+            .dynamodb()
+            .scan()
+            .table_name(&self.tables().sessions)
+            .filter_expression(expired)
+            .projection_expression("#sessionId")
+            .set_expression_attribute_names(names([expired, "#sessionId"]))
+            .set_expression_attribute_values(values([(":cut", cut.clone())]))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
         let mut purged = 0;
-        let mut start = None;
-        loop {
-            let page = self
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| unavailable("Scan sessions", e))?;
+            let Some(id) = get_s(&item, "sessionId") else {
+                continue;
+            };
+            let deleted = self
                 .dynamodb()
-                .scan()
+                .delete_item()
                 .table_name(&self.tables().sessions)
-                .filter_expression(expired)
-                .projection_expression("#sessionId")
-                .set_expression_attribute_names(names([expired, "#sessionId"]))
+                .set_key(Some(key("sessionId", s(id))))
+                .condition_expression(expired)
+                .set_expression_attribute_names(names([expired]))
                 .set_expression_attribute_values(values([(":cut", cut.clone())]))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
                 .send()
-                .await
-                .map_err(|e| unavailable("Scan sessions", e))?;
-            for item in page.items() {
-                let Some(id) = get_s(item, "sessionId") else {
-                    continue;
-                };
-                let deleted = self
-                    .dynamodb()
-                    .delete_item()
-                    .table_name(&self.tables().sessions)
-                    .set_key(Some(key("sessionId", s(id))))
-                    .condition_expression(expired)
-                    .set_expression_attribute_names(names([expired]))
-                    .set_expression_attribute_values(values([(":cut", cut.clone())]))
-                    .send()
-                    .await;
-                match deleted {
-                    Ok(_) => purged += 1,
-                    Err(e) if is_condition_failed(&e) => {}
-                    Err(e) => return Err(unavailable("DeleteItem sessions", e)),
-                }
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(purged);
+                .await;
+            match deleted {
+                Ok(_) => purged += 1,
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(unavailable("DeleteItem sessions", e)),
             }
         }
+        Ok(purged)
     }
 }
 

@@ -10,12 +10,11 @@
 //! what rate was really offered.
 
 use crate::config::{BenchError, Target};
-use crate::load::SECRET_HEADER;
+use crate::load::webhook_request;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use http_body_util::BodyExt;
 use hyper::client::conn::http1;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +109,14 @@ pub(crate) async fn flood(
     let body = Bytes::from_static(
         br#"{"update_id":1,"message":{"message_id":1,"date":1714564800,"chat":{"id":1,"type":"private"},"from":{"id":1,"is_bot":false,"first_name":"Flood"},"text":"flood"}}"#,
     );
+    let secret = config
+        .secret
+        .as_deref()
+        .map(HeaderValue::from_str)
+        .transpose()
+        .map_err(|_| {
+            BenchError::Config("the flood's secret is not a valid header value".to_owned())
+        })?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let start = Instant::now();
@@ -128,7 +135,7 @@ pub(crate) async fn flood(
             continue;
         };
         let (target, tally, body) = (Arc::clone(&target), Arc::clone(&tally), body.clone());
-        let secret = config.secret.clone();
+        let secret = secret.clone();
         tokio::spawn(async move {
             let outcome = tokio::time::timeout(
                 FLOOD_TIMEOUT,
@@ -173,7 +180,7 @@ async fn one(
     target: &Target,
     server: SocketAddr,
     source: Ipv4Addr,
-    secret: Option<String>,
+    secret: Option<HeaderValue>,
     body: Bytes,
 ) -> Option<u16> {
     let socket = TcpSocket::new_v4().ok()?;
@@ -183,13 +190,7 @@ async fn one(
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut request = Request::post(target.path.as_str())
-        .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json");
-    if let Some(secret) = secret {
-        request = request.header(SECRET_HEADER, secret);
-    }
-    let request = request.body(Full::new(body)).ok()?;
+    let request = webhook_request(target, secret.as_ref(), body).ok()?;
     let answer = async {
         let response = sender.send_request(request).await.ok()?;
         let status = response.status().as_u16();

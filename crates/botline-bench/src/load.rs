@@ -18,7 +18,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
@@ -600,6 +600,21 @@ impl Worker {
     }
 }
 
+/// A webhook POST of `body` to `target`, with `secret` in Telegram's header when given.
+pub(crate) fn webhook_request(
+    target: &Target,
+    secret: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+    let mut request = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(secret) = secret {
+        request = request.header(SECRET_HEADER, secret.clone());
+    }
+    request.body(Full::new(body))
+}
+
 /// Sends the body and reads the whole answer (so the connection can carry the next request).
 async fn exchange(
     conn: &mut Option<Conn>,
@@ -615,16 +630,9 @@ async fn exchange(
         return Err(FailureKind::Connect);
     };
     conn.sender.ready().await.map_err(|_| FailureKind::Send)?;
-    let mut request = Request::post(target.path.as_str())
-        .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json");
-    if let Some(secret) = &target.secret {
-        request = request.header(SECRET_HEADER, secret.clone());
-    }
     // Path, host and secret were checked when the target was built.
-    let request = request
-        .body(Full::new(body))
-        .map_err(|_| FailureKind::Send)?;
+    let request =
+        webhook_request(target, target.secret.as_ref(), body).map_err(|_| FailureKind::Send)?;
     let response = conn
         .sender
         .send_request(request)
