@@ -50,9 +50,58 @@ export const LIMITS = {
   },
 } as const;
 
-/** The DynamoDB tables the worker writes, by the suffix after `botline-<stage>-`. */
-export const TABLE_NAMES = ['messages', 'users', 'events', 'sessions', 'updates'] as const;
+/** What the worker may do on its tables and their indexes. */
+export const WORKER_TABLE_ACTIONS = [
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:Query',
+  'dynamodb:Scan',
+  'dynamodb:ConditionCheckItem',
+];
+
+/**
+ * The DynamoDB tables of the AWS backend, by the suffix after `botline-<stage>-` (the functions'
+ * `BOTLINE_TABLE_PREFIX`). Keys, indexes and TTLs are the contract of the crate docs of
+ * `crates/botline-aws/src/lib.rs` ("Tables") and of its `provision` step.
+ */
+export const TABLE_NAMES = [
+  'messages',
+  'users',
+  'events',
+  'sessions',
+  'updates',
+  'outbox',
+  'tokens',
+] as const;
 export type TableName = (typeof TABLE_NAMES)[number];
+
+/**
+ * The global secondary indexes the backend queries, by table. `updates` and `outbox` project only
+ * what the claim step and the outbox's hand-out read from the index.
+ */
+export const TABLE_INDEXES: Partial<Record<TableName, dynamodb.GlobalSecondaryIndexProps>> = {
+  events: { indexName: 'UserIdIndex', partitionKey: str('userId'), sortKey: str('timestamp') },
+  sessions: { indexName: 'UserIdIndex', partitionKey: str('userId') },
+  updates: {
+    indexName: 'PendingIndex',
+    partitionKey: str('pendingKey'),
+    sortKey: num('updateId'),
+    projectionType: dynamodb.ProjectionType.INCLUDE,
+    nonKeyAttributes: ['state', 'attempts', 'leaseUntil', 'leaseMessageId', 'notBefore'],
+  },
+  outbox: {
+    indexName: 'PendingIndex',
+    partitionKey: str('pendingShard'),
+    sortKey: str('chatSeq'),
+    projectionType: dynamodb.ProjectionType.INCLUDE,
+    nonKeyAttributes: ['chatId', 'dueAt'],
+  },
+};
+
+/** The FIFO `MessageGroupId` the functions use (`BOTLINE_FIFO_GROUP`): one group per chat. */
+export const FIFO_GROUP = 'chat';
 
 export interface BotlineStackProps extends StackProps {
   readonly config: BotlineConfig;
@@ -91,8 +140,9 @@ export class BotlineStack extends Stack {
     });
     this.queue = new sqs.Queue(this, 'Queue', {
       queueName: `${this.name('queue')}${fifoSuffix}`,
-      // FIFO: the ingest function sets MessageGroupId = chat id (per-chat order) and
-      // MessageDeduplicationId = update id, so content-based deduplication stays off.
+      // FIFO: the backend sets MessageGroupId = the update's order key (`chat:<id>`, from
+      // BOTLINE_FIFO_GROUP) and MessageDeduplicationId = the update id (a fresh id for every
+      // copy it sends later), so content-based deduplication stays off.
       fifo: this.config.fifo || undefined,
       contentBasedDeduplication: this.config.fifo ? false : undefined,
       retentionPeriod: LIMITS.queue.retention,
@@ -103,20 +153,25 @@ export class BotlineStack extends Stack {
       removalPolicy: this.settings.dataRemovalPolicy,
     });
 
-    // Tables (names and keys as the AWS backend expects them).
+    // Tables (names, keys, indexes and TTLs as the AWS backend expects them).
     this.tables = {
       messages: this.table('messages', { partitionKey: str('chatId'), sortKey: num('messageId') }),
       users: this.table('users', { partitionKey: str('userId') }),
       events: this.table('events', { partitionKey: str('eventId') }),
       sessions: this.table('sessions', { partitionKey: str('sessionId'), timeToLiveAttribute: 'expiresAt' }),
+      // The dedupe set and the queue's state: one item per update id.
       updates: this.table('updates', { partitionKey: num('updateId'), timeToLiveAttribute: 'expiresAt' }),
+      // Bot API calls to make, written in the transaction that applies their update.
+      outbox: this.table('outbox', { partitionKey: str('outboxId'), timeToLiveAttribute: 'expiresAt' }),
+      // Registration tokens, by the SHA-256 hex digest of the token.
+      tokens: this.table('tokens', { partitionKey: str('tokenDigest') }),
     };
-    this.tables.events.addGlobalSecondaryIndex({
-      indexName: 'UserIdIndex',
-      partitionKey: str('userId'),
-      sortKey: str('timestamp'),
-    });
-    this.tables.sessions.addGlobalSecondaryIndex({ indexName: 'UserIdIndex', partitionKey: str('userId') });
+    for (const name of TABLE_NAMES) {
+      const index = TABLE_INDEXES[name];
+      if (index) {
+        this.tables[name].addGlobalSecondaryIndex(index);
+      }
+    }
 
     // Secrets. CloudFormation generates a value for each so that the stack deploys on its own;
     // the operator replaces the bot token and the OpenAI key (docs/deploy.md). The generated
@@ -135,14 +190,19 @@ export class BotlineStack extends Stack {
       'OpenAI API key for later phases (replace the generated value)',
     );
 
-    // Functions, each with a role of its own that grants only what it uses.
-    const sharedEnvironment = {
+    // Functions, each with a role of its own that grants only what it uses. Both read the same
+    // backend settings (crates/botline-aws: AwsSettings::from_env).
+    const sharedEnvironment: Record<string, string> = {
       BOTLINE_STAGE: stage,
       BOTLINE_LOG: 'info',
       BOTLINE_QUEUE_URL: this.queue.queueUrl,
       // A URL grants nothing; the ingest function has no permission on the DLQ.
       BOTLINE_DLQ_URL: this.deadLetters.queueUrl,
+      // Both functions: the ingest function deduplicates through the `updates` table.
+      BOTLINE_TABLE_PREFIX: this.name(''),
+      ...(this.config.fifo ? { BOTLINE_FIFO_GROUP: FIFO_GROUP } : {}),
     };
+    const updatesTable = this.tables.updates;
     this.ingest = this.function('ingest', {
       code: this.config.ingestCode,
       memoryMb: LIMITS.ingest.memoryMb,
@@ -155,8 +215,22 @@ export class BotlineStack extends Stack {
       statements: [
         new iam.PolicyStatement({
           sid: 'SendUpdatesToQueue',
-          actions: ['sqs:SendMessage'],
+          // GetQueueAttributes: GET /health pings the queue with it.
+          actions: ['sqs:SendMessage', 'sqs:GetQueueAttributes'],
           resources: [this.queue.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'DedupeMarkInUpdates',
+          // The one deliberate widening of issue 5's "send to the queue and read its own
+          // secrets". The enqueue is: a consistent GetItem of the update's item (present: a
+          // duplicate, nothing sent), SendMessage, then a conditional PutItem of the item that
+          // marks the update as received. The mark must be written by the receiver, after the
+          // send: written before it, a failed send would make Telegram's retry look like a
+          // duplicate; left to the worker, a retry arriving before the worker ran would be
+          // enqueued twice. So: GetItem and PutItem on `updates`, its items only (no index, no
+          // other table, no Query, Scan, UpdateItem or DeleteItem).
+          actions: ['dynamodb:GetItem', 'dynamodb:PutItem'],
+          resources: [updatesTable.tableArn],
         }),
         new iam.PolicyStatement({
           sid: 'ReadWebhookSecret',
@@ -165,7 +239,12 @@ export class BotlineStack extends Stack {
         }),
       ],
     });
-    const tableArns = TABLE_NAMES.map((name) => this.tables[name].tableArn);
+    const tableResources = TABLE_NAMES.flatMap((name) => {
+      const index = TABLE_INDEXES[name];
+      const arn = this.tables[name].tableArn;
+      // Each index by name rather than `<table>/index/*`: no wildcard in a DynamoDB resource.
+      return index ? [arn, `${arn}/index/${index.indexName}`] : [arn];
+    });
     this.worker = this.function('worker', {
       code: this.config.workerCode,
       memoryMb: LIMITS.worker.memoryMb,
@@ -174,40 +253,37 @@ export class BotlineStack extends Stack {
       reservedConcurrency: this.config.workerReservedConcurrency,
       environment: {
         ...sharedEnvironment,
-        BOTLINE_TABLE_PREFIX: this.name(''),
         BOTLINE_BOT_TOKEN_ID: botToken.secretArn,
       },
       statements: [
         new iam.PolicyStatement({
           sid: 'ConsumeQueue',
-          // ChangeMessageVisibility: the worker backs off a failed update by shortening or
-          // lengthening its lease instead of waiting out the whole visibility timeout.
+          // ChangeMessageVisibility: the claim step hides a leased message for its lease, and a
+          // held-back or failed one for its hold or backoff. SendMessage: a held-back message is
+          // re-sent to the tail of its FIFO group (or with a delay on a standard queue), and on
+          // a standard queue a finished update sends a wake-up for its chat's next one.
           actions: [
             'sqs:ReceiveMessage',
             'sqs:DeleteMessage',
             'sqs:ChangeMessageVisibility',
             'sqs:GetQueueAttributes',
+            'sqs:SendMessage',
           ],
           resources: [this.queue.queueArn],
         }),
         new iam.PolicyStatement({
+          sid: 'DeadLetters',
+          // SendMessage: Botline copies each dead letter to the DLQ (for the DLQ-depth alarm).
+          // ReceiveMessage and DeleteMessage: a redrive deletes the DLQ's copies.
+          actions: ['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'],
+          resources: [this.deadLetters.queueArn],
+        }),
+        new iam.PolicyStatement({
           sid: 'ReadWriteOwnTables',
           // Transactions (TransactWriteItems) are authorized per item by these same actions.
-          actions: [
-            'dynamodb:GetItem',
-            'dynamodb:BatchGetItem',
-            'dynamodb:Query',
-            'dynamodb:PutItem',
-            'dynamodb:UpdateItem',
-            'dynamodb:DeleteItem',
-            'dynamodb:BatchWriteItem',
-            'dynamodb:ConditionCheckItem',
-          ],
-          resources: [
-            ...tableArns,
-            `${this.tables.events.tableArn}/index/UserIdIndex`,
-            `${this.tables.sessions.tableArn}/index/UserIdIndex`,
-          ],
+          // Scan: dead-letter listing, stats, expired sessions.
+          actions: WORKER_TABLE_ACTIONS,
+          resources: tableResources,
         }),
         new iam.PolicyStatement({
           sid: 'ReadBotToken',
@@ -278,6 +354,7 @@ export class BotlineStack extends Stack {
       queue: this.queue,
       deadLetters: this.deadLetters,
       tables: TABLE_NAMES.map((name) => this.tables[name]),
+      stage,
       alarmEmail: this.config.alarmEmail,
     });
 

@@ -12,8 +12,9 @@ export type Stage = 'dev' | 'prod';
 
 /**
  * Where the Lambda code comes from.
- * - `real`: the zips that `cargo lambda build` leaves under `target/lambda/` (or `-c ingestZip`,
- *   `-c workerZip`); the app refuses to synthesize when they are missing.
+ * - `real`: the zips that `scripts/build-lambdas.sh` (cargo lambda, `--output-format zip`) leaves
+ *   under `target/lambda/` (or `-c ingestZip`, `-c workerZip`); the app refuses to synthesize
+ *   when they are missing.
  * - `placeholder`: a stand-in `bootstrap` that only exits with an error, for offline synth and
  *   tests. A template built from it carries a CloudFormation rule that fails every deploy.
  */
@@ -50,13 +51,16 @@ export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 /** The stand-in Lambda code for offline synth; see `LambdaAssets`. */
 export const PLACEHOLDER_ASSET_DIR = path.resolve(__dirname, '..', 'placeholder-asset');
 
-/** Where cargo lambda puts each function's zip (`cargo lambda build --release --arm64 --output-format zip`). */
+/**
+ * Where `scripts/build-lambdas.sh` (cargo lambda with `--output-format zip`) puts each
+ * function's zip: `target/lambda/<binary>/bootstrap.zip` under the repository root.
+ */
 export function defaultZip(functionName: 'botline-ingest' | 'botline-worker'): string {
   return path.join(REPO_ROOT, 'target', 'lambda', functionName, 'bootstrap.zip');
 }
 
-/** Build command for the real zips, quoted in error messages and in docs/deploy.md. */
-export const BUILD_COMMAND = 'cargo lambda build --release --arm64 --output-format zip';
+/** Build command for the real zips, run from the repository root; quoted in errors and docs/deploy.md. */
+export const BUILD_COMMAND = 'scripts/build-lambdas.sh';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -133,7 +137,7 @@ function resolveCode(node: Node, assets: LambdaAssets): { ingestCode: string; wo
   if (missing.length > 0) {
     throw new ConfigError(
       `Lambda code not found: ${missing.join(', ')}.\n` +
-        `Build it from the repository root with: ${BUILD_COMMAND}\n` +
+        `Build both zips from the repository root with: ${BUILD_COMMAND}\n` +
         'or point -c ingestZip=... -c workerZip=... at the zips. For an offline synth that will ' +
         'never be deployed, pass -c lambdaAssets=placeholder.',
     );

@@ -29,6 +29,29 @@ export const ALARM_THRESHOLDS = {
   oldestMessageAgeSeconds: 2 * 6 * 60,
   /** Any throttled invocation: ingest throttles turn into 5xx for Telegram, worker ones delay work. */
   throttles: 0,
+  /** Any update that ran out of attempts (Botline's own count, `botline_dead_lettered_total`). */
+  deadLetteredPer5Minutes: 0,
+} as const;
+
+/**
+ * Botline's own metrics. The Rust functions write them as CloudWatch Embedded Metric Format log
+ * lines, in the namespace `Botline` with one static dimension, `Stage` (the stage name); a
+ * metric's labels become further dimensions. The names are the Prometheus names of
+ * `botline serve`'s /metrics, the same in the binary and the functions.
+ */
+export const CUSTOM_METRICS = {
+  namespace: 'Botline',
+  stageDimension: 'Stage',
+  /** Counter, dimension `outcome`: accepted, duplicate, unauthorized, invalid, too_large, unavailable. */
+  webhookRequests: 'botline_webhook_requests_total',
+  /** Counter, dimension `outcome`: written, already_done. */
+  updatesProcessed: 'botline_updates_processed_total',
+  /** Counter, no further dimension: processing attempts that failed. */
+  processingFailures: 'botline_processing_failures_total',
+  /** Counter, no further dimension: updates that ran out of attempts. */
+  deadLettered: 'botline_dead_lettered_total',
+  /** Histogram, seconds: receipt of an update to its records committed. */
+  receiptToStored: 'botline_receipt_to_stored_seconds',
 } as const;
 
 export interface MonitoringProps {
@@ -39,6 +62,8 @@ export interface MonitoringProps {
   readonly queue: sqs.Queue;
   readonly deadLetters: sqs.Queue;
   readonly tables: dynamodb.Table[];
+  /** The stage name: the `Stage` dimension of Botline's own metrics. */
+  readonly stage: string;
   readonly alarmEmail?: string;
 }
 
@@ -122,7 +147,35 @@ export class Monitoring extends Construct {
       });
     }
 
-    this.dashboard = this.buildDashboard(props, { dlqDepth, oldestAge, workerErrorRate });
+    // No label here: a labelled metric turns the alarm into a metric-math alarm.
+    const deadLettered = this.botlineMetric(props, CUSTOM_METRICS.deadLettered, 'Sum');
+    this.alarm('DeadLettered', {
+      alarmName: name('dead-lettered'),
+      alarmDescription:
+        'Updates ran out of attempts (botline_dead_lettered_total): inspect with `botline dlq list`, then redrive.',
+      metric: deadLettered,
+      threshold: ALARM_THRESHOLDS.deadLetteredPer5Minutes,
+    });
+
+    this.dashboard = this.buildDashboard(props, { dlqDepth, oldestAge, workerErrorRate, deadLettered });
+  }
+
+  /** One of Botline's own metrics (EMF), for this stage, over 5 minutes. */
+  private botlineMetric(
+    props: MonitoringProps,
+    metricName: string,
+    statistic: string,
+    label?: string,
+    extraDimensions: Record<string, string> = {},
+  ): cloudwatch.Metric {
+    return new cloudwatch.Metric({
+      namespace: CUSTOM_METRICS.namespace,
+      metricName,
+      dimensionsMap: { [CUSTOM_METRICS.stageDimension]: props.stage, ...extraDimensions },
+      statistic,
+      period: FIVE_MINUTES,
+      label,
+    });
   }
 
   /** Every alarm: greater than its threshold for one period, quiet when there is no data. */
@@ -148,6 +201,7 @@ export class Monitoring extends Construct {
       dlqDepth: cloudwatch.IMetric;
       oldestAge: cloudwatch.IMetric;
       workerErrorRate: cloudwatch.IMetric;
+      deadLettered: cloudwatch.Metric;
     },
   ): cloudwatch.Dashboard {
     const fns = [props.ingest, props.worker];
@@ -238,6 +292,31 @@ export class Monitoring extends Construct {
       ]),
       widget('Age of oldest queued update (s)', [metrics.oldestAge]),
       widget('Dead-letter queue depth', [metrics.dlqDepth]),
+    );
+    const botline = (metricName: string, statistic: string, label: string, dims?: Record<string, string>) =>
+      this.botlineMetric(props, metricName, statistic, label, dims);
+    dashboard.addWidgets(
+      widget('Updates received (webhook)', [
+        botline(CUSTOM_METRICS.webhookRequests, 'Sum', 'received (accepted)', { outcome: 'accepted' }),
+        botline(CUSTOM_METRICS.webhookRequests, 'Sum', 'duplicates', { outcome: 'duplicate' }),
+      ]),
+      widget(
+        'Updates processed, failures, dead letters',
+        [
+          botline(CUSTOM_METRICS.updatesProcessed, 'Sum', 'processed (written)', { outcome: 'written' }),
+          botline(CUSTOM_METRICS.updatesProcessed, 'Sum', 'processed (already done)', {
+            outcome: 'already_done',
+          }),
+        ],
+        [
+          botline(CUSTOM_METRICS.processingFailures, 'Sum', 'failures'),
+          metrics.deadLettered.with({ label: 'dead-lettered' }),
+        ],
+      ),
+      widget('Receipt to stored (s)', [
+        botline(CUSTOM_METRICS.receiptToStored, 'p99', 'receipt to stored p99'),
+        botline(CUSTOM_METRICS.receiptToStored, 'p50', 'receipt to stored p50'),
+      ]),
     );
     dashboard.addWidgets(
       widget('DynamoDB consumed read capacity', perTable('ConsumedReadCapacityUnits', 'Sum')),

@@ -66,7 +66,7 @@ describe('Lambda code', () => {
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  test('defaults to the zips cargo lambda builds under target/lambda', () => {
+  test('defaults to the zips scripts/build-lambdas.sh builds under target/lambda (cargo lambda --output-format zip)', () => {
     expect(defaultZip('botline-ingest')).toBe(
       path.join(REPO_ROOT, 'target/lambda/botline-ingest/bootstrap.zip'),
     );
@@ -89,6 +89,8 @@ describe('Lambda code', () => {
     expect(message).toContain(missing);
     expect(message).not.toContain(workerZip);
     expect(message).toContain(BUILD_COMMAND);
+    expect(BUILD_COMMAND).toBe('scripts/build-lambdas.sh');
+    expect(message).toContain('scripts/build-lambdas.sh');
     expect(message).toContain('-c lambdaAssets=placeholder');
   });
 
@@ -156,6 +158,21 @@ describe('FIFO', () => {
     expect(main.ContentBasedDeduplication).toBe(false);
     expect(main.RedrivePolicy.maxReceiveCount).toBe(3);
     expect(main.VisibilityTimeout).toBe(360);
+  });
+
+  test('-c fifo=true gives both functions BOTLINE_FIFO_GROUP=chat; a standard queue gives none', () => {
+    const variables = (context: Record<string, unknown>) =>
+      Object.values(resourcesOfType(synth(context).json, 'AWS::Lambda::Function')).map(
+        (f) => f.Properties!.Environment.Variables,
+      );
+    const fifo = variables({ stage: 'dev', fifo: 'true' });
+    expect(fifo).toHaveLength(2);
+    for (const v of fifo) {
+      expect(v.BOTLINE_FIFO_GROUP).toBe('chat');
+    }
+    for (const v of variables({ stage: 'dev' })) {
+      expect(v.BOTLINE_FIFO_GROUP).toBeUndefined();
+    }
   });
 
   test('fifo accepts true or false only', () => {

@@ -72,33 +72,46 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     }
   });
 
-  test('ingest: send to the queue, read the webhook secret, write its own logs; nothing else', () => {
+  /** Every table of the backend, with the indexes it queries. */
+  const TABLES = ['messages', 'users', 'events', 'sessions', 'updates', 'outbox', 'tokens'];
+  const INDEXES: [string, string][] = [
+    ['events', 'UserIdIndex'],
+    ['sessions', 'UserIdIndex'],
+    ['updates', 'PendingIndex'],
+    ['outbox', 'PendingIndex'],
+  ];
+  const allow = (action: string, resource: string): Grant => ({ effect: 'Allow', action, resource });
+
+  test('ingest: send to the queue and ping it, read and write the dedupe mark in updates, read the webhook secret, write its own logs; nothing else', () => {
     expect(sorted(grantsOfFunction('ingest').grants)).toEqual(
       sorted([
-        { effect: 'Allow', action: 'sqs:SendMessage', resource: queueArn() },
-        { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secretRef('webhook-secret') },
-        { effect: 'Allow', action: 'logs:CreateLogStream', resource: logsArn('ingest') },
-        { effect: 'Allow', action: 'logs:PutLogEvents', resource: logsArn('ingest') },
+        allow('sqs:SendMessage', queueArn()),
+        // GET /health: the backend's ping is GetQueueAttributes on the main queue.
+        allow('sqs:GetQueueAttributes', queueArn()),
+        // The enqueue: consistent GetItem (dedupe), SendMessage, conditional PutItem of the mark.
+        allow('dynamodb:GetItem', tableArn('updates')),
+        allow('dynamodb:PutItem', tableArn('updates')),
+        allow('secretsmanager:GetSecretValue', secretRef('webhook-secret')),
+        allow('logs:CreateLogStream', logsArn('ingest')),
+        allow('logs:PutLogEvents', logsArn('ingest')),
         ...(tracing ? XRAY_GRANTS : []),
       ]),
     );
   });
 
-  test('worker: consume the queue, read/write its own tables, read the bot token, write its own logs', () => {
+  test('worker: consume and re-send on the queue, copy to and clean the DLQ, read/write its seven tables and their indexes, read the bot token, write its own logs', () => {
     const tableActions = [
       'dynamodb:GetItem',
-      'dynamodb:BatchGetItem',
-      'dynamodb:Query',
       'dynamodb:PutItem',
       'dynamodb:UpdateItem',
       'dynamodb:DeleteItem',
-      'dynamodb:BatchWriteItem',
+      'dynamodb:Query',
+      'dynamodb:Scan',
       'dynamodb:ConditionCheckItem',
     ];
     const tableResources = [
-      ...['messages', 'users', 'events', 'sessions', 'updates'].map(tableArn),
-      `${tableArn('events')}/index/UserIdIndex`,
-      `${tableArn('sessions')}/index/UserIdIndex`,
+      ...TABLES.map(tableArn),
+      ...INDEXES.map(([table, index]) => `${tableArn(table)}/index/${index}`),
     ];
     expect(sorted(grantsOfFunction('worker').grants)).toEqual(
       sorted([
@@ -107,33 +120,72 @@ describe.each(VARIANTS)('%s', (_label, context) => {
           'sqs:DeleteMessage',
           'sqs:ChangeMessageVisibility',
           'sqs:GetQueueAttributes',
-        ].map((action) => ({ effect: 'Allow' as const, action, resource: queueArn() })),
-        ...tableActions.flatMap((action) =>
-          tableResources.map((resource) => ({ effect: 'Allow' as const, action, resource })),
+          'sqs:SendMessage',
+        ].map((action) => allow(action, queueArn())),
+        ...['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'].map(
+          (action) => allow(action, dlqArn()),
         ),
-        { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secretRef('bot-token') },
-        { effect: 'Allow', action: 'logs:CreateLogStream', resource: logsArn('worker') },
-        { effect: 'Allow', action: 'logs:PutLogEvents', resource: logsArn('worker') },
+        ...tableActions.flatMap((action) => tableResources.map((resource) => allow(action, resource))),
+        allow('secretsmanager:GetSecretValue', secretRef('bot-token')),
+        allow('logs:CreateLogStream', logsArn('worker')),
+        allow('logs:PutLogEvents', logsArn('worker')),
         ...(tracing ? XRAY_GRANTS : []),
       ]),
     );
   });
 
-  test('the ingest function touches no DynamoDB, no DLQ, no bot token and no OpenAI key', () => {
+  test('the ingest function touches DynamoDB only to GetItem and PutItem on updates: no other table, no index', () => {
     const grants = grantsOfFunction('ingest').grants;
-    expect(grants.filter((g) => g.action.startsWith('dynamodb:'))).toEqual([]);
-    expect(grants.filter((g) => g.resource.includes('Table'))).toEqual([]);
+    const dynamo = grants.filter((g) => g.action.startsWith('dynamodb:'));
+    expect(sorted(dynamo)).toEqual(
+      sorted([
+        allow('dynamodb:GetItem', tableArn('updates')),
+        allow('dynamodb:PutItem', tableArn('updates')),
+      ]),
+    );
+    for (const table of TABLES.filter((t) => t !== 'updates')) {
+      expect(grants.filter((g) => g.resource.startsWith(tableArn(table)))).toEqual([]);
+    }
+    expect(grants.filter((g) => g.resource.includes('/index/'))).toEqual([]);
+  });
+
+  test('the ingest function has no DLQ, bot token or OpenAI key, and does not consume the queue', () => {
+    const grants = grantsOfFunction('ingest').grants;
     for (const forbidden of [dlqArn(), secretRef('bot-token'), secretRef('openai-api-key')]) {
       expect(grants.filter((g) => g.resource === forbidden)).toEqual([]);
     }
+    expect(
+      grants.filter((g) =>
+        ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility'].includes(g.action),
+      ),
+    ).toEqual([]);
   });
 
-  test('the worker cannot read the webhook secret or the OpenAI key, send, or touch the DLQ', () => {
+  test('the worker cannot read the webhook secret or the OpenAI key, and does not change or purge the DLQ', () => {
     const grants = grantsOfFunction('worker').grants;
-    for (const forbidden of [dlqArn(), secretRef('webhook-secret'), secretRef('openai-api-key')]) {
+    for (const forbidden of [secretRef('webhook-secret'), secretRef('openai-api-key')]) {
       expect(grants.filter((g) => g.resource === forbidden)).toEqual([]);
     }
-    expect(grants.filter((g) => g.action === 'sqs:SendMessage')).toEqual([]);
+    expect(
+      grants
+        .filter((g) => g.resource === dlqArn())
+        .map((g) => g.action)
+        .sort(),
+    ).toEqual(['sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage', 'sqs:SendMessage']);
+  });
+
+  test('no KMS grants: the queues use SQS-managed keys and the tables the AWS-managed key', () => {
+    for (const queue of Object.values(resourcesOfType(json, 'AWS::SQS::Queue'))) {
+      expect(queue.Properties!.SqsManagedSseEnabled).toBe(true);
+      expect(queue.Properties!.KmsMasterKeyId).toBeUndefined();
+    }
+    for (const table of Object.values(resourcesOfType(json, 'AWS::DynamoDB::Table'))) {
+      expect(table.Properties!.SSESpecification.KMSMasterKeyId).toBeUndefined();
+    }
+    expect(Object.keys(resourcesOfType(json, 'AWS::KMS::Key'))).toEqual([]);
+    for (const fn of ['ingest', 'worker'] as const) {
+      expect(grantsOfFunction(fn).grants.filter((g) => g.action.startsWith('kms:'))).toEqual([]);
+    }
   });
 
   test('no function may read the OpenAI key yet', () => {

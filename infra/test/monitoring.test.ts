@@ -1,7 +1,7 @@
 /**
  * Alarms, their metrics and thresholds, the SNS topic and the dashboard, from the template.
  */
-import { ALARM_THRESHOLDS } from '../lib/monitoring';
+import { ALARM_THRESHOLDS, CUSTOM_METRICS } from '../lib/monitoring';
 import { CfnResource, logicalId, render, resourcesOfType, synth, Synthesized } from './support';
 
 describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
@@ -25,11 +25,12 @@ describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
     s.template.resourceCountIs('AWS::SNS::Subscription', 0);
   });
 
-  test('six alarms, each notifying the topic when it fires and when it clears', () => {
+  test('seven alarms, each notifying the topic when it fires and when it clears', () => {
     const alarms = Object.values(resourcesOfType(s.json, 'AWS::CloudWatch::Alarm'));
     expect(alarms.map((a) => a.Properties!.AlarmName).sort()).toEqual(
       [
         'api-5xx',
+        'dead-lettered',
         'dlq-not-empty',
         'ingest-throttles',
         'queue-oldest-message-age',
@@ -126,9 +127,26 @@ describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
     });
   });
 
+  test("dead-lettered: Botline's own botline_dead_lettered_total (EMF), Sum > 0 over 5 minutes, for this stage", () => {
+    const a = alarm('dead-lettered');
+    expect(a).toMatchObject({
+      Namespace: 'Botline',
+      MetricName: 'botline_dead_lettered_total',
+      Dimensions: [{ Name: 'Stage', Value: stage }],
+      Statistic: 'Sum',
+      Period: 300,
+      Threshold: 0,
+      ComparisonOperator: 'GreaterThanThreshold',
+    });
+    expect(a.Threshold).toBe(ALARM_THRESHOLDS.deadLetteredPer5Minutes);
+    expect(CUSTOM_METRICS.namespace).toBe('Botline');
+  });
+
   describe('dashboard', () => {
     let body: { widgets: { type: string; properties: Record<string, any> }[] };
     let metrics: string[];
+    /** The same, followed by the metric's statistic: "namespace metric dimension=value … stat". */
+    let withStats: string[];
     beforeAll(() => {
       s.template.resourceCountIs('AWS::CloudWatch::Dashboard', 1);
       const dashboard: CfnResource = Object.values(resourcesOfType(s.json, 'AWS::CloudWatch::Dashboard'))[0];
@@ -146,6 +164,14 @@ describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
             dimensions.push(`${rest[i]}=${rest[i + 1]}`);
           }
           return [namespace, metricName, ...dimensions].join(' ');
+        });
+      withStats = body.widgets
+        .filter((w) => w.type === 'metric')
+        .flatMap((w) => w.properties.metrics as unknown[][])
+        .filter((m) => typeof m[0] === 'string')
+        .map((m, i) => {
+          const options = m.find((part) => typeof part === 'object' && part !== null) as { stat?: string };
+          return `${metrics[i]} ${options?.stat}`;
         });
     });
 
@@ -187,7 +213,7 @@ describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
     });
 
     test('DynamoDB consumed capacity and throttles for every table', () => {
-      for (const table of ['messages', 'users', 'events', 'sessions', 'updates']) {
+      for (const table of ['messages', 'users', 'events', 'sessions', 'updates', 'outbox', 'tokens']) {
         for (const metric of [
           'ConsumedReadCapacityUnits',
           'ConsumedWriteCapacityUnits',
@@ -199,10 +225,32 @@ describe.each(['dev', 'prod'] as const)('stage %s', (stage) => {
       }
     });
 
+    test("Botline's own metrics (EMF, this stage): received, duplicates, processed, failures, dead-lettered, receipt-to-stored p99", () => {
+      const stageDim = `Stage=${stage}`;
+      expect(withStats).toEqual(
+        expect.arrayContaining([
+          `Botline botline_webhook_requests_total ${stageDim} outcome=accepted Sum`,
+          `Botline botline_webhook_requests_total ${stageDim} outcome=duplicate Sum`,
+          `Botline botline_updates_processed_total ${stageDim} outcome=written Sum`,
+          `Botline botline_updates_processed_total ${stageDim} outcome=already_done Sum`,
+          `Botline botline_processing_failures_total ${stageDim} Sum`,
+          `Botline botline_dead_lettered_total ${stageDim} Sum`,
+          `Botline botline_receipt_to_stored_seconds ${stageDim} p99`,
+        ]),
+      );
+      const botline = metrics.filter((m) => m.startsWith('Botline '));
+      expect(botline.length).toBeGreaterThanOrEqual(7);
+      for (const metric of botline) {
+        // Only this stage's series, and only the names the functions emit.
+        expect(metric.split(' ')[2]).toBe(stageDim);
+        expect(Object.values(CUSTOM_METRICS)).toContain(metric.split(' ')[1]);
+      }
+    });
+
     test('an alarm status widget with every alarm', () => {
       const alarmWidgets = body.widgets.filter((w) => w.type === 'alarm');
       expect(alarmWidgets).toHaveLength(1);
-      expect(alarmWidgets[0].properties.alarms).toHaveLength(6);
+      expect(alarmWidgets[0].properties.alarms).toHaveLength(7);
     });
   });
 });

@@ -122,12 +122,13 @@ describe.each(STAGES)('stage %s', (stage) => {
       }
     });
 
-    test('ingest environment: queue URLs and the webhook secret, nothing about tables or the bot token', () => {
+    test('ingest environment: queue URLs, table prefix and the webhook secret; nothing about the bot token', () => {
       expect(resource(fnId('ingest')).Properties!.Environment.Variables).toEqual({
         BOTLINE_STAGE: stage,
         BOTLINE_LOG: 'info',
         BOTLINE_QUEUE_URL: { Ref: queueId() },
         BOTLINE_DLQ_URL: { Ref: dlqId() },
+        BOTLINE_TABLE_PREFIX: `botline-${stage}-`,
         BOTLINE_WEBHOOK_SECRET_ID: { Ref: secretId('webhook-secret') },
       });
     });
@@ -141,6 +142,21 @@ describe.each(STAGES)('stage %s', (stage) => {
         BOTLINE_TABLE_PREFIX: `botline-${stage}-`,
         BOTLINE_BOT_TOKEN_ID: { Ref: secretId('bot-token') },
       });
+    });
+
+    test('the table prefix names every table: <prefix><table>', () => {
+      const prefix = resource(fnId('worker')).Properties!.Environment.Variables.BOTLINE_TABLE_PREFIX;
+      for (const table of ['messages', 'users', 'events', 'sessions', 'updates', 'outbox', 'tokens']) {
+        expect(resource(tableId(table)).Properties!.TableName).toBe(`${prefix}${table}`);
+      }
+    });
+
+    test('no function is given the OpenAI key (no function reads it yet)', () => {
+      for (const fn of ['ingest', 'worker'] as const) {
+        const variables = resource(fnId(fn)).Properties!.Environment.Variables;
+        expect(Object.keys(variables).filter((k) => k.includes('OPENAI'))).toEqual([]);
+        expect(JSON.stringify(variables)).not.toContain(secretId('openai-api-key'));
+      }
     });
 
     test('no reserved concurrency by default: the queue mapping caps the worker', () => {
@@ -229,10 +245,69 @@ describe.each(STAGES)('stage %s', (stage) => {
       events: { hash: ['eventId', 'S'] },
       sessions: { hash: ['sessionId', 'S'] },
       updates: { hash: ['updateId', 'N'] },
+      outbox: { hash: ['outboxId', 'S'] },
+      tokens: { hash: ['tokenDigest', 'S'] },
     } as Record<string, { hash: [string, string]; range?: [string, string] }>;
 
-    test('exactly the five tables', () => {
-      s.template.resourceCountIs('AWS::DynamoDB::Table', 5);
+    /** Every index of the crate docs' table list, with the attribute types of its keys. */
+    const indexes: Record<string, { index: Record<string, unknown>; attributes: [string, string][] }> = {
+      events: {
+        index: {
+          IndexName: 'UserIdIndex',
+          KeySchema: [
+            { AttributeName: 'userId', KeyType: 'HASH' },
+            { AttributeName: 'timestamp', KeyType: 'RANGE' },
+          ],
+          Projection: { ProjectionType: 'ALL' },
+        },
+        attributes: [
+          ['userId', 'S'],
+          ['timestamp', 'S'],
+        ],
+      },
+      sessions: {
+        index: {
+          IndexName: 'UserIdIndex',
+          KeySchema: [{ AttributeName: 'userId', KeyType: 'HASH' }],
+          Projection: { ProjectionType: 'ALL' },
+        },
+        attributes: [['userId', 'S']],
+      },
+      updates: {
+        index: {
+          IndexName: 'PendingIndex',
+          KeySchema: [
+            { AttributeName: 'pendingKey', KeyType: 'HASH' },
+            { AttributeName: 'updateId', KeyType: 'RANGE' },
+          ],
+          Projection: {
+            ProjectionType: 'INCLUDE',
+            NonKeyAttributes: ['state', 'attempts', 'leaseUntil', 'leaseMessageId', 'notBefore'],
+          },
+        },
+        attributes: [
+          ['pendingKey', 'S'],
+          ['updateId', 'N'],
+        ],
+      },
+      outbox: {
+        index: {
+          IndexName: 'PendingIndex',
+          KeySchema: [
+            { AttributeName: 'pendingShard', KeyType: 'HASH' },
+            { AttributeName: 'chatSeq', KeyType: 'RANGE' },
+          ],
+          Projection: { ProjectionType: 'INCLUDE', NonKeyAttributes: ['chatId', 'dueAt'] },
+        },
+        attributes: [
+          ['pendingShard', 'S'],
+          ['chatSeq', 'S'],
+        ],
+      },
+    };
+
+    test('exactly the seven tables', () => {
+      s.template.resourceCountIs('AWS::DynamoDB::Table', 7);
     });
 
     test.each(Object.keys(keys))('%s: keys, on demand, encrypted, PITR and deletion per stage', (table) => {
@@ -254,54 +329,45 @@ describe.each(STAGES)('stage %s', (stage) => {
         PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: prod },
         DeletionProtectionEnabled: prod,
       });
+      expect(t.Properties!.SSESpecification.KMSMasterKeyId).toBeUndefined();
       expect(t.Properties!.ProvisionedThroughput).toBeUndefined();
       expect(t.DeletionPolicy).toBe(prod ? 'Retain' : 'Delete');
       expect(t.UpdateReplacePolicy).toBe(prod ? 'Retain' : 'Delete');
     });
 
-    test('events: GSI UserIdIndex on userId + timestamp', () => {
-      expect(resource(tableId('events')).Properties!.GlobalSecondaryIndexes).toEqual([
-        {
-          IndexName: 'UserIdIndex',
-          KeySchema: [
-            { AttributeName: 'userId', KeyType: 'HASH' },
-            { AttributeName: 'timestamp', KeyType: 'RANGE' },
-          ],
-          Projection: { ProjectionType: 'ALL' },
-        },
-      ]);
-      expect(resource(tableId('events')).Properties!.AttributeDefinitions).toEqual(
-        expect.arrayContaining([
-          { AttributeName: 'userId', AttributeType: 'S' },
-          { AttributeName: 'timestamp', AttributeType: 'S' },
-        ]),
-      );
-    });
+    test.each(Object.keys(keys))(
+      '%s: exactly the indexes the backend queries, and only key attributes defined',
+      (table) => {
+        const t = resource(tableId(table)).Properties!;
+        const expected = indexes[table];
+        if (expected) {
+          expect(t.GlobalSecondaryIndexes).toEqual([expected.index]);
+        } else {
+          expect(t.GlobalSecondaryIndexes).toBeUndefined();
+        }
+        expect(t.LocalSecondaryIndexes).toBeUndefined();
+        const { hash, range } = keys[table];
+        const defined = new Map<string, string>([
+          hash,
+          ...(range ? [range] : []),
+          ...(expected?.attributes ?? []),
+        ]);
+        expect(
+          (t.AttributeDefinitions as { AttributeName: string; AttributeType: string }[])
+            .map((a) => `${a.AttributeName} ${a.AttributeType}`)
+            .sort(),
+        ).toEqual([...defined].map(([attribute, type]) => `${attribute} ${type}`).sort());
+      },
+    );
 
-    test('sessions: GSI UserIdIndex on userId', () => {
-      expect(resource(tableId('sessions')).Properties!.GlobalSecondaryIndexes).toEqual([
-        {
-          IndexName: 'UserIdIndex',
-          KeySchema: [{ AttributeName: 'userId', KeyType: 'HASH' }],
-          Projection: { ProjectionType: 'ALL' },
-        },
-      ]);
-    });
-
-    test('TTL on expiresAt for sessions and updates, and only there', () => {
+    test('TTL on expiresAt for sessions, updates and outbox, and only there', () => {
       for (const table of Object.keys(keys)) {
         const ttl = resource(tableId(table)).Properties!.TimeToLiveSpecification;
-        if (table === 'sessions' || table === 'updates') {
+        if (['sessions', 'updates', 'outbox'].includes(table)) {
           expect(ttl).toEqual({ AttributeName: 'expiresAt', Enabled: true });
         } else {
           expect(ttl).toBeUndefined();
         }
-      }
-    });
-
-    test('no other table has an index', () => {
-      for (const table of ['messages', 'users', 'updates']) {
-        expect(resource(tableId(table)).Properties!.GlobalSecondaryIndexes).toBeUndefined();
       }
     });
   });
@@ -342,6 +408,8 @@ describe.each(STAGES)('stage %s', (stage) => {
       EventsTableName: `ref(${tableId('events')})`,
       SessionsTableName: `ref(${tableId('sessions')})`,
       UpdatesTableName: `ref(${tableId('updates')})`,
+      OutboxTableName: `ref(${tableId('outbox')})`,
+      TokensTableName: `ref(${tableId('tokens')})`,
       BotTokenSecretArn: `ref(${secretId('bot-token')})`,
       WebhookSecretArn: `ref(${secretId('webhook-secret')})`,
       OpenAiApiKeySecretArn: `ref(${secretId('openai-api-key')})`,
@@ -366,7 +434,7 @@ describe.each(STAGES)('stage %s', (stage) => {
         }
       }
     }
-    expect(names.length).toBeGreaterThanOrEqual(2 + 2 + 5 + 3 + 1 + 1 + 6 + 1);
+    expect(names.length).toBeGreaterThanOrEqual(2 + 2 + 7 + 3 + 1 + 1 + 7 + 1);
     for (const n of names) {
       expect(n).toMatch(new RegExp(`^botline-${stage}-[a-z0-9-]+$`));
     }
