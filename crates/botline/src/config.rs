@@ -6,7 +6,7 @@
 //! never from the TOML file itself, so a config file can be committed safely. The bot token
 //! likewise comes from `BOTLINE_BOT_TOKEN` or the file named by `bot_token_file`.
 
-use crate::secret::WebhookSecret;
+use crate::secret::{FetchedSecrets, WebhookSecret};
 use crate::telegram::{BotToken, Telegram};
 use botline_core::{QueueConfig, RetryPolicy};
 use botline_registrar::{PostgresOptions, PostgresRegistrar, Registrar, SqlServerRegistrar};
@@ -89,6 +89,10 @@ pub struct Settings {
     /// The edge guard (`[edge]` in `botline.toml`): Telegram network allowlist, trusted
     /// proxies, per-address rate limit, Mini App `initData` sign-in. All off by default.
     pub edge: botline_edge::EdgeConfig,
+    /// Secrets fetched from a secret store (Secrets Manager, SSM) before the settings are used
+    /// (see `crate::aws::fetch_secrets`); never read from a file or the environment by figment.
+    #[serde(skip)]
+    pub fetched: FetchedSecrets,
 }
 
 /// Which backend holds queue and store.
@@ -99,6 +103,9 @@ pub enum BackendKind {
     Embedded,
     /// A Postgres database shared by several instances (`BOTLINE_DATABASE_URL`).
     Postgres,
+    /// SQS and DynamoDB (`BOTLINE_QUEUE_URL`, `BOTLINE_DLQ_URL`, `BOTLINE_TABLE_PREFIX`; the AWS
+    /// SDK's own variables for region, credentials and `AWS_ENDPOINT_URL`).
+    Aws,
 }
 
 /// Who decides `/register`.
@@ -152,6 +159,7 @@ impl Default for Settings {
             registration_procedure: None,
             registration_database_url_file: None,
             edge: botline_edge::EdgeConfig::default(),
+            fetched: FetchedSecrets::default(),
         }
     }
 }
@@ -274,6 +282,9 @@ impl Settings {
 
     /// The webhook secret: `BOTLINE_WEBHOOK_SECRET`, else the secret file, else none.
     pub fn webhook_secret(&self) -> Result<Option<WebhookSecret>, ConfigError> {
+        if let Some(secret) = &self.fetched.webhook_secret {
+            return Ok(Some(secret.clone()));
+        }
         if let Ok(value) = std::env::var("BOTLINE_WEBHOOK_SECRET") {
             if self.webhook_secret_file.is_some() {
                 return Err(ConfigError::Invalid(
@@ -321,6 +332,9 @@ impl Settings {
 
     /// The bot token: `BOTLINE_BOT_TOKEN`, else the token file, else none.
     pub fn bot_token(&self) -> Result<Option<BotToken>, ConfigError> {
+        if let Some(token) = &self.fetched.bot_token {
+            return Ok(Some(token.clone()));
+        }
         BotToken::from_env_or_file(self.bot_token_file.as_deref()).map_err(ConfigError::Invalid)
     }
 

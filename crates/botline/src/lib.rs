@@ -11,7 +11,10 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `sqlite` | yes | the embedded backend (`--backend embedded`): one SQLite file in the data directory |
+//! | `aws` | yes | the AWS backend (`--backend aws`, SQS + DynamoDB) and secrets from Secrets Manager or SSM ([`aws`]) |
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod http;

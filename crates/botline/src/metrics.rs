@@ -57,7 +57,8 @@ pub fn install() -> Option<PrometheusHandle> {
     Some(handle)
 }
 
-fn describe() {
+/// Describes every metric (units, help texts) to the installed recorder.
+pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(WEBHOOK_REQUESTS, "Webhook requests by outcome");
     describe_histogram!(

@@ -1,5 +1,6 @@
 //! The webhook secret: compared in constant time, never printed.
 
+use crate::telegram::BotToken;
 use std::fmt;
 use subtle::ConstantTimeEq;
 
@@ -38,6 +39,30 @@ impl WebhookSecret {
 impl fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WebhookSecret([redacted])")
+    }
+}
+
+impl PartialEq for WebhookSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(&other.0)
+    }
+}
+
+/// Secrets a caller fetched from a secret store (Secrets Manager, SSM Parameter Store) for the
+/// settings: they take the place of `BOTLINE_WEBHOOK_SECRET` and `BOTLINE_BOT_TOKEN`, which the
+/// secret store's loader refuses to combine with an `_ID` or `_PARAM` of the same secret.
+#[derive(Clone, Default, PartialEq)]
+pub struct FetchedSecrets {
+    pub webhook_secret: Option<WebhookSecret>,
+    pub bot_token: Option<BotToken>,
+}
+
+impl fmt::Debug for FetchedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedSecrets")
+            .field("webhook_secret", &self.webhook_secret.is_some())
+            .field("bot_token", &self.bot_token.is_some())
+            .finish()
     }
 }
 

@@ -200,6 +200,49 @@ impl Sender {
         while in_flight.join_next().await.is_some() {}
     }
 
+    /// Makes the calls that are due now, until none is left or `deadline` comes; for a process
+    /// that lives for one batch (the worker Lambda). Calls that have to wait (a `retry_after`, a
+    /// backoff) stay in the outbox for the next drain; a call still on the wire at the deadline
+    /// keeps its lease and is made again once the lease ran out. Returns the calls made.
+    pub async fn drain(&self, deadline: Instant) -> usize {
+        let flood = Arc::new(Mutex::new(Flood::default()));
+        let mut made = 0;
+        loop {
+            let pause = flood.lock().map_or(None, |f| f.pause());
+            if let Some(pause) = pause {
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            let calls = match self.backend.due_calls(CONCURRENCY, LEASE).await {
+                Ok(calls) if calls.is_empty() => break,
+                Ok(calls) => calls,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox; its calls wait for the next drain");
+                    break;
+                }
+            };
+            made += calls.len();
+            let mut in_flight = JoinSet::new();
+            for entry in calls {
+                let (this, flood) = (self.clone(), Arc::clone(&flood));
+                in_flight.spawn(async move { this.make(entry, &flood).await });
+            }
+            let all = async { while in_flight.join_next().await.is_some() {} };
+            if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
+                tracing::warn!(
+                    "the drain's deadline came with calls on the wire; they keep their lease"
+                );
+                break;
+            }
+        }
+        made
+    }
+
     /// Makes one leased call and records how it went.
     async fn make(&self, entry: OutboxEntry, flood: &Mutex<Flood>) {
         let call = &entry.call;

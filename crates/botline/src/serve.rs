@@ -44,14 +44,16 @@ pub enum ServeError {
 }
 
 /// Opens the configured backend for an operator command: the embedded store in
-/// `settings.data_dir` (`existing`: it must have been created already), or Postgres, connected
-/// and migrated.
+/// `settings.data_dir` (`existing`: it must have been created already), Postgres, connected
+/// and migrated, or SQS and DynamoDB (nothing is called yet).
 pub async fn open_backend(
     settings: &Settings,
     existing: bool,
 ) -> Result<Arc<dyn Backend>, ServeError> {
     let config = settings.queue_config();
+    let _ = existing; // only the embedded store is opened "existing"
     Ok(match settings.backend {
+        #[cfg(feature = "sqlite")]
         BackendKind::Embedded => Arc::new(if existing {
             botline_sqlite::SqliteBackend::open_existing(&settings.data_dir, config)?
         } else {
@@ -60,6 +62,16 @@ pub async fn open_backend(
         BackendKind::Postgres => Arc::new(
             botline_postgres::PostgresBackend::connect(&settings.postgres_url()?, config).await?,
         ),
+        #[cfg(feature = "aws")]
+        BackendKind::Aws => Arc::new(crate::aws::open_backend(config).await?),
+        #[allow(unreachable_patterns)] // with every backend compiled in
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "this build of botline has no {other:?} backend (cargo feature {:?})",
+                format!("{other:?}").to_lowercase()
+            ))
+            .into());
+        }
     })
 }
 
@@ -70,7 +82,7 @@ async fn open_serving_backend(
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Backend>, ServeError> {
-    if settings.backend == BackendKind::Embedded {
+    if settings.backend != BackendKind::Postgres {
         return open_backend(settings, false).await;
     }
     let url = settings.postgres_url()?;
@@ -126,10 +138,14 @@ pub async fn poll(settings: Settings, metrics: Option<PrometheusHandle>) -> Resu
 }
 
 async fn run(
-    settings: Settings,
+    mut settings: Settings,
     metrics: Option<PrometheusHandle>,
     intake: Intake,
 ) -> Result<(), ServeError> {
+    #[cfg(feature = "aws")]
+    if let Some(store) = crate::aws::SecretStore::from_env().await {
+        store.fill(&mut settings).await?;
+    }
     let secret = match intake {
         Intake::Webhook => {
             let secret = settings.webhook_secret()?;
@@ -147,7 +163,7 @@ async fn run(
     // Several instances may share a Postgres; one data directory has one server.
     let _lock = match settings.backend {
         BackendKind::Embedded => Some(lock_data_dir(&settings.data_dir)?),
-        BackendKind::Postgres => None,
+        BackendKind::Postgres | BackendKind::Aws => None,
     };
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -292,7 +308,7 @@ async fn run(
 }
 
 /// The edge guard's layer and the Mini App route, as configured.
-fn edge_guards(
+pub fn edge_guards(
     settings: &Settings,
     secret: Option<&WebhookSecret>,
 ) -> Result<(Option<EdgeLayer>, Option<Arc<WebAppAuth>>), ConfigError> {

@@ -30,7 +30,7 @@ const POLL_SLACK: Duration = Duration::from_secs(15);
 const MAX_REASON: usize = 500;
 
 /// The bot token from @BotFather: `<bot id>:<secret>`. Never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BotToken(String);
 
 impl BotToken {

@@ -70,7 +70,9 @@ impl Worker {
                         let outbox = Arc::clone(&self.outbox);
                         let registrar = self.registrar.clone();
                         in_hand.spawn(async move {
-                            if process(&*backend, &handling, registrar.as_deref(), delivery).await {
+                            let processed =
+                                process(&*backend, &handling, registrar.as_deref(), delivery).await;
+                            if processed.wrote_calls {
                                 outbox.notify_one();
                             }
                             drop(slot);
@@ -169,13 +171,23 @@ pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken
     }
 }
 
-/// One attempt at one update. True when it wrote outbox calls.
+/// How one attempt at one update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    /// The update is finished: its records are stored (now or before).
+    pub stored: bool,
+    /// The attempt wrote outbox calls for the sender.
+    pub wrote_calls: bool,
+}
+
+/// One attempt at one update: its records are stored and the delivery acknowledged, or the
+/// failure is reported to the queue (retried after a backoff, or dead-lettered).
 pub async fn process(
     backend: &dyn Backend,
     handling: &Handling,
     registrar: Option<&dyn Registrar>,
     delivery: Delivery,
-) -> bool {
+) -> Processed {
     metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
     let update = &delivery.update;
     let started = std::time::Instant::now();
@@ -217,7 +229,10 @@ pub async fn process(
                 stored_after_ms,
                 "processed"
             );
-            calls
+            Processed {
+                stored: true,
+                wrote_calls: calls,
+            }
         }
         Err(e) => {
             metrics::counter!(names::PROCESSING_FAILURES).increment(1);
@@ -241,7 +256,10 @@ pub async fn process(
                 error = %e,
                 "processing failed"
             );
-            false
+            Processed {
+                stored: false,
+                wrote_calls: false,
+            }
         }
     }
 }

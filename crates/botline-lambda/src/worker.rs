@@ -1,0 +1,325 @@
+//! The worker function: an SQS event's messages → the claim step → processing → replies.
+//!
+//! Which messages are reported as batch item failures (so that Lambda leaves them on the
+//! queue instead of deleting them):
+//!
+//! - an update whose processing failed: the backend already hid its message for the backoff
+//!   (or, at the last attempt, dead-lettered it and deleted the message);
+//! - a message the claim step held back: on a standard queue it is hidden until its chat's
+//!   head is finished and must stay; on a FIFO queue it was sent again behind its group and
+//!   deleted, and reporting it changes nothing;
+//! - a message the claim step could not decide (AWS did not answer): it comes back after its
+//!   visibility timeout.
+//!
+//! Not reported: updates stored (their message is deleted already) and messages the claim step
+//! dropped (done before, or a spare copy). A record that cannot even be read is reported.
+//!
+//! On a FIFO queue one event may hold several messages of one group (chat), in order: they are
+//! claimed and processed one after another, each once the one before is finished, so each is
+//! its chat's head when claimed; groups run concurrently. On a standard queue the claim step
+//! takes the whole batch, leases each chat's head, and the leased updates run concurrently.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use botline::config::{ConfigError, Settings};
+use botline::sender::{Limits, Sender};
+use botline::telegram::Telegram;
+use botline::worker::process;
+use botline_aws::{AwsBackend, Claimed, QueueMessage, Receipt};
+use botline_core::{Backend, Delivery, Handling};
+use botline_registrar::Registrar;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinSet;
+
+/// How long a cold start waits for Telegram to say who the bot is.
+const GET_ME_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time kept free at the end of an invocation, for the answer and the metrics.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+/// How long the replies may take when the event has no deadline (in tests).
+const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
+/// The worker function's state, kept across the invocations of one execution environment.
+#[derive(Debug)]
+pub struct Worker {
+    aws: AwsBackend,
+    backend: Arc<dyn Backend>,
+    registrar: Option<Arc<dyn Registrar>>,
+    telegram: Option<Telegram>,
+    sender: Option<Sender>,
+    /// What the bot knows of itself, once known (configured, or from getMe).
+    handling: Mutex<Option<Handling>>,
+    configured_username: Option<String>,
+}
+
+impl Worker {
+    /// The worker on `backend`, with the bot token, username, registration backend and call
+    /// rate of `settings`.
+    pub fn new(settings: &Settings, backend: AwsBackend) -> Result<Self, ConfigError> {
+        let telegram = settings.telegram()?;
+        let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+        let sender = telegram.clone().map(|telegram| Sender {
+            backend: Arc::clone(&shared),
+            telegram,
+            limits: Arc::new(Limits::telegram(
+                NonZeroU32::new(settings.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN),
+            )),
+            wake: Arc::new(Notify::new()),
+        });
+        let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
+            bot_username: settings.bot_username.clone(),
+        });
+        Ok(Self {
+            aws: backend,
+            backend: shared,
+            registrar: settings.registrar()?,
+            telegram,
+            sender,
+            handling: Mutex::new(known),
+            configured_username: settings.bot_username.clone(),
+        })
+    }
+
+    /// Replaces the registration backend of the settings (tests, or a backend of one's own).
+    pub fn with_registrar(mut self, registrar: Option<Arc<dyn Registrar>>) -> Self {
+        self.registrar = registrar;
+        self
+    }
+
+    /// Handles one event; `deadline` is the invocation's (the replies stop before it).
+    pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        let handling = self.handling().await;
+        let mut failures = Vec::new();
+        let mut messages = Vec::with_capacity(event.records.len());
+        for record in event.records {
+            match message(&record) {
+                Some(message) => messages.push((group(&record), message)),
+                None => {
+                    tracing::error!(message_id = ?record.message_id, "an SQS record without an id, a receipt handle or a body");
+                    failures.extend(record.message_id);
+                }
+            }
+        }
+        let received = messages.len();
+        let all: Vec<String> = messages.iter().map(|(_, m)| m.message_id.clone()).collect();
+        let mut lanes = JoinSet::new();
+        if self.aws.settings().is_fifo() {
+            // One lane per message group, in the event's order.
+            let mut groups: Vec<(Option<String>, Vec<QueueMessage>)> = Vec::new();
+            for (group, message) in messages {
+                match groups
+                    .iter_mut()
+                    .find(|(g, _)| *g == group && group.is_some())
+                {
+                    Some((_, lane)) => lane.push(message),
+                    None => groups.push((group, vec![message])),
+                }
+            }
+            for (_, lane) in groups {
+                let this = self.lane(handling.clone());
+                lanes.spawn(async move {
+                    let mut outcome = Outcome::default();
+                    for message in lane {
+                        outcome.merge(this.run(vec![message]).await);
+                    }
+                    outcome
+                });
+            }
+        } else {
+            let this = self.lane(handling);
+            let batch = messages.into_iter().map(|(_, m)| m).collect();
+            lanes.spawn(async move { this.run(batch).await });
+        }
+        let mut outcome = Outcome::default();
+        while let Some(done) = lanes.join_next().await {
+            match done {
+                Ok(done) => outcome.merge(done),
+                Err(e) => {
+                    tracing::error!(error = %e, "a lane of the batch panicked");
+                    outcome.panicked = true;
+                }
+            }
+        }
+        if outcome.panicked {
+            // Which messages the panic left unfinished is not known: the whole batch is reported.
+            // Messages of stored updates are deleted already (reporting them changes nothing),
+            // and any copy that comes back is dropped by the claim step.
+            failures.extend(all);
+        } else {
+            failures.extend(outcome.failed.iter().cloned());
+        }
+        tracing::info!(
+            received,
+            stored = outcome.stored,
+            dropped = outcome.dropped,
+            reported_failed = failures.len(),
+            "batch handled"
+        );
+        if let Some(sender) = &self.sender {
+            let deadline = deadline
+                .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d))
+                .unwrap_or_else(|| Instant::now() + DEFAULT_DRAIN);
+            let made = sender.drain(deadline).await;
+            if made > 0 {
+                tracing::info!(calls = made, "replies sent");
+            }
+        }
+        batch_failures(failures)
+    }
+
+    /// What the bot knows of itself: configured, or asked of Telegram once per execution
+    /// environment. When Telegram does not answer in time the batch is handled with the
+    /// configured username (none: only commands without `@botname` are taken) and Telegram is
+    /// asked again on the next invocation. Set `BOTLINE_BOT_USERNAME` to avoid the call.
+    async fn handling(&self) -> Handling {
+        let mut known = self.handling.lock().await;
+        if let Some(handling) = &*known {
+            return handling.clone();
+        }
+        let fallback = Handling {
+            bot_username: self.configured_username.clone(),
+        };
+        let Some(telegram) = &self.telegram else {
+            return fallback;
+        };
+        match tokio::time::timeout(GET_ME_TIMEOUT, telegram.get_me()).await {
+            Ok(Ok(me)) => {
+                tracing::info!(bot_id = me.id, username = ?me.username, "Telegram knows the bot");
+                let handling = Handling {
+                    bot_username: me.username.or(fallback.bot_username),
+                };
+                *known = Some(handling.clone());
+                handling
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "getMe failed; this batch takes only commands without @botname");
+                fallback
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "getMe did not answer in time; this batch takes only commands without @botname"
+                );
+                fallback
+            }
+        }
+    }
+
+    fn lane(&self, handling: Handling) -> Lane {
+        Lane {
+            aws: self.aws.clone(),
+            backend: Arc::clone(&self.backend),
+            registrar: self.registrar.clone(),
+            handling,
+        }
+    }
+}
+
+/// What a lane needs, owned, to run on its own task.
+struct Lane {
+    aws: AwsBackend,
+    backend: Arc<dyn Backend>,
+    registrar: Option<Arc<dyn Registrar>>,
+    handling: Handling,
+}
+
+impl Lane {
+    /// Claims `messages` and processes the leased updates concurrently.
+    async fn run(&self, messages: Vec<QueueMessage>) -> Outcome {
+        let Claimed {
+            deliveries,
+            held,
+            dropped,
+            failed,
+        } = self.aws.claim(messages).await;
+        let mut outcome = Outcome {
+            dropped: dropped.len(),
+            failed: held,
+            ..Outcome::default()
+        };
+        for (message_id, error) in failed {
+            tracing::warn!(message_id = %message_id, error = %error, "the claim step could not decide a message; it comes back");
+            outcome.failed.push(message_id);
+        }
+        let mut running = JoinSet::new();
+        for delivery in deliveries {
+            let (backend, registrar) = (Arc::clone(&self.backend), self.registrar.clone());
+            let handling = self.handling.clone();
+            running.spawn(async move {
+                let message_id = message_id(&delivery);
+                let processed = process(&*backend, &handling, registrar.as_deref(), delivery).await;
+                (message_id, processed.stored)
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok((_, true)) => outcome.stored += 1,
+                Ok((message_id, false)) => outcome.failed.push(message_id),
+                Err(e) => {
+                    // Which message it was is lost with the task: the caller reports the batch.
+                    tracing::error!(error = %e, "processing an update panicked");
+                    outcome.panicked = true;
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// What became of a lane's messages.
+#[derive(Debug, Default)]
+struct Outcome {
+    stored: usize,
+    dropped: usize,
+    /// Message ids to report as batch item failures.
+    failed: Vec<String>,
+    panicked: bool,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.stored += other.stored;
+        self.dropped += other.dropped;
+        self.failed.extend(other.failed);
+        self.panicked |= other.panicked;
+    }
+}
+
+/// The SQS message a delivery came in.
+fn message_id(delivery: &Delivery) -> String {
+    Receipt::parse(&delivery.receipt)
+        .map_or_else(|| delivery.receipt.clone(), |receipt| receipt.message_id)
+}
+
+/// An event's record as the claim step takes it.
+fn message(record: &SqsMessage) -> Option<QueueMessage> {
+    Some(QueueMessage {
+        message_id: record.message_id.clone()?,
+        receipt_handle: record.receipt_handle.clone()?,
+        body: record.body.clone()?,
+        receive_count: record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(1),
+        visible_until_ms: None,
+    })
+}
+
+/// A FIFO record's message group.
+fn group(record: &SqsMessage) -> Option<String> {
+    record.attributes.get("MessageGroupId").cloned()
+}
+
+fn batch_failures(ids: Vec<String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = ids
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}

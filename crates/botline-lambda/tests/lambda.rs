@@ -1,0 +1,537 @@
+//! The two Lambda handlers, invoked in-process with API Gateway HTTP API and SQS events in the
+//! shapes AWS sends (`tests/fixtures/`), against moto's server mode: ingest → SQS → worker →
+//! DynamoDB, redelivery, a poison update dead-lettered after 3 receives while its neighbours are
+//! stored (partial batch failures), and a redrive.
+//!
+//! Lambda's SQS event source mapping is played by [`EventSource`]: it receives up to 10
+//! messages, hands them to the worker as one event, and deletes those the answer does not list
+//! as batch item failures, as Lambda does.
+
+#[path = "../../botline-aws/tests/common/mod.rs"]
+mod common;
+
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use botline::config::{BackendKind, Settings};
+use botline::secret::WebhookSecret;
+use botline::telegram::BotToken;
+use botline_aws::AwsBackend;
+use botline_core::{DeadLetters, MessageQuery, Queue, Store, UpdateId};
+use botline_lambda::ingest::Ingest;
+use botline_lambda::worker::Worker;
+use botline_registrar::{Registrar, RegistrarError, RegistrationRequest};
+use botline_standin::StandIn;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "fixture-secret_123";
+const TOKEN: &str = "4242:TESTtoken_for-the-standin";
+const BOT: &str = "botline_test_bot";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The functions' settings, as the environment would give them, in whole seconds (SQS's unit).
+fn settings(standin: Option<&StandIn>) -> Settings {
+    let queue = common::whole_seconds();
+    let mut settings = Settings {
+        backend: BackendKind::Aws,
+        lease: queue.lease,
+        max_attempts: queue.retry.max_attempts,
+        backoff_base: queue.retry.backoff_base,
+        backoff_max: queue.retry.backoff_max,
+        ack_timeout: Duration::from_secs(10),
+        bot_username: Some(BOT.into()),
+        ..Settings::default()
+    };
+    settings.fetched.webhook_secret = Some(WebhookSecret::new(SECRET.into()).unwrap());
+    if let Some(standin) = standin {
+        settings.telegram_api_url = standin.base_url();
+        settings.fetched.bot_token = Some(BotToken::new(TOKEN).unwrap());
+    }
+    settings
+}
+
+fn text(update_id: i64, chat: i64, message_id: i64, text: &str) -> Value {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id,
+            "from": {"id": chat, "is_bot": false, "first_name": "Tester"},
+            "chat": {"id": chat, "type": "private", "first_name": "Tester"},
+            "date": 1_795_342_542,
+            "text": text,
+        }
+    })
+}
+
+/// The webhook fixture with `update` as its body and `secret` in Telegram's header.
+fn webhook_event(update: &Value, secret: &str) -> lambda_http::Request {
+    let mut event = fixture("apigw-v2-webhook.json");
+    let body = update.to_string();
+    event["headers"]["content-length"] = body.len().to_string().into();
+    event["headers"]["x-telegram-bot-api-secret-token"] = secret.into();
+    event["body"] = body.into();
+    lambda_http::request::from_str(&event.to_string()).expect("an API Gateway v2 event")
+}
+
+async fn call(
+    ingest: &Ingest,
+    request: lambda_http::Request,
+) -> (StatusCode, String, Option<String>) {
+    let response = ingest.handle(request).await;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        retry_after,
+    )
+}
+
+async fn ingest_on(backend: &AwsBackend, settings: Settings) -> Ingest {
+    Ingest::new(settings, Arc::new(backend.clone()), None)
+        .await
+        .expect("the ingest handler")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_api_gateway_events_as_the_server_does() {
+    let backend = common::standard_backend(common::whole_seconds()).await;
+    let ingest = ingest_on(&backend, settings(None)).await;
+
+    // The fixture exactly as API Gateway sends it.
+    let event = fixture("apigw-v2-webhook.json");
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let (status, body, _) = call(&ingest, request).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ok":true}"#));
+    // Telegram's retry of the same update: 200, nothing new.
+    let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+    assert_eq!(call(&ingest, request).await.0, StatusCode::OK);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight, 1, "{stats:?}");
+
+    // A base64-encoded body, as API Gateway sends binary media types.
+    let mut encoded = fixture("apigw-v2-webhook.json");
+    let update = text(815_000_002, 4_100_001, 2, "second");
+    encoded["body"] = STANDARD.encode(update.to_string()).into();
+    encoded["isBase64Encoded"] = true.into();
+    let request = lambda_http::request::from_str(&encoded.to_string()).unwrap();
+    assert_eq!(call(&ingest, request).await.0, StatusCode::OK);
+
+    let (status, _, _) = call(&ingest, webhook_event(&update, "not-the-secret")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut garbage = fixture("apigw-v2-webhook.json");
+    garbage["body"] = "{not json".into();
+    let request = lambda_http::request::from_str(&garbage.to_string()).unwrap();
+    assert_eq!(call(&ingest, request).await.0, StatusCode::BAD_REQUEST);
+
+    let health =
+        lambda_http::request::from_str(&fixture("apigw-v2-health.json").to_string()).unwrap();
+    let (status, body, _) = call(&ingest, health).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""status":"ok""#), "{body}");
+
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(
+        stats.pending + stats.in_flight,
+        2,
+        "refused requests enqueue nothing: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_answers_503_when_aws_cannot_take_the_update() {
+    // Queues and tables on a port where nothing listens.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let clients = common::clients_for(&common::options(&endpoint)).await;
+    let aws = botline_aws::AwsSettings::new(
+        format!("{endpoint}/123456789012/away"),
+        format!("{endpoint}/123456789012/away-dlq"),
+        "away-",
+    );
+    let backend = AwsBackend::new(clients, aws, common::whole_seconds());
+    let ingest = ingest_on(&backend, settings(None)).await;
+    let update = text(815_000_100, 4_100_100, 1, "is anyone there");
+    let (status, body, retry_after) = call(&ingest, webhook_event(&update, SECRET)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let health =
+        lambda_http::request::from_str(&fixture("apigw-v2-health.json").to_string()).unwrap();
+    assert_eq!(
+        call(&ingest, health).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_to_start_without_a_webhook_secret() {
+    let backend = common::standard_backend(common::whole_seconds()).await;
+    let mut settings = settings(None);
+    settings.fetched.webhook_secret = None;
+    let refused = Ingest::new(settings.clone(), Arc::new(backend.clone()), None).await;
+    assert!(refused.unwrap_err().to_string().contains("webhook secret"));
+    settings.insecure_no_secret = true;
+    assert!(Ingest::new(settings, Arc::new(backend), None).await.is_ok());
+}
+
+/// Decides `/register` attempts: yes to everyone, except that while it is broken it cannot
+/// answer for `alice` (an outage that only her update runs into).
+#[derive(Debug, Default)]
+struct TestRegistrar {
+    broken: AtomicBool,
+}
+
+#[async_trait]
+impl Registrar for TestRegistrar {
+    async fn register(&self, request: &RegistrationRequest<'_>) -> Result<bool, RegistrarError> {
+        if request.username == "alice" && self.broken.load(Ordering::SeqCst) {
+            return Err(RegistrarError::Unavailable("the test says no".into()));
+        }
+        Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), RegistrarError> {
+        Ok(())
+    }
+}
+
+/// Lambda's SQS event source mapping, played against the emulator.
+struct EventSource {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    template: Value,
+    /// How many times each update id was in an event.
+    handed_out: HashMap<i64, u32>,
+    /// Events whose answer listed some records as failed and not others.
+    partial_batches: usize,
+    /// The body of each update's message, as received.
+    bodies: HashMap<i64, String>,
+}
+
+impl EventSource {
+    fn new(backend: &AwsBackend) -> Self {
+        Self {
+            sqs: backend.clients().sqs.clone(),
+            queue_url: backend.settings().queue_url.clone(),
+            template: fixture("sqs-event.json")["Records"][0].clone(),
+            handed_out: HashMap::new(),
+            partial_batches: 0,
+            bodies: HashMap::new(),
+        }
+    }
+
+    /// Receives up to 10 messages and builds the event Lambda would, from the fixture's record.
+    async fn receive(&mut self) -> Vec<Value> {
+        let received = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        let arn = format!(
+            "arn:aws:sqs:{}:123456789012:{}",
+            common::REGION,
+            self.queue_url.rsplit('/').next().unwrap()
+        );
+        received
+            .messages()
+            .iter()
+            .map(|message| {
+                let mut record = self.template.clone();
+                let body = message.body().unwrap_or_default();
+                if let Some(id) = update_id_of(body) {
+                    *self.handed_out.entry(id).or_default() += 1;
+                    self.bodies.insert(id, body.to_owned());
+                }
+                record["messageId"] = message.message_id().unwrap().into();
+                record["receiptHandle"] = message.receipt_handle().unwrap().into();
+                record["body"] = body.into();
+                record["md5OfBody"] = message.md5_of_body().unwrap_or_default().into();
+                record["eventSourceARN"] = arn.clone().into();
+                let attributes: serde_json::Map<String, Value> = message
+                    .attributes()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, value)| (name.as_str().to_owned(), value.clone().into()))
+                    .collect();
+                record["attributes"] = attributes.into();
+                record
+            })
+            .collect()
+    }
+
+    /// Hands `records` to the worker as one event and deletes what it did not report failed.
+    async fn invoke(&mut self, worker: &Worker, records: &[Value]) -> SqsBatchResponse {
+        let event: SqsEvent =
+            serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
+        let response = worker.handle(event, None).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        if !failed.is_empty() && failed.len() < records.len() {
+            self.partial_batches += 1;
+        }
+        for record in records {
+            if !failed.contains(&record["messageId"].as_str().unwrap()) {
+                // Lambda deletes the batch's successes; a message gone already is no error.
+                let _ = self
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(record["receiptHandle"].as_str().unwrap())
+                    .send()
+                    .await;
+            }
+        }
+        response
+    }
+
+    /// Invokes the worker with whatever the queue hands out until `done` says so.
+    async fn run_until<F, Fut>(&mut self, worker: &Worker, what: &str, done: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !done().await {
+            assert!(
+                Instant::now() < deadline,
+                "not within 120 s: {what}; updates handed out: {:?}",
+                self.handed_out
+            );
+            let records = self.receive().await;
+            if records.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            self.invoke(worker, &records).await;
+        }
+    }
+}
+
+fn update_id_of(body: &str) -> Option<i64> {
+    let body: Value = serde_json::from_str(body).ok()?;
+    body["updateId"].as_i64()
+}
+
+async fn stored(backend: &AwsBackend, chat: i64) -> Vec<i64> {
+    let query = MessageQuery {
+        chat_id: Some(chat.to_string()),
+        limit: 1000,
+        ..MessageQuery::default()
+    };
+    let mut ids: Vec<i64> = backend
+        .messages(&query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn end_to_end(fifo: bool) {
+    // `RUST_LOG=info cargo test -p botline-lambda -- --nocapture` shows the handlers' logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let standin = StandIn::start(botline_standin::Settings {
+        token: TOKEN.into(),
+        username: BOT.into(),
+        ..Default::default()
+    });
+    let backend =
+        common::backend_with(common::unique_settings(fifo), common::whole_seconds()).await;
+    let settings = settings(Some(&standin));
+    let ingest = ingest_on(&backend, settings.clone()).await;
+    let registrar = Arc::new(TestRegistrar::default());
+    registrar.broken.store(true, Ordering::SeqCst);
+    let worker = Worker::new(&settings, backend.clone())
+        .unwrap()
+        .with_registrar(Some(registrar.clone() as Arc<dyn Registrar>));
+
+    // Chat A's first update is the poison: its registration cannot be decided while the
+    // registrar is broken. Chats B and C are its neighbours, in the same batches.
+    let (a, b, c) = (4_200_001, 4_200_002, 4_200_003);
+    let poison = 910_001;
+    let updates = [
+        text(poison, a, 1, "/register alice s3cret-token-A"),
+        text(910_002, b, 1, "hello from b"),
+        text(910_003, c, 1, "hello from c"),
+        text(910_004, a, 2, "after the poison"),
+        text(910_005, b, 2, "/register bob s3cret-token-B"),
+        text(910_006, c, 2, "more from c"),
+        text(910_007, b, 3, "bye from b"),
+    ];
+    for update in &updates {
+        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Telegram retrying one: still 200, still one.
+    assert_eq!(
+        call(&ingest, webhook_event(&updates[1], SECRET)).await.0,
+        StatusCode::OK
+    );
+
+    let mut source = EventSource::new(&backend);
+    let dead = || async { backend.show(UpdateId(poison)).await.unwrap().is_some() };
+    let neighbours_stored = || async {
+        stored(&backend, b).await == [1, 2, 3]
+            && stored(&backend, c).await == [1, 2]
+            && stored(&backend, a).await == [2]
+    };
+    source
+        .run_until(
+            &worker,
+            "the poison dead-lettered and its neighbours stored",
+            || async { dead().await && neighbours_stored().await },
+        )
+        .await;
+
+    let letter = backend.show(UpdateId(poison)).await.unwrap().unwrap();
+    assert_eq!(letter.attempts, 3);
+    assert!(
+        letter
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unavailable"),
+        "{letter:?}"
+    );
+    // Three attempts, each a receive; a receive that comes a little before the backoff ended
+    // (SQS counts visibility in whole seconds) is held back, not counted as an attempt.
+    let received = source.handed_out[&poison];
+    assert!(
+        (3..=5).contains(&received),
+        "the poison was received {received} times"
+    );
+    assert!(source.partial_batches > 0, "a batch failed in part");
+    let dlq = backend
+        .clients()
+        .sqs
+        .receive_message()
+        .queue_url(&backend.settings().dlq_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    let on_dlq: Vec<i64> = dlq
+        .messages()
+        .iter()
+        .filter_map(|m| update_id_of(m.body().unwrap_or_default()))
+        .collect();
+    assert_eq!(on_dlq, [poison], "the DLQ holds the poison's copy");
+
+    // The reply to bob went out once.
+    let sent = standin
+        .wait_for_calls_async("sendMessage", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].params["chat_id"], json!(b));
+    assert_eq!(
+        sent[0].params["text"],
+        "Registration successful! Welcome bob"
+    );
+
+    // SQS delivering a message again (at least once): a copy of a stored update changes nothing.
+    let body = source.bodies[&910_006].clone();
+    let copy = backend
+        .clients()
+        .sqs
+        .send_message()
+        .queue_url(&backend.settings().queue_url)
+        .message_body(body);
+    let copy = if fifo {
+        copy.message_group_id(format!("chat:{c}"))
+            .message_deduplication_id("redelivered-910006")
+    } else {
+        copy
+    };
+    copy.send().await.unwrap();
+    source
+        .run_until(&worker, "the redelivered copy consumed", || async {
+            let stats = backend.stats().await.unwrap();
+            let attributes = backend
+                .clients()
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&backend.settings().queue_url)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .unwrap();
+            let visible = attributes
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                })
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(1);
+            stats.pending + stats.in_flight == 0 && visible == 0
+        })
+        .await;
+    assert_eq!(stored(&backend, c).await, [1, 2]);
+
+    // The registrar is back: the redriven poison goes through, and alice gets her answer.
+    registrar.broken.store(false, Ordering::SeqCst);
+    assert!(backend.redrive(UpdateId(poison)).await.unwrap());
+    source
+        .run_until(&worker, "the redriven update stored", || async {
+            stored(&backend, a).await == [1, 2]
+        })
+        .await;
+    let sent = standin
+        .wait_for_calls_async("sendMessage", 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].params["chat_id"], json!(a));
+    assert_eq!(
+        sent[1].params["text"],
+        "Registration successful! Welcome alice"
+    );
+    assert!(backend.show(UpdateId(poison)).await.unwrap().is_none());
+    assert_eq!(
+        stored(&backend, b).await,
+        [1, 2, 3],
+        "nothing was stored twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_on_a_fifo_queue() {
+    end_to_end(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_on_a_standard_queue() {
+    end_to_end(false).await;
+}

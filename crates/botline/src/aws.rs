@@ -1,0 +1,95 @@
+//! Botline on AWS: the backend of `--backend aws` (SQS + DynamoDB, see `botline_aws`) and the
+//! secrets that live in Secrets Manager or SSM Parameter Store.
+//!
+//! `botline serve`, `botline poll` and both Lambda functions read the webhook secret and the
+//! bot token the same way: `BOTLINE_<NAME>` or `BOTLINE_<NAME>_FILE` as always, or
+//! `BOTLINE_<NAME>_ID` (a Secrets Manager secret's name or ARN) or `BOTLINE_<NAME>_PARAM` (an
+//! SSM `SecureString`), fetched with the AWS SDK's credentials. Exactly one source per secret;
+//! two at once are refused. Values from a store are cached and fetched again after five
+//! minutes ([`SecretStore::fill`] is cheap between fetches), so a long-running process or a
+//! warm Lambda picks up a rotated secret.
+
+use crate::config::{ConfigError, Settings};
+use crate::secret::WebhookSecret;
+use crate::telegram::BotToken;
+use botline_aws::secrets::{SecretSource, Secrets};
+use botline_aws::{AwsBackend, AwsError};
+use botline_core::QueueConfig;
+
+/// The backend on the queues and tables the environment names (`BOTLINE_QUEUE_URL`,
+/// `BOTLINE_DLQ_URL`, `BOTLINE_TABLE_PREFIX`, …). Nothing is called yet: an AWS that cannot be
+/// reached makes the first call fail (the receiver answers 503), not the start.
+pub async fn open_backend(config: QueueConfig) -> Result<AwsBackend, ConfigError> {
+    AwsBackend::from_env(config)
+        .await
+        .map_err(|e| ConfigError::Invalid(format!("--backend aws: {e}")))
+}
+
+/// The secrets of the settings that come from Secrets Manager or SSM.
+#[derive(Debug)]
+pub struct SecretStore {
+    secrets: Secrets,
+    webhook_secret: bool,
+    bot_token: bool,
+}
+
+/// Whether the environment names a secret store (`_ID` or `_PARAM`) for secret `name`. A
+/// malformed combination (two sources) counts as yes, so that [`SecretStore::fill`] refuses it.
+fn in_store(name: &str) -> bool {
+    match SecretSource::from_env(name) {
+        Ok(Some(SecretSource::SecretsManager(_) | SecretSource::Parameter(_))) | Err(_) => true,
+        Ok(_) => false,
+    }
+}
+
+impl SecretStore {
+    /// A store when the environment names one for the webhook secret or the bot token; `None`
+    /// (and no AWS configuration loaded) otherwise.
+    pub async fn from_env() -> Option<Self> {
+        let (webhook_secret, bot_token) = (in_store("WEBHOOK_SECRET"), in_store("BOT_TOKEN"));
+        if !(webhook_secret || bot_token) {
+            return None;
+        }
+        let config = botline_aws::ClientOptions::default().loader().load().await;
+        Some(Self {
+            secrets: Secrets::new(&config),
+            webhook_secret,
+            bot_token,
+        })
+    }
+
+    /// Puts the secrets from the store into `settings` (from the cache, when it is fresh).
+    pub async fn fill(&self, settings: &mut Settings) -> Result<(), ConfigError> {
+        if let Some(secret) = self.webhook_secret().await? {
+            settings.fetched.webhook_secret = Some(secret);
+        }
+        if self.bot_token
+            && let Some(value) = self.secrets.get("BOT_TOKEN").await.map_err(invalid)?
+        {
+            let token = BotToken::new(value.expose()).map_err(|e| {
+                ConfigError::Invalid(format!("the bot token from the secret store: {e}"))
+            })?;
+            settings.fetched.bot_token = Some(token);
+        }
+        Ok(())
+    }
+
+    /// The webhook secret, when it comes from the store (from the cache, when it is fresh).
+    pub async fn webhook_secret(&self) -> Result<Option<WebhookSecret>, ConfigError> {
+        if !self.webhook_secret {
+            return Ok(None);
+        }
+        let Some(value) = self.secrets.get("WEBHOOK_SECRET").await.map_err(invalid)? else {
+            return Ok(None);
+        };
+        WebhookSecret::new(value.expose().to_owned())
+            .map(Some)
+            .map_err(|e| {
+                ConfigError::Invalid(format!("the webhook secret from the secret store: {e}"))
+            })
+    }
+}
+
+fn invalid(e: AwsError) -> ConfigError {
+    ConfigError::Invalid(e.to_string())
+}
