@@ -1,0 +1,132 @@
+//! The `botline` binary on the AWS backend, as an operator runs it against moto's server mode:
+//! `serve --backend aws` takes webhook updates into SQS and DynamoDB, and `stats`, `dlq list`,
+//! `dlq show`, `dlq redrive` and `messages export` read and act on the same queues and tables.
+
+#[path = "../../botline-aws/tests/common/mod.rs"]
+mod aws;
+mod common;
+
+use botline_aws::AwsBackend;
+use botline_core::{DeadLetters, InboundUpdate, Queue, UpdateId};
+use common::{Server, message, post};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "aws-cli-test-secret";
+
+/// What points the binary at the backend's queues and tables on the emulator.
+fn environment(backend: &AwsBackend) -> Vec<(&'static str, String)> {
+    let settings = backend.settings();
+    vec![
+        ("BOTLINE_BACKEND", "aws".into()),
+        ("BOTLINE_QUEUE_URL", settings.queue_url.clone()),
+        ("BOTLINE_DLQ_URL", settings.dlq_url.clone()),
+        ("BOTLINE_TABLE_PREFIX", settings.table_prefix.clone()),
+        ("BOTLINE_LEASE", "2s".into()),
+        ("BOTLINE_BACKOFF_BASE", "1s".into()),
+        ("BOTLINE_BACKOFF_MAX", "1s".into()),
+        ("AWS_ENDPOINT_URL", aws::moto().endpoint.clone()),
+        ("AWS_REGION", aws::REGION.into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+    ]
+}
+
+fn cli(backend: &AwsBackend, args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_botline"))
+        .args(args)
+        .envs(environment(backend))
+        .env_remove("BOTLINE_BOT_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("botline runs");
+    assert!(
+        output.status.success(),
+        "botline {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn exported(backend: &AwsBackend) -> Vec<serde_json::Value> {
+    let out = cli(backend, &["messages", "export", "--format", "jsonl"]);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 60 s: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_the_operator_commands_work_on_aws() {
+    let backend = aws::standard_backend(aws::whole_seconds()).await;
+
+    // A dead letter, made through the backend: three failed attempts.
+    let poison = InboundUpdate::parse(&message(920_001, 4_300_001, 1, "poison")).unwrap();
+    backend.enqueue(&poison).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while backend.show(UpdateId(920_001)).await.unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the poison was not dead-lettered"
+        );
+        for delivery in backend.receive(10).await.unwrap() {
+            backend.fail(&delivery, "the test says no").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let mut env = environment(&backend);
+    env.push(("BOTLINE_WEBHOOK_SECRET", SECRET.into()));
+    let server = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start(&env)
+    })
+    .await
+    .unwrap();
+    for (update_id, chat, text) in [
+        (920_002, 4_300_002, "hello"),
+        (920_003, 4_300_003, "hi"),
+        (920_004, 4_300_002, "again"),
+    ] {
+        let body = message(update_id, chat, update_id - 920_000, text);
+        let answer = post(&server.url("/telegram/webhook"), Some(SECRET), &body);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let answer = post(
+        &server.url("/telegram/webhook"),
+        Some("wrong"),
+        &message(920_005, 4_300_002, 9, "x"),
+    );
+    assert_eq!(answer.status, 401);
+
+    wait_for("three messages exported", || exported(&backend).len() == 3);
+    let stats: serde_json::Value =
+        serde_json::from_slice(&cli(&backend, &["stats", "--json"]).stdout).unwrap();
+    assert_eq!(stats["dead"], 1, "{stats}");
+
+    let list = String::from_utf8(cli(&backend, &["dlq", "list"]).stdout).unwrap();
+    assert!(list.contains("920001"), "{list}");
+    let show = String::from_utf8(cli(&backend, &["dlq", "show", "920001"]).stdout).unwrap();
+    assert!(show.contains("the test says no"), "{show}");
+    cli(&backend, &["dlq", "redrive", "920001"]);
+    // The running server's worker takes the redriven update like any other.
+    wait_for("the redriven update stored", || {
+        exported(&backend)
+            .iter()
+            .any(|m| m["chatId"] == "4300001" && m["text"] == "poison")
+    });
+    let messages = exported(&backend);
+    assert_eq!(messages.len(), 4, "each update stored once: {messages:?}");
+    let list = String::from_utf8(cli(&backend, &["dlq", "list"]).stdout).unwrap();
+    assert!(!list.contains("920001"), "{list}");
+    drop(server);
+}
