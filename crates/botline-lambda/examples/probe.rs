@@ -120,18 +120,28 @@ async fn run_once(bootstrap: &std::path::Path, env: &[(String, String)], event: 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let log_path = std::env::temp_dir().join(format!("botline-probe-{}.log", api.port()));
+    let log = std::fs::File::create(&log_path).expect("the function's log");
     let started = Instant::now();
     let mut child = Command::new(bootstrap)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("AWS_LAMBDA_RUNTIME_API", api.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().expect("the function's log"))
+        .stderr(log)
         .spawn()
         .expect("the function starts");
-    tokio::time::timeout(Duration::from_secs(30), rt.answered.notified())
+    if tokio::time::timeout(Duration::from_secs(30), rt.answered.notified())
         .await
-        .expect("an answer within 30 s");
+        .is_err()
+    {
+        child.kill().ok();
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!(
+            "{} did not answer within 30 s; its output:\n{output}",
+            bootstrap.display()
+        );
+    }
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let peak_kib = status
         .lines()

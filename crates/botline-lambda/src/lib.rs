@@ -54,7 +54,7 @@
 pub mod ingest;
 pub mod worker;
 
-use botline::config::{BackendKind, ConfigError, Settings};
+use botline::config::{BackendKind, ConfigError, NoFlags, Settings};
 use tracing_subscriber::EnvFilter;
 
 /// The namespace of the functions' metrics.
@@ -63,7 +63,7 @@ pub const METRICS_NAMESPACE: &str = "Botline";
 /// The settings from the environment (and `botline.toml` beside the function, if one was
 /// deployed), on the AWS backend.
 pub fn settings() -> Result<Settings, ConfigError> {
-    let mut settings = Settings::load(None, &())?;
+    let mut settings = Settings::load(None, &NoFlags {})?;
     settings.backend = BackendKind::Aws;
     Ok(settings)
 }

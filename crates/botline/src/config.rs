@@ -206,6 +206,11 @@ const ENV_SETTINGS: &[&str] = &[
     "registration_database_url_file",
 ];
 
+/// The flags of a command that has none of the settings' flags, for [`Settings::load`] (a
+/// struct with no fields: figment layers a map, which `()` is not).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NoFlags {}
+
 impl Settings {
     /// Layers `flags` (a serializable struct whose `None` fields are skipped) over
     /// `BOTLINE_*` variables over the TOML file over the defaults.
@@ -440,6 +445,16 @@ mod tests {
 
     fn load(jail_file: Option<&str>, flags: &Flags) -> Result<Settings, String> {
         Settings::load(jail_file.map(Path::new), flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_command_without_flags_loads_the_settings() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOTLINE_MAX_ATTEMPTS", "5");
+            let settings = Settings::load(None, &NoFlags {}).map_err(|e| e.to_string())?;
+            assert_eq!(settings.max_attempts, 5);
+            Ok(())
+        });
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use botline::cli::{
     Cli, Command, DlqCommand, MessagesCommand, StoreArgs, TokensCommand, WebhookCommand,
 };
-use botline::config::{LogFormat, Settings};
+use botline::config::{LogFormat, NoFlags, Settings};
 use botline::ops::{self, OpsError};
 use botline::serve::{open_backend, poll, serve};
 use botline::telegram::{WebhookRequest, parse_allowed_updates};
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         } => Settings::load(config, telegram),
         command => match store_args(command) {
             Some(store) => Settings::load(config, store),
-            None => Settings::load(config, &()),
+            None => Settings::load(config, &NoFlags {}),
         },
     };
     // `--database-url` is a secret: given to the settings here, never layered by figment.
