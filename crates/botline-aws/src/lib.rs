@@ -152,8 +152,10 @@
 //!
 //! **A Lambda worker** converts the records of its SQS event into [`QueueMessage`]s
 //! (`ApproximateReceiveCount` from the record's attributes, `visible_until_ms: None`) and calls
-//! [`AwsBackend::claim`]. Held and dropped messages were already deleted (or hidden): report only
-//! [`Claimed::failed`] messages and deliveries whose processing failed as batch item failures.
+//! [`AwsBackend::claim`]. Dropped messages are deleted already. Report as batch item failures
+//! the [`Claimed::held`] messages (on a standard queue a held message is only hidden, and
+//! Lambda would delete it), the [`Claimed::failed`] ones, and the deliveries whose processing
+//! failed, as `crates/botline-lambda` does.
 //! When an event holds several messages of one FIFO group, claim them one at a time, each once the
 //! one before it is finished: each is then its chat's head, and nothing is re-sent.
 //!
