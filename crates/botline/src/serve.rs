@@ -138,14 +138,18 @@ pub async fn poll(settings: Settings, metrics: Option<PrometheusHandle>) -> Resu
 }
 
 async fn run(
-    mut settings: Settings,
+    settings: Settings,
     metrics: Option<PrometheusHandle>,
     intake: Intake,
 ) -> Result<(), ServeError> {
     #[cfg(feature = "aws")]
-    if let Some(store) = crate::aws::SecretStore::from_env().await {
-        store.fill(&mut settings).await?;
-    }
+    let settings = {
+        let mut settings = settings;
+        if let Some(store) = crate::aws::SecretStore::from_env().await {
+            store.fill(&mut settings).await?;
+        }
+        settings
+    };
     let secret = match intake {
         Intake::Webhook => {
             let secret = settings.webhook_secret()?;
