@@ -1,12 +1,12 @@
-//! What fuzzing found, replayed as plain tests (`cargo test` in `fuzz/`), through the same checks
-//! the fuzz targets run ([`check_update_parser`], [`check_webhook_request`]).
+//! What fuzzing found, replayed as plain tests (`cargo test` in `fuzz/`): on botline-core's API
+//! directly, and through the webhook target's own check ([`check_webhook_request`]).
 //!
 //! Findings in crates this directory does not own are `#[ignore]`d with the reason until their
 //! fix lands; `cargo test -- --ignored` shows them failing.
 
 use axum::http::StatusCode;
 use botline_core::{Handling, InboundUpdate, QueuedUpdate};
-use botline_fuzz::{WebhookRequest, check_update_parser, check_webhook_request};
+use botline_fuzz::{WebhookRequest, check_webhook_request};
 use serde_json::Value;
 
 fn queued(body: &str) -> QueuedUpdate {
