@@ -21,13 +21,12 @@
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use botline::config::{ConfigError, Settings};
-use botline::sender::{Limits, Sender};
+use botline::sender::Sender;
 use botline::telegram::Telegram;
 use botline::worker::process;
 use botline_aws::{AwsBackend, Claimed, QueueMessage, Receipt};
 use botline_core::{Backend, Delivery, Handling};
 use botline_registrar::Registrar;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify};
@@ -62,9 +61,7 @@ impl Worker {
         let sender = telegram.clone().map(|telegram| Sender {
             backend: Arc::clone(&shared),
             telegram,
-            limits: Arc::new(Limits::telegram(
-                NonZeroU32::new(settings.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN),
-            )),
+            limits: Arc::new(settings.telegram_limits()),
             wake: Arc::new(Notify::new()),
         });
         let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {

@@ -7,6 +7,7 @@
 //! likewise comes from `BOTLINE_BOT_TOKEN` or the file named by `bot_token_file`.
 
 use crate::secret::{FetchedSecrets, WebhookSecret};
+use crate::sender::Limits;
 use crate::telegram::{BotToken, Telegram};
 use botline_core::{QueueConfig, RetryPolicy};
 use botline_registrar::{PostgresOptions, PostgresRegistrar, Registrar, SqlServerRegistrar};
@@ -14,6 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -351,6 +353,11 @@ impl Settings {
         Telegram::new(&self.telegram_api_url, token, self.poll_timeout)
             .map(Some)
             .map_err(ConfigError::Invalid)
+    }
+
+    /// Telegram's limits for the sender, at `telegram_calls_per_second` overall.
+    pub fn telegram_limits(&self) -> Limits {
+        Limits::telegram(NonZeroU32::new(self.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN))
     }
 
     /// Like [`Settings::telegram`], for commands that cannot work without a token.

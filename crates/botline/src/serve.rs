@@ -5,14 +5,13 @@ use crate::config::{BackendKind, ConfigError, Settings};
 use crate::http::{App, router, status_router};
 use crate::poll::{PollError, Poller};
 use crate::secret::WebhookSecret;
-use crate::sender::{Limits, Sender};
+use crate::sender::Sender;
 use crate::telegram::{CallError, Telegram};
 use crate::worker::{Worker, housekeeping};
 use botline_core::{Backend, BackendError, Handling};
 use botline_edge::{EdgeLayer, WebAppAuth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::fs::{File, TryLockError};
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,13 +223,11 @@ async fn run(
                 settings.bot_username.clone(),
                 shutdown.clone(),
             ));
-            let per_second =
-                NonZeroU32::new(settings.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN);
             tasks.spawn(
                 Sender {
                     backend: Arc::clone(&backend),
                     telegram: telegram.clone(),
-                    limits: Arc::new(Limits::telegram(per_second)),
+                    limits: Arc::new(settings.telegram_limits()),
                     wake: outbox,
                 }
                 .run(shutdown.clone()),
