@@ -11,10 +11,8 @@
 #
 # Targets:
 #   update_parser     arbitrary bytes -> botline-core's InboundUpdate::parse, and
-#                     Handling::records on what parses. Two known findings are let through
-#                     unless BOTLINE_FUZZ_STRICT names them: `records` (a body that parses but
-#                     cannot become records), `redaction` (a /register token replaced outside
-#                     its text), or 1 for both (fuzz/tests/regressions.rs)
+#                     Handling::records on what parses: what parses must become records, and
+#                     a /register token must be gone from every string of what is stored
 #   webhook_request   an arbitrary request (method, path, secret header, content type,
 #                     content length, chunking, body) -> botline::http::router on a SQLite store
 #

@@ -195,6 +195,11 @@ impl Handling {
         // it, a reply quoting it, a caption.
         let mut found = Redactions::default();
         redact_registrations(&mut body, self.bot_username.as_deref(), &mut found);
+        // A token also typed elsewhere in the update (a quoted message that is not a command, a
+        // forwarded text) is as secret there.
+        for token in &found.tokens {
+            redact_everywhere(&mut body, token);
+        }
         let redacted_raw = found.raw(&update.raw, &body).map_err(corrupt)?;
         let raw = redacted_raw.as_deref().unwrap_or(&update.raw);
         let Value::Object(body) = body else {
@@ -234,19 +239,23 @@ struct Redactions {
 }
 
 impl Redactions {
-    /// The raw body without the secrets, or `None` when there were none. A well-formed token
-    /// holds only characters JSON never escapes, so it is replaced in place and the rest of the
-    /// body stays byte for byte; anything else is rewritten from the redacted `body`.
+    /// The raw body without the secrets, or `None` when there were none: `body` (already
+    /// redacted) as the update's bytes. A well-formed token holds only characters JSON never
+    /// escapes, so replacing it in the raw text usually gives exactly `body` with the rest of the
+    /// bytes as Telegram sent them. It does not when the token's text also stands in a key or a
+    /// number, or in a string escaped differently; then the body is written anew from `body`.
     fn raw(&self, raw: &str, body: &Value) -> Result<Option<String>, serde_json::Error> {
         if self.tokens.is_empty() && !self.malformed {
             return Ok(None);
         }
-        if !self.malformed && self.tokens.iter().all(|token| raw.contains(token.as_str())) {
+        if !self.malformed {
             let mut redacted = raw.to_owned();
             for token in &self.tokens {
                 redacted = redacted.replace(token.as_str(), REDACTED);
             }
-            return Ok(Some(redacted));
+            if serde_json::from_str::<Value>(&redacted).is_ok_and(|value| value == *body) {
+                return Ok(Some(redacted));
+            }
         }
         serde_json::to_string(body).map(Some)
     }
@@ -273,6 +282,20 @@ fn redact_registrations(value: &mut Value, bot_username: Option<&str>, found: &m
                 redact_registrations(item, bot_username, found);
             }
         }
+        _ => {}
+    }
+}
+
+/// Replaces `token` in every string in `value` (not in keys, which are Telegram's).
+fn redact_everywhere(value: &mut Value, token: &str) {
+    match value {
+        Value::String(text) if text.contains(token) => *text = text.replace(token, REDACTED),
+        Value::Object(fields) => fields
+            .values_mut()
+            .for_each(|field| redact_everywhere(field, token)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| redact_everywhere(item, token)),
         _ => {}
     }
 }

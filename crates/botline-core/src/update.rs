@@ -51,6 +51,10 @@ pub enum InvalidUpdate {
     MissingUpdateId,
     #[error("update_id must be a non-negative 64-bit integer")]
     BadUpdateId,
+    /// Valid JSON that no JSON reader of the pipeline can hold: a number beyond the range of a
+    /// 64-bit float (`1e400`), or arrays and objects nested deeper than 128 levels.
+    #[error("body holds a number out of range or nests deeper than 128 levels")]
+    Unreadable,
 }
 
 /// The kind of an update: the name of its one optional field (`message`, `callback_query`, …),
@@ -166,6 +170,10 @@ impl InboundUpdate {
             .filter(|id| *id >= 0)
             .map(UpdateId)
             .ok_or(InvalidUpdate::BadUpdateId)?;
+        // The top-level pass skims values without reading them; the worker reads the body into a
+        // `serde_json::Value`. Refuse here what it could not read, or the update would be
+        // acknowledged and then fail every attempt until it is dead-lettered.
+        serde_json::from_str::<Readable>(body).map_err(|_| InvalidUpdate::Unreadable)?;
         let kind_field = fields.0.iter().find(|(key, _)| key != "update_id");
         let (kind, order_key) = match kind_field {
             Some((key, value)) => (
@@ -238,6 +246,60 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
     }
 }
 
+/// A JSON value read the way `serde_json::Value` reads one (numbers within `f64`, at most 128
+/// levels deep, strings unescaped into valid UTF-8), keeping nothing of it.
+struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ReadableVisitor)
+    }
+}
+
+struct ReadableVisitor;
+
+impl<'de> Visitor<'de> for ReadableVisitor {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+}
+
 /// An object key, borrowed from the body unless it holds escapes.
 struct Key<'a>(Cow<'a, str>);
 
@@ -269,6 +331,36 @@ mod tests {
 
     fn parse(body: &str) -> Result<InboundUpdate, InvalidUpdate> {
         InboundUpdate::parse(body.as_bytes())
+    }
+
+    #[test]
+    fn refuses_what_the_worker_could_not_read() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"update_id":3,"message":{{"x":{}{}}}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        for body in [
+            r#"{"update_id":1,"message":{"chat":{"id":1},"n":1e400}}"#.to_owned(),
+            r#"{"update_id":2,"edited_message":{"n":-1e309}}"#.to_owned(),
+            r#"{"update_id":7,"":2e457}"#.to_owned(),
+            r#"{"update_id":8,"message":{"text":"\ud800"}}"#.to_owned(),
+            deep(200),
+        ] {
+            assert_eq!(parse(&body), Err(InvalidUpdate::Unreadable), "{body:.80}");
+            assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
+        }
+        let edge = r#"{"update_id":9,"message":{"n":1.7976931348623157e308,"m":-9223372036854775808,"u":18446744073709551615}}"#;
+        assert!(parse(edge).is_ok());
+        // Around the depth limit, both readers draw the line at the same level.
+        let readable = |body: &str| serde_json::from_str::<serde_json::Value>(body).is_ok();
+        assert!(readable(&deep(100)) && !readable(&deep(140)));
+        for levels in 100..140 {
+            let body = deep(levels);
+            assert_eq!(parse(&body).is_ok(), readable(&body), "{levels} levels");
+        }
     }
 
     #[test]
