@@ -66,7 +66,7 @@ impl SqliteBackend {
     }
 
     fn open_file(path: &Path, config: QueueConfig, create: bool) -> Result<Self, BackendError> {
-        let conn = connect(path, create)?;
+        let conn = connect(path, create).map_err(|e| explain(path, e))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(unavailable)?;
@@ -77,7 +77,7 @@ impl SqliteBackend {
             )));
         }
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-            .map_err(unavailable)?;
+            .map_err(|e| explain(path, unavailable(e)))?;
         let writer = Writer::start(conn)
             .map_err(|e| BackendError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Self {
@@ -141,6 +141,36 @@ fn connect(path: &Path, create: bool) -> Result<Connection, BackendError> {
     .map_err(unavailable)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Names the store's file in an error opening it and, when the file system refuses to write the
+/// file or to create the WAL beside it (read-only, immutable, no permission), says so: SQLite's
+/// own "unable to open database file" names neither.
+fn explain(path: &Path, e: BackendError) -> BackendError {
+    let BackendError::Unavailable(message) = e else {
+        return e;
+    };
+    let cause = why_not_writable(path)
+        .map(|cause| format!(" ({cause})"))
+        .unwrap_or_default();
+    BackendError::Unavailable(format!("{}: {message}{cause}", path.display()))
+}
+
+fn why_not_writable(path: &Path) -> Option<String> {
+    if let Err(e) = std::fs::OpenOptions::new().append(true).open(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Some(format!("cannot write {}: {e}", path.display()));
+    }
+    let dir = path.parent()?;
+    let probe = dir.join(format!(".{DB_FILE}.probe-{}", std::process::id()));
+    match std::fs::File::create_new(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => Some(format!("cannot create files in {}: {e}", dir.display())),
+    }
 }
 
 /// Idle read connections, opened on demand.
@@ -397,9 +427,16 @@ impl Queue for SqliteBackend {
         .await
     }
 
-    /// A round trip through the writer: it is running and can take the write lock.
+    /// A write that must reach the file, through the writer: it is running, can take the write
+    /// lock, and the file system takes what it writes. An empty transaction writes nothing, so
+    /// it commits on a full or read-only disk that refuses every update. (Rewriting
+    /// `user_version` with its value dirties the header page and nothing else.)
     async fn ping(&self) -> Result<(), BackendError> {
-        self.write(|_| Ok(())).await
+        self.write(|conn| {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn housekeeping(&self) -> Result<(), BackendError> {

@@ -51,6 +51,11 @@ where
 
     fn finish(self: Box<Self>, committed: Result<(), &BackendError>) {
         let result = match (committed, self.result) {
+            // Every error of a commit is `Unavailable` (see `exec`); its text is passed on as
+            // is, not prefixed a second time.
+            (Err(BackendError::Unavailable(text)), _) => {
+                Err(BackendError::Unavailable(text.clone()))
+            }
             (Err(e), _) => Err(BackendError::Unavailable(e.to_string())),
             (Ok(()), Some(result)) => result,
             (Ok(()), None) => Err(BackendError::Unavailable("write was not run".into())),

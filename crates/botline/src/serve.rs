@@ -420,7 +420,8 @@ fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| ServeError::DataDir(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join("serve.lock");
-    let file = File::create(&path)?;
+    let file = File::create(&path)
+        .map_err(|e| ServeError::DataDir(format!("cannot create {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(ServeError::DataDir(format!(

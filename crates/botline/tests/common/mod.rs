@@ -229,6 +229,130 @@ fn spawn(
         .expect("botline starts")
 }
 
+/// `botline serve` in a mount namespace of its own whose data directory is a tmpfs of its own,
+/// so that a test can fill it up without filling the machine's disks. The tmpfs dies with the
+/// server.
+///
+/// The operator CLI runs inside the same namespace (`nsenter`): SQLite resolves the
+/// `/proc/PID/root` link the test process would reach the tmpfs through to the test's own `/`.
+#[derive(Debug)]
+pub struct ContainedServer {
+    /// Its `data_dir` is the tmpfs inside the namespace; outside, an empty mount point. Use
+    /// this type's `cli`, not the server's.
+    pub server: Server,
+}
+
+impl ContainedServer {
+    /// Starts `botline serve` on a fresh tmpfs of `size` (as `mount -o size=` takes it) and
+    /// waits until it is healthy. Panics with the cause when `unshare`, `mount` or the tmpfs
+    /// are not available (the tests need root).
+    pub fn start(size: &str, env: &[(&str, &str)]) -> Self {
+        let data_dir = temp_dir();
+        let port = free_port();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let log = data_dir.with_extension(format!("{}.log", unique()));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        // Without --fork, unshare and sh exec in turn: the child's pid is botline's.
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o "size=$1" botline-faults "$2" && shift 2 && exec "$@""#)
+            .args(["sh", size])
+            .arg(&data_dir)
+            .arg(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("BOTLINE_WEBHOOK_SECRET")
+            .env_remove("BOTLINE_BOT_TOKEN")
+            .env_remove("BOTLINE_BOT_TOKEN_FILE")
+            .env_remove("BOTLINE_TELEGRAM_API_URL")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("BOTLINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("`unshare` runs (util-linux; these tests need root)");
+        let mut server = Server {
+            child,
+            port,
+            data_dir,
+            log,
+            env,
+            command: "serve",
+            config: None,
+        };
+        server.wait_healthy();
+        Self { server }
+    }
+
+    /// The data directory as seen from outside the namespace, for plain file operations.
+    pub fn outside_path(&self) -> PathBuf {
+        Path::new(&format!("/proc/{}/root", self.server.child.id())).join(
+            self.server
+                .data_dir
+                .strip_prefix("/")
+                .expect("an absolute path"),
+        )
+    }
+
+    /// Runs an operator command against the server's data directory, inside its namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["--target", &self.server.child.id().to_string(), "--mount"])
+            .arg(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.server.data_dir)
+            .env_remove("BOTLINE_BOT_TOKEN")
+            .env_remove("BOTLINE_TELEGRAM_API_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("`nsenter` runs (util-linux; these tests need root)")
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.cli(&["stats", "--json"]);
+        assert!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stats JSON")
+    }
+
+    /// Waits until nothing is pending or in flight.
+    pub fn wait_drained(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = self.stats();
+            if stats["pending"] == 0 && stats["inFlight"] == 0 {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "queue did not drain: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `messages export --format jsonl`, as text.
+    pub fn export_jsonl(&self) -> String {
+        let out = self.cli(&["messages", "export", "--format", "jsonl"]);
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    }
+}
+
 pub fn cli(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
