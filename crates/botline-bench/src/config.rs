@@ -73,7 +73,11 @@ impl VerifyConfig {
         command.args(["messages", "export"]);
         match &self.store {
             VerifyStore::DataDir(dir) => {
-                command.arg("--data-dir").arg(dir);
+                // The embedded store in that directory, whatever the environment says.
+                command
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .env_remove("BOTLINE_BACKEND");
             }
             VerifyStore::Postgres { database_url } => {
                 command
@@ -126,8 +130,9 @@ pub struct LoadConfig {
     pub verify: Option<VerifyConfig>,
     /// Also write the report as JSON to this file.
     pub json_out: Option<PathBuf>,
-    /// Print a progress line on stderr once a second. The binary turns it on when stderr is a
-    /// terminal.
+    /// Also draw the run over time as an SVG to this file (see [`crate::plot`]).
+    pub plot: Option<PathBuf>,
+    /// Show a progress bar on stderr. The binary turns it on when stderr is a terminal.
     pub progress: bool,
 }
 
@@ -147,6 +152,7 @@ impl Default for LoadConfig {
             flood: None,
             verify: None,
             json_out: None,
+            plot: None,
             progress: false,
         }
     }
@@ -172,6 +178,10 @@ pub enum BenchError {
     },
     #[error("a load task failed: {0}")]
     Task(String),
+    #[error("managed server: {0}")]
+    Server(String),
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
 }
 
 /// The checked form of the URL and secret: what every request carries.
@@ -248,6 +258,34 @@ impl LoadConfig {
             path,
             secret,
         })
+    }
+
+    /// Checks the options, the URL and the output files' directories, as a run does before it
+    /// starts: to fail before starting anything else.
+    pub fn check(&self) -> Result<(), BenchError> {
+        self.target()?;
+        self.check_outputs()
+    }
+
+    /// Fails when the report or the plot could not be written for want of a directory, before
+    /// the run rather than after it.
+    pub(crate) fn check_outputs(&self) -> Result<(), BenchError> {
+        for path in self.json_out.iter().chain(&self.plot) {
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            if !directory.is_dir() {
+                return Err(BenchError::Write {
+                    path: path.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("no directory {}", directory.display()),
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The first update id this run uses.
@@ -329,5 +367,22 @@ mod tests {
         assert!(bad(|c| c.limit = LoadLimit::Updates(0)));
         assert!(bad(|c| c.url = "https://example.com/".to_owned()));
         assert!(bad(|c| c.secret = Some("line\nbreak".to_owned())));
+    }
+
+    #[test]
+    fn outputs_need_a_directory() {
+        let with = |json_out: &str, plot: &str| LoadConfig {
+            json_out: Some(PathBuf::from(json_out)),
+            plot: Some(PathBuf::from(plot)),
+            ..LoadConfig::default()
+        };
+        assert!(with("report.json", "/tmp/plot.svg").check_outputs().is_ok());
+        let error = with("report.json", "/nonexistent/plot.svg")
+            .check_outputs()
+            .expect_err("no such directory");
+        assert!(
+            error.to_string().contains("no directory /nonexistent"),
+            "{error}"
+        );
     }
 }

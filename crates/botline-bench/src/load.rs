@@ -11,8 +11,9 @@
 //! next update as soon as the previous one is done, and latency counts from the first send.
 
 use crate::body::{Chat, Composer, Population, fingerprint};
-use crate::config::{BenchError, LoadConfig, LoadLimit, Target, unix_micros_now};
+use crate::config::{BenchError, LoadConfig, LoadLimit, Target, VerifyConfig, unix_micros_now};
 use crate::report::{AckedUpdate, GivenUpUpdate, LatencySummary, Report, new_histogram};
+use crate::timeline::Timeline;
 use crate::verify::export_and_verify;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -21,13 +22,14 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -42,156 +44,228 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the load described by `config`, waits until every issued update is acknowledged or given
-/// up, checks the store if `config.verify` says so, writes `config.json_out` if set, and returns
-/// what it measured. Fails only when the configuration is invalid, the host does not resolve, the
-/// store's export never runs, or the JSON file cannot be written; a server that fails requests is
-/// measured, not an error.
+/// up, checks the store if `config.verify` says so, writes `config.json_out` and `config.plot` if
+/// set, and returns what it measured. Fails only when the configuration is invalid, the host does
+/// not resolve, the store's export never runs, or a file cannot be written; a server that fails
+/// requests is measured, not an error.
 pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
-    let target = Arc::new(config.target()?);
-    let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host(target.authority.as_str())
-        .await
-        .map_err(|source| BenchError::Resolve {
-            host: target.authority.clone(),
-            source,
-        })?
-        .collect::<Vec<_>>()
-        .into();
-    if addrs.is_empty() {
-        return Err(BenchError::Resolve {
-            host: target.authority.clone(),
-            source: std::io::Error::other("no addresses"),
-        });
-    }
-
-    let first_update_id = config.first_update_id_or_now();
-    let seed = config.seed.unwrap_or_else(|| mix(first_update_id));
-    let connections = config.connections.min(config.chats);
-    let parts = Population::generate(seed, config.chats).split(connections);
-    let counters = Arc::new(Counters::default());
-    let next_seq = Arc::new(AtomicU64::new(0));
-
-    let started_at_unix_ms = unix_micros_now() / 1000;
-    let start = Instant::now();
-    let (stop_at, max_updates) = match config.limit {
-        LoadLimit::Duration(d) => (Some(start + d), None),
-        LoadLimit::Updates(n) => (None, Some(n)),
-    };
-
-    let mut queues = Vec::with_capacity(connections);
-    let mut workers: Vec<JoinHandle<WorkerStats>> = Vec::with_capacity(connections);
-    for (index, chats) in parts.into_iter().enumerate() {
-        let index = index as u64;
-        let source = if config.rate.is_some() {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            queues.push(sender);
-            Source::Open(receiver)
-        } else {
-            Source::Closed {
-                next_seq: Arc::clone(&next_seq),
-                stop_at,
-                max_updates,
-                rng: Box::new(StdRng::seed_from_u64(mix(seed ^ (index + 1)))),
-            }
-        };
-        let worker = Worker {
-            target: Arc::clone(&target),
-            addrs: Arc::clone(&addrs),
-            chats,
-            composer: Composer::new(mix(seed.wrapping_add(1_000 + index))),
-            first_update_id,
-            give_up: config.give_up,
-            request_timeout: config.request_timeout,
-            conn: None,
-            failing_since: None,
-            counters: Arc::clone(&counters),
-            stats: WorkerStats::new(start),
-        };
-        workers.push(tokio::spawn(worker.run(source)));
-    }
-
-    let scheduler = config.rate.map(|rate| {
-        tokio::spawn(schedule(
-            rate,
-            config.limit,
-            start,
-            config.chats,
-            mix(seed.wrapping_add(7)),
-            queues,
-        ))
-    });
-    // `target()` checked that a flood comes with a duration.
-    let flood = config
-        .flood
-        .clone()
-        .zip(stop_at)
-        .map(|(flood_config, stop_at)| {
-            let server = addrs.iter().copied().find(SocketAddr::is_ipv4);
-            let target = Arc::clone(&target);
-            tokio::spawn(async move {
-                let Some(server) = server else {
-                    return Err(BenchError::Config(
-                        "the flood needs an IPv4 server address".to_owned(),
-                    ));
-                };
-                crate::flood::flood(flood_config, target, server, stop_at).await
-            })
-        });
-    let progress = config
-        .progress
-        .then(|| tokio::spawn(print_progress(Arc::clone(&counters), start)));
-
-    let mut stats = Vec::with_capacity(workers.len());
-    let mut failure = None;
-    for worker in workers {
-        match worker.await {
-            Ok(s) => stats.push(s),
-            Err(e) => failure = Some(BenchError::Task(e.to_string())),
-        }
-    }
-    if let Some(scheduler) = scheduler
-        && let Err(e) = scheduler.await
-    {
-        failure = Some(BenchError::Task(e.to_string()));
-    }
-    if let Some(progress) = progress {
-        progress.abort();
-    }
-    let flood_report = match flood {
-        Some(task) => match task.await {
-            Ok(Ok(report)) => Some(report),
-            Ok(Err(error)) => return Err(error),
-            Err(e) => return Err(BenchError::Task(e.to_string())),
-        },
-        None => None,
-    };
-    if let Some(error) = failure {
-        return Err(error);
-    }
-
-    let mut report = summarize(
-        &config,
-        connections,
-        first_update_id,
-        started_at_unix_ms,
-        start,
-        stats,
-    );
-    report.flood = flood_report;
-
+    let prepared = Prepared::new(&config).await?;
+    let live = Arc::new(Live::new(Instant::now(), 0));
+    let mut report = prepared.run(&config, live).await?;
     if let Some(verify_config) = config.verify.clone() {
-        let (returned, verification) = tokio::task::spawn_blocking(move || {
-            let verification = export_and_verify(&report, &verify_config);
-            (report, verification)
-        })
-        .await
-        .map_err(|e| BenchError::Task(e.to_string()))?;
-        report = returned;
-        report.verification = Some(verification?);
+        report = verify_store(report, verify_config).await?;
     }
-    if let Some(path) = &config.json_out {
-        write_json(path, &report)?;
-    }
+    write_outputs(&config, &report)?;
     Ok(report)
+}
+
+/// Checks the store after the load (blocking, so on the blocking pool).
+pub(crate) async fn verify_store(
+    report: Report,
+    verify_config: VerifyConfig,
+) -> Result<Report, BenchError> {
+    let (mut report, verification) = tokio::task::spawn_blocking(move || {
+        let verification = export_and_verify(&report, &verify_config);
+        (report, verification)
+    })
+    .await
+    .map_err(|e| BenchError::Task(e.to_string()))?;
+    report.verification = Some(verification?);
+    Ok(report)
+}
+
+/// Writes the JSON report and the plot, when asked for.
+pub(crate) fn write_outputs(config: &LoadConfig, report: &Report) -> Result<(), BenchError> {
+    if let Some(path) = &config.json_out {
+        write_json(path, report)?;
+    }
+    if let Some(path) = &config.plot {
+        crate::plot::write_svg(report, path)?;
+    }
+    Ok(())
+}
+
+/// A checked configuration with its resolved address and its chats: everything the load needs
+/// before its clock starts.
+pub(crate) struct Prepared {
+    target: Arc<Target>,
+    addrs: Arc<[SocketAddr]>,
+    first_update_id: u64,
+    pub(crate) seed: u64,
+    connections: usize,
+    parts: Vec<Vec<Chat>>,
+}
+
+impl Prepared {
+    /// Checks `config`, resolves its host and draws its chats.
+    pub(crate) async fn new(config: &LoadConfig) -> Result<Self, BenchError> {
+        let target = Arc::new(config.target()?);
+        config.check_outputs()?;
+        let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host(target.authority.as_str())
+            .await
+            .map_err(|source| BenchError::Resolve {
+                host: target.authority.clone(),
+                source,
+            })?
+            .collect::<Vec<_>>()
+            .into();
+        if addrs.is_empty() {
+            return Err(BenchError::Resolve {
+                host: target.authority.clone(),
+                source: std::io::Error::other("no addresses"),
+            });
+        }
+        let first_update_id = config.first_update_id_or_now();
+        let seed = config.seed.unwrap_or_else(|| mix(first_update_id));
+        let connections = config.connections.min(config.chats);
+        let parts = Population::generate(seed, config.chats).split(connections);
+        Ok(Self {
+            target,
+            addrs,
+            first_update_id,
+            seed,
+            connections,
+            parts,
+        })
+    }
+
+    /// Runs the load from `live.start` until every issued update is acknowledged or given up.
+    pub(crate) async fn run(
+        self,
+        config: &LoadConfig,
+        live: Arc<Live>,
+    ) -> Result<Report, BenchError> {
+        let Self {
+            target,
+            addrs,
+            first_update_id,
+            seed,
+            connections,
+            parts,
+        } = self;
+        let next_seq = Arc::new(AtomicU64::new(0));
+        let started_at_unix_ms =
+            unix_micros_now() / 1000 - i64::try_from(live.start.elapsed().as_millis()).unwrap_or(0);
+        let start = live.start;
+        let (stop_at, max_updates) = match config.limit {
+            LoadLimit::Duration(d) => (Some(start + d), None),
+            LoadLimit::Updates(n) => (None, Some(n)),
+        };
+
+        let mut queues = Vec::with_capacity(connections);
+        let mut workers: Vec<JoinHandle<WorkerStats>> = Vec::with_capacity(connections);
+        for (index, chats) in parts.into_iter().enumerate() {
+            let index = index as u64;
+            let source = if config.rate.is_some() {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                queues.push(sender);
+                Source::Open(receiver)
+            } else {
+                Source::Closed {
+                    next_seq: Arc::clone(&next_seq),
+                    stop_at,
+                    max_updates,
+                    rng: Box::new(StdRng::seed_from_u64(mix(seed ^ (index + 1)))),
+                    live: Arc::clone(&live),
+                }
+            };
+            let worker = Worker {
+                target: Arc::clone(&target),
+                addrs: Arc::clone(&addrs),
+                chats,
+                composer: Composer::new(mix(seed.wrapping_add(1_000 + index))),
+                first_update_id,
+                give_up: config.give_up,
+                request_timeout: config.request_timeout,
+                conn: None,
+                failing_since: None,
+                live: Arc::clone(&live),
+                stats: WorkerStats::new(start),
+            };
+            workers.push(tokio::spawn(worker.run(source)));
+        }
+
+        let scheduler = config.rate.map(|rate| {
+            tokio::spawn(schedule(
+                rate,
+                config.limit,
+                start,
+                config.chats,
+                mix(seed.wrapping_add(7)),
+                queues,
+                Arc::clone(&live),
+            ))
+        });
+        // `target()` checked that a flood comes with a duration.
+        let flood = config
+            .flood
+            .clone()
+            .zip(stop_at)
+            .map(|(flood_config, stop_at)| {
+                let server = addrs.iter().copied().find(SocketAddr::is_ipv4);
+                let target = Arc::clone(&target);
+                tokio::spawn(async move {
+                    let Some(server) = server else {
+                        return Err(BenchError::Config(
+                            "the flood needs an IPv4 server address".to_owned(),
+                        ));
+                    };
+                    crate::flood::flood(flood_config, target, server, stop_at).await
+                })
+            });
+        let done = Arc::new(tokio::sync::Notify::new());
+        let progress = config.progress.then(|| {
+            tokio::spawn(show_progress(
+                Arc::clone(&live),
+                config.limit,
+                Arc::clone(&done),
+            ))
+        });
+
+        let mut stats = Vec::with_capacity(workers.len());
+        let mut failure = None;
+        for worker in workers {
+            match worker.await {
+                Ok(s) => stats.push(s),
+                Err(e) => failure = Some(BenchError::Task(e.to_string())),
+            }
+        }
+        if let Some(scheduler) = scheduler
+            && let Err(e) = scheduler.await
+        {
+            failure = Some(BenchError::Task(e.to_string()));
+        }
+        if let Some(progress) = progress {
+            done.notify_one();
+            let _ = progress.await;
+        }
+        let flood_report = match flood {
+            Some(task) => match task.await {
+                Ok(Ok(report)) => Some(report),
+                Ok(Err(error)) => return Err(error),
+                Err(e) => return Err(BenchError::Task(e.to_string())),
+            },
+            None => None,
+        };
+        if let Some(error) = failure {
+            return Err(error);
+        }
+
+        let finished = stats.iter().map(|s| s.finished).max().unwrap_or(start);
+        let timeline = live.timeline.finish(finished);
+        let mut report = summarize(
+            config,
+            connections,
+            first_update_id,
+            started_at_unix_ms,
+            start,
+            stats,
+        );
+        report.seed = seed;
+        report.flood = flood_report;
+        report.timeline = timeline;
+        Ok(report)
+    }
 }
 
 /// Writes the report as pretty JSON.
@@ -255,6 +329,7 @@ fn summarize(
         connections,
         chats: config.chats,
         first_update_id,
+        seed: 0,
         started_at_unix_ms,
         duration_secs,
         updates_sent,
@@ -274,6 +349,8 @@ fn summarize(
         acked_updates,
         flood: None,
         verification: None,
+        timeline: Vec::new(),
+        server: None,
     }
 }
 
@@ -285,6 +362,7 @@ async fn schedule(
     chats: usize,
     seed: u64,
     queues: Vec<mpsc::UnboundedSender<Job>>,
+    live: Arc<Live>,
 ) {
     let connections = queues.len().max(1);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -294,7 +372,7 @@ async fn schedule(
             LoadLimit::Updates(max) => seq >= max,
             LoadLimit::Duration(d) => due >= start + d,
         };
-        if done {
+        if done || live.is_abandoned() {
             break;
         }
         if due > Instant::now() {
@@ -315,26 +393,64 @@ async fn schedule(
     }
 }
 
-/// Prints a progress line on stderr once a second until aborted.
-async fn print_progress(counters: Arc<Counters>, start: Instant) {
-    let second = Duration::from_secs(1);
-    let mut ticks = tokio::time::interval_at((start + second).into(), second);
-    let mut last_acked = 0;
-    loop {
-        ticks.tick().await;
-        let acked = counters.acked.load(Ordering::Relaxed);
-        eprintln!(
-            "[{:>5.0}s] sent {}  acked {} ({}/s)  failed tries {}  retries {}  given up {}",
-            start.elapsed().as_secs_f64(),
-            counters.sent.load(Ordering::Relaxed),
-            acked,
-            acked - last_acked,
-            counters.failures.load(Ordering::Relaxed),
-            counters.retries.load(Ordering::Relaxed),
-            counters.given_up.load(Ordering::Relaxed),
-        );
-        last_acked = acked;
+/// Shows a progress bar on stderr, redrawn four times a second, until `done` is notified: for
+/// a count of updates, updates done (acknowledged or given up) of the count; for a duration,
+/// seconds of it; beside it acknowledgements per second over the last second, retries, failed
+/// requests, updates given up and kills.
+async fn show_progress(live: Arc<Live>, limit: LoadLimit, done: Arc<tokio::sync::Notify>) {
+    let (len, unit) = match limit {
+        LoadLimit::Updates(n) => (n, "updates"),
+        LoadLimit::Duration(d) => (d.as_secs().max(1), "s"),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(4));
+    // The message is cut to the terminal's width: the most telling numbers first.
+    let template = format!(
+        "[{{elapsed_precise}}] [{{bar:20}}] {{pos}}/{{len}} {unit}, eta {{eta}}: {{wide_msg}}"
+    );
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    // (when, acknowledged) of the last four ticks, for the rate over the last second.
+    let mut window = std::collections::VecDeque::from([(live.start, 0)]);
+    let mut finished = false;
+    while !finished {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = done.notified() => finished = true,
+        }
+        let now = Instant::now();
+        let acked = live.acked.load(Ordering::Relaxed);
+        let position = match limit {
+            LoadLimit::Updates(_) => acked + live.given_up.load(Ordering::Relaxed),
+            LoadLimit::Duration(_) => now.duration_since(live.start).as_secs(),
+        };
+        let (then, acked_then) = window.front().copied().unwrap_or((live.start, 0));
+        let seconds = now.duration_since(then).as_secs_f64();
+        let rate = if seconds > 0.0 {
+            (acked - acked_then) as f64 / seconds
+        } else {
+            0.0
+        };
+        window.push_back((now, acked));
+        if window.len() > 4 {
+            window.pop_front();
+        }
+        let kills = match live.kills_planned {
+            0 => String::new(),
+            planned => format!(", kills {}/{planned}", live.kills.load(Ordering::Relaxed)),
+        };
+        bar.set_message(format!(
+            "{rate:.0} acks/s, {} retries, {} errors{kills}, {} given up, {acked} acked",
+            live.retries.load(Ordering::Relaxed),
+            live.failures.load(Ordering::Relaxed),
+            live.given_up.load(Ordering::Relaxed),
+        ));
+        bar.set_position(position.min(len));
     }
+    bar.finish();
 }
 
 /// SplitMix64: spreads a seed so that neighbouring inputs give unrelated streams.
@@ -345,14 +461,54 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Live totals for the progress line.
-#[derive(Debug, Default)]
-struct Counters {
-    sent: AtomicU64,
-    acked: AtomicU64,
-    failures: AtomicU64,
-    retries: AtomicU64,
-    given_up: AtomicU64,
+/// What the connections, the progress bar and a managed server's supervisor share while a run
+/// goes on: totals so far, the run second by second, and whether the run was cut short.
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// When the load started.
+    pub(crate) start: Instant,
+    pub(crate) sent: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) given_up: AtomicU64,
+    /// Kills of a managed server, planned and done.
+    pub(crate) kills_planned: u32,
+    pub(crate) kills: AtomicU32,
+    abandoned: AtomicBool,
+    pub(crate) timeline: Timeline,
+}
+
+impl Live {
+    pub(crate) fn new(start: Instant, kills_planned: u32) -> Self {
+        Self {
+            start,
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            given_up: AtomicU64::new(0),
+            kills_planned,
+            kills: AtomicU32::new(0),
+            abandoned: AtomicBool::new(false),
+            timeline: Timeline::new(start),
+        }
+    }
+
+    /// Cuts the run short: no new update is issued, and one that fails is given up at once.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// A managed server was killed.
+    pub(crate) fn record_kill(&self) {
+        self.kills.fetch_add(1, Ordering::Relaxed);
+        self.timeline.kill();
+    }
 }
 
 /// One update to issue: its sequence number (update id − first update id), its chat (index
@@ -374,6 +530,7 @@ enum Source {
         stop_at: Option<Instant>,
         max_updates: Option<u64>,
         rng: Box<StdRng>,
+        live: Arc<Live>,
     },
 }
 
@@ -386,8 +543,12 @@ impl Source {
                 stop_at,
                 max_updates,
                 rng,
+                live,
             } => {
-                if chats == 0 || stop_at.is_some_and(|at| Instant::now() >= at) {
+                if chats == 0
+                    || stop_at.is_some_and(|at| Instant::now() >= at)
+                    || live.is_abandoned()
+                {
                     return None;
                 }
                 let seq = next_seq.fetch_add(1, Ordering::Relaxed);
@@ -503,7 +664,7 @@ struct Worker {
     conn: Option<Conn>,
     /// When the current run of failed requests on this connection began.
     failing_since: Option<Instant>,
-    counters: Arc<Counters>,
+    live: Arc<Live>,
     stats: WorkerStats,
 }
 
@@ -530,7 +691,7 @@ impl Worker {
         let first_try = Instant::now();
         let origin = job.due.unwrap_or(first_try);
         self.stats.sent += 1;
-        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        self.live.sent.fetch_add(1, Ordering::Relaxed);
 
         let mut backoff = INITIAL_BACKOFF;
         let mut attempts = 0u32;
@@ -538,10 +699,9 @@ impl Worker {
             attempts += 1;
             match self.attempt(&update.body).await {
                 Outcome::Acked => {
-                    let micros = origin.elapsed().as_micros();
-                    self.stats
-                        .latency
-                        .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+                    let micros = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.stats.latency.saturating_record(micros);
+                    self.live.timeline.acknowledged(micros);
                     self.stats.acked.push(AckedUpdate {
                         update_id: update.update_id,
                         chat_id: update.chat_id,
@@ -552,34 +712,37 @@ impl Worker {
                         body_fnv1a: format!("{:016x}", fingerprint(&update.body)),
                         body: Some(update.body.clone()),
                     });
-                    self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                    self.live.acked.fetch_add(1, Ordering::Relaxed);
                     self.failing_since = None;
                     return;
                 }
                 Outcome::Rejected(status) => {
                     *self.stats.statuses.entry(status.as_u16()).or_insert(0) += 1;
+                    self.live.timeline.non_2xx();
                 }
                 Outcome::Failed(kind) => {
                     *self.stats.errors.entry(kind.as_str()).or_insert(0) += 1;
+                    self.live.timeline.connection_error();
                 }
             }
-            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            self.live.failures.fetch_add(1, Ordering::Relaxed);
 
             let streak_start = *self.failing_since.get_or_insert(first_try);
             let deadline = streak_start.min(first_try) + self.give_up;
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.live.is_abandoned() {
                 self.stats.given_up.push(GivenUpUpdate {
                     update_id: update.update_id,
                     chat_id: update.chat_id,
                     message_id: update.message_id,
                     attempts,
                 });
-                self.counters.given_up.fetch_add(1, Ordering::Relaxed);
+                self.live.given_up.fetch_add(1, Ordering::Relaxed);
+                self.live.timeline.given_up();
                 return;
             }
             self.stats.retries += 1;
-            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            self.live.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

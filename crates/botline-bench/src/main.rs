@@ -1,8 +1,14 @@
 //! `botline-bench`: the command line of the load generator; see the library's documentation.
 
 use botline_bench::flood::FloodConfig;
-use botline_bench::{LoadConfig, LoadLimit, VerifyConfig, VerifyStore, parse_duration, run};
-use clap::{ArgGroup, Parser};
+use botline_bench::server::parse_env;
+use botline_bench::{
+    BenchError, CrashPlan, LoadConfig, LoadLimit, ManagedRun, ManagedServer, Report, ServerConfig,
+    VerifyConfig, VerifyStore, parse_duration, run, run_managed,
+};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgGroup, CommandFactory, FromArgMatches, Parser};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +19,12 @@ use std::time::Duration;
 /// throughput, and optionally checks that every acknowledged update was stored exactly once,
 /// byte for byte.
 ///
-/// Exit code: 0 done, 1 the store check failed, 2 the run could not be done.
+/// With --serve it starts the server itself (fresh data directory, free loopback port, generated
+/// secret), samples its memory, can SIGKILL and restart it at random moments (--kills), checks
+/// its store and stops it with SIGTERM.
+///
+/// Exit code: 0 done, 1 the store check failed (or a managed server died on its own), 2 the run
+/// could not be done.
 #[derive(Debug, Parser)]
 #[command(name = "botline-bench", version)]
 #[command(group(ArgGroup::new("limit").required(true).args(["duration", "updates"])))]
@@ -21,6 +32,30 @@ struct Cli {
     /// Webhook URL (http only).
     #[arg(long, default_value = "http://127.0.0.1:8080/telegram/webhook")]
     url: String,
+
+    /// Start `BIN serve` and load it: on a fresh data directory, a free loopback port and a
+    /// generated webhook secret, without the caller's BOTLINE_* variables. Samples its RSS once
+    /// a second, checks its store with BIN afterwards, stops it with SIGTERM.
+    #[arg(
+        long,
+        value_name = "BIN",
+        conflicts_with_all = ["url", "verify_data_dir", "botline_bin"]
+    )]
+    serve: Option<PathBuf>,
+
+    /// The managed server's data directory: created if missing, must be empty [default: a new
+    /// temporary directory, kept and printed].
+    #[arg(long, value_name = "DIR", requires = "serve")]
+    data_dir: Option<PathBuf>,
+
+    /// SIGKILL the managed server this many times at random moments spread over the run
+    /// (--seed governs them), each time restarting it on the same data directory and port.
+    #[arg(long, value_name = "N", requires = "serve")]
+    kills: Option<u32>,
+
+    /// Extra environment of the managed server, e.g. BOTLINE_LEASE=2s (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env, requires = "serve")]
+    server_env: Vec<(String, String)>,
 
     /// Webhook secret, sent as X-Telegram-Bot-Api-Secret-Token.
     #[arg(long, env = "BOTLINE_WEBHOOK_SECRET", hide_env_values = true)]
@@ -51,7 +86,8 @@ struct Cli {
     #[arg(long)]
     first_update_id: Option<u64>,
 
-    /// Seed of chats, users and texts [default: derived from the first update id].
+    /// Seed of chats, users and texts, and of the moments of --kills [default: derived from the
+    /// first update id].
     #[arg(long)]
     seed: Option<u64>,
 
@@ -80,9 +116,15 @@ struct Cli {
     #[arg(long)]
     flood_secret: Option<String>,
 
-    /// Also write the report (with every acknowledged update) as JSON to this file.
+    /// Also write the report (with every acknowledged update and the run second by second) as
+    /// JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+
+    /// Also draw the run over time to this SVG: throughput, latency p50/p99/max and a managed
+    /// server's RSS per second, with its kills.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 
     /// After the load, check the store in this Botline data directory.
     #[arg(long, requires = "botline_bin", conflicts_with = "verify_database_url")]
@@ -101,12 +143,69 @@ struct Cli {
     #[arg(long)]
     botline_bin: Option<PathBuf>,
 
-    /// How long to wait for every acknowledged update to be stored.
+    /// How long to wait for every acknowledged update to be stored (with --kills at least the
+    /// managed server's lease + 30 s: updates in flight at a kill wait out their lease).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     verify_timeout: Duration,
 }
 
+/// What to run: a load against a server that runs already, or one this process manages.
+enum Mode {
+    Load(LoadConfig),
+    Managed {
+        load: LoadConfig,
+        server: ServerConfig,
+        managed: ManagedRun,
+    },
+}
+
 impl Cli {
+    /// Reads the command line; exits with 2 and clap's message when it is wrong.
+    fn parse_checked() -> Self {
+        let matches = Self::command().get_matches();
+        let cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if cli.serve.is_some() {
+            // Both also come from the environment, where they do not conflict.
+            for (id, flag) in [
+                ("secret", "--secret"),
+                ("verify_database_url", "--verify-database-url"),
+            ] {
+                if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                    Self::command()
+                        .error(
+                            ErrorKind::ArgumentConflict,
+                            format!(
+                                "{flag} cannot be used with --serve: the managed server gets a \
+                                 generated secret and its own store"
+                            ),
+                        )
+                        .exit();
+                }
+            }
+        }
+        cli
+    }
+
+    fn into_mode(mut self) -> Mode {
+        let Some(bin) = self.serve.take() else {
+            return Mode::Load(self.into_config());
+        };
+        let server = ServerConfig {
+            data_dir: self.data_dir.take(),
+            env: std::mem::take(&mut self.server_env),
+            ..ServerConfig::new(bin)
+        };
+        let managed = ManagedRun {
+            crash: self.kills.filter(|&kills| kills > 0).map(CrashPlan::new),
+            verify_timeout: self.verify_timeout,
+        };
+        Mode::Managed {
+            load: self.into_config(),
+            server,
+            managed,
+        }
+    }
+
     fn into_config(self) -> LoadConfig {
         let limit = match (self.duration, self.updates) {
             (_, Some(updates)) => LoadLimit::Updates(updates),
@@ -145,6 +244,7 @@ impl Cli {
             request_timeout: self.request_timeout,
             verify,
             json_out: self.json_out,
+            plot: self.plot,
             progress: std::io::stderr().is_terminal(),
         }
     }
@@ -152,17 +252,19 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Cli::parse().into_config();
-    match run(config).await {
+    let outcome = match Cli::parse_checked().into_mode() {
+        Mode::Load(config) => run(config).await,
+        Mode::Managed {
+            load,
+            server,
+            managed,
+        } => managed_run(load, server, managed).await,
+    };
+    match outcome {
         Ok(report) => {
             print!("{report}");
-            if report.given_up > 0 {
-                eprintln!(
-                    "botline-bench: warning: {} updates were never acknowledged",
-                    report.given_up
-                );
-            }
-            if report.verified_ok() {
+            warn_about(&report);
+            if report.verified_ok() && report.server_ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -172,5 +274,52 @@ async fn main() -> ExitCode {
             eprintln!("botline-bench: error: {error}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Starts the server, says where it is, and runs the load against it.
+async fn managed_run(
+    load: LoadConfig,
+    server: ServerConfig,
+    managed: ManagedRun,
+) -> Result<Report, BenchError> {
+    load.check()?;
+    let server = tokio::task::spawn_blocking(move || ManagedServer::start(server))
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))??;
+    eprintln!(
+        "botline-bench: started {} serve on {}, data dir {} (kept), log {}",
+        server.bin().display(),
+        server.listen(),
+        server.data_dir().display(),
+        server.log().display()
+    );
+    run_managed(load, server, managed).await
+}
+
+fn warn_about(report: &Report) {
+    if report.given_up > 0 {
+        eprintln!(
+            "botline-bench: warning: {} updates were never acknowledged",
+            report.given_up
+        );
+    }
+    let Some(server) = &report.server else {
+        return;
+    };
+    if let Some(died) = &server.died {
+        eprintln!("botline-bench: the managed server died on its own: {died}");
+    }
+    if server.kills < server.kills_planned {
+        eprintln!(
+            "botline-bench: warning: {} of {} kills done before the load ended",
+            server.kills, server.kills_planned
+        );
+    }
+    if !server.stopped_cleanly {
+        eprintln!(
+            "botline-bench: warning: the managed server did not stop cleanly: {}",
+            server.stop
+        );
     }
 }

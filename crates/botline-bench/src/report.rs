@@ -1,12 +1,14 @@
 //! What a run found: [`Report`], printed for people by its `Display` and saved as JSON by serde.
 
 use crate::flood::FloodReport;
+use crate::timeline::SecondStats;
 use crate::verify::Verification;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 /// Latencies are recorded in microseconds, up to an hour, with 3 significant digits.
 pub(crate) const HISTOGRAM_MAX_MICROS: u64 = 3_600_000_000;
@@ -107,6 +109,9 @@ pub struct Report {
     pub connections: usize,
     pub chats: usize,
     pub first_update_id: u64,
+    /// The seed of chats, users and texts (and of a managed server's kills): `--seed` replays it.
+    #[serde(default)]
+    pub seed: u64,
     /// When the load started, unix milliseconds.
     pub started_at_unix_ms: i64,
     /// From the start until the last update was acknowledged or given up, seconds.
@@ -136,6 +141,12 @@ pub struct Report {
     pub flood: Option<FloodReport>,
     /// The check of the store, when one was asked for.
     pub verification: Option<Verification>,
+    /// The run second by second, from the start of the load to its end.
+    #[serde(default)]
+    pub timeline: Vec<SecondStats>,
+    /// The server the run started itself ([`crate::run_managed`]), its kills and its memory.
+    #[serde(default)]
+    pub server: Option<ServerReport>,
 }
 
 impl Report {
@@ -143,6 +154,97 @@ impl Report {
     /// store was not checked).
     pub fn verified_ok(&self) -> bool {
         self.verification.as_ref().is_none_or(Verification::is_ok)
+    }
+
+    /// Whether a managed server ran until it was stopped: it did not die on its own (true when
+    /// the run managed no server).
+    pub fn server_ok(&self) -> bool {
+        self.server.as_ref().is_none_or(|s| s.died.is_none())
+    }
+
+    /// A managed server's resident memory over time: (second of the load, KiB), one sample a
+    /// second while it was up.
+    pub fn rss_series(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.timeline
+            .iter()
+            .filter_map(|s| s.server_rss_kib.map(|kib| (s.second, kib)))
+    }
+}
+
+/// The `botline serve` a run started itself, killed and restarted, and stopped at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerReport {
+    /// The binary, run as `<bin> serve`.
+    pub bin: PathBuf,
+    /// Its data directory; kept after the run.
+    pub data_dir: PathBuf,
+    /// Its stdout and stderr, across restarts.
+    pub log: PathBuf,
+    /// The loopback address it listened on.
+    pub listen: String,
+    /// SIGKILLs asked for.
+    pub kills_planned: u32,
+    /// SIGKILLs done, each followed by a restart on the same data directory and port.
+    pub kills: u32,
+    /// The seed of the kills' moments and downtimes.
+    pub kill_seed: Option<u64>,
+    /// RSS samples taken (one a second while the server was up).
+    pub rss_samples: u64,
+    /// The largest RSS sample, KiB.
+    pub max_rss_kib: Option<u64>,
+    /// The largest RSS sample in the second third of the load, KiB (after warm-up).
+    pub rss_second_third_max_kib: Option<u64>,
+    /// The largest RSS sample in the last third of the load, KiB: far above the second third
+    /// means the server keeps growing.
+    pub rss_last_third_max_kib: Option<u64>,
+    /// How the server ended when it died on its own (not by a kill of this run); the load was
+    /// then cut short and the store not checked.
+    pub died: Option<String>,
+    /// How it ended when stopped with SIGTERM at the end.
+    pub stop: String,
+    /// Whether it exited with status 0 after SIGTERM, in time.
+    pub stopped_cleanly: bool,
+}
+
+impl fmt::Display for ServerReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |kib: Option<u64>| {
+            kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+        };
+        writeln!(
+            f,
+            "  server              {} serve on {}",
+            self.bin.display(),
+            self.listen
+        )?;
+        writeln!(
+            f,
+            "  data dir            {} (kept; log {})",
+            self.data_dir.display(),
+            self.log.display()
+        )?;
+        if self.kills_planned > 0 {
+            writeln!(
+                f,
+                "  kills               {} of {} (SIGKILL, restarted on the same data dir and port; seed {})",
+                self.kills,
+                self.kills_planned,
+                self.kill_seed
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string())
+            )?;
+        }
+        writeln!(
+            f,
+            "  server RSS (MiB)    max {}  (second third max {}, last third max {}; {} samples)",
+            mib(self.max_rss_kib),
+            mib(self.rss_second_third_max_kib),
+            mib(self.rss_last_third_max_kib),
+            self.rss_samples
+        )?;
+        if let Some(died) = &self.died {
+            writeln!(f, "  server DIED         {died}")?;
+        }
+        writeln!(f, "  server stop         {}", self.stop)
     }
 }
 
@@ -154,8 +256,8 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "botline-bench: {mode}, {} connections, {} chats, update ids from {}",
-            self.connections, self.chats, self.first_update_id
+            "botline-bench: {mode}, {} connections, {} chats, update ids from {}, seed {}",
+            self.connections, self.chats, self.first_update_id, self.seed
         )?;
         writeln!(f, "  updates sent        {}", self.updates_sent)?;
         writeln!(
@@ -187,6 +289,9 @@ impl fmt::Display for Report {
         writeln!(f)?;
         if let Some(flood) = &self.flood {
             write!(f, "{flood}")?;
+        }
+        if let Some(server) = &self.server {
+            write!(f, "{server}")?;
         }
         if let Some(verification) = &self.verification {
             write!(f, "{verification}")?;
@@ -260,6 +365,7 @@ mod tests {
             connections: 2,
             chats: 3,
             first_update_id: 10,
+            seed: 5,
             started_at_unix_ms: 0,
             duration_secs: 2.0,
             updates_sent: 5,
@@ -284,6 +390,8 @@ mod tests {
                 accepted: 0,
             }),
             verification: None,
+            timeline: Vec::new(),
+            server: None,
         };
         let text = report.to_string();
         assert!(
@@ -305,5 +413,60 @@ mod tests {
         assert!(text.contains("4 in 2.00 s = 2.0 acks/s"), "{text}");
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["non_2xx_by_status"]["503"], 2);
+    }
+
+    #[test]
+    fn report_prints_the_managed_server_and_its_memory() {
+        let server = ServerReport {
+            bin: PathBuf::from("/bin/botline"),
+            data_dir: PathBuf::from("/tmp/botline-bench-x"),
+            log: PathBuf::from("/tmp/botline-bench-x/botline-serve.log"),
+            listen: "127.0.0.1:4000".to_owned(),
+            kills_planned: 5,
+            kills: 4,
+            kill_seed: Some(9),
+            rss_samples: 3,
+            max_rss_kib: Some(40_960),
+            rss_second_third_max_kib: Some(30_720),
+            rss_last_third_max_kib: Some(40_960),
+            died: None,
+            stop: "exit status: 0 after SIGTERM".to_owned(),
+            stopped_cleanly: true,
+        };
+        let text = server.to_string();
+        assert!(text.contains("kills               4 of 5"), "{text}");
+        assert!(text.contains("seed 9"), "{text}");
+        assert!(
+            text.contains("max 40.0  (second third max 30.0, last third max 40.0; 3 samples)"),
+            "{text}"
+        );
+        assert!(!text.contains("DIED"), "{text}");
+        let died = ServerReport {
+            died: Some("signal: 6 (SIGABRT)".to_owned()),
+            ..server
+        };
+        assert!(died.to_string().contains("server DIED         signal: 6"));
+
+        let mut report: Report = serde_json::from_str(
+            r#"{"mode":"open","target_rate":1.0,"connections":1,"chats":1,"first_update_id":1,
+                "started_at_unix_ms":0,"duration_secs":1.0,"updates_sent":0,"acknowledged":0,
+                "throughput_per_sec":0.0,"ack_latency":{"count":0,"mean_ms":0.0,"p50_ms":0.0,
+                "p90_ms":0.0,"p99_ms":0.0,"p999_ms":0.0,"max_ms":0.0},"non_2xx_by_status":{},
+                "connection_errors":0,"connection_errors_by_kind":{},"retries":0,"given_up":0,
+                "given_up_updates":[],"acked_updates":[],"flood":null,"verification":null}"#,
+        )
+        .expect("a report saved before the timeline existed");
+        assert!(report.server_ok());
+        report.server = Some(died);
+        assert!(!report.server_ok());
+        report.timeline = vec![
+            SecondStats {
+                second: 0,
+                server_rss_kib: Some(10),
+                ..SecondStats::default()
+            },
+            SecondStats::default(),
+        ];
+        assert_eq!(report.rss_series().collect::<Vec<_>>(), [(0, 10)]);
     }
 }

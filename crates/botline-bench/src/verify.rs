@@ -383,6 +383,7 @@ mod tests {
             connections: 1,
             chats: 1,
             first_update_id: 1,
+            seed: 1,
             started_at_unix_ms: 0,
             duration_secs: 1.0,
             updates_sent: acked_updates.len() as u64,
@@ -398,6 +399,8 @@ mod tests {
             acked_updates,
             flood: None,
             verification: None,
+            timeline: Vec::new(),
+            server: None,
         }
     }
 
