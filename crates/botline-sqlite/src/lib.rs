@@ -52,6 +52,23 @@ impl SqliteBackend {
         Self::open_file(&data_dir.join(DB_FILE), config, true)
     }
 
+    /// Hands back at once every update leased by a process that is gone, instead of when its
+    /// lease expires; returns how many. Only for a caller that knows no other process works on
+    /// this store (`botline serve` holds the data directory's lock). The attempt each lease
+    /// counted stays counted, as for an expired lease.
+    pub async fn release_leases(&self) -> Result<u64, BackendError> {
+        self.write(|conn| {
+            conn.prepare_cached(
+                "UPDATE updates SET visible_at = ?1, receipt = NULL
+                 WHERE state = 0 AND receipt IS NOT NULL AND visible_at > ?1",
+            )
+            .and_then(|mut release| release.execute(params![clock::now_ms()]))
+            .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     /// Opens the store in `data_dir`, which must already hold one (for the operator CLI).
     pub fn open_existing(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
         let path = data_dir.join(DB_FILE);

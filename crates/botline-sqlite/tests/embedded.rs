@@ -86,3 +86,50 @@ async fn a_reopened_store_has_every_acknowledged_update() {
     assert_eq!(delivery.attempt, 2);
     assert!(SqliteBackend::open_existing(&dir.path().join("nowhere"), suite_config()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_process_that_is_gone_are_released_at_once() {
+    let dir = dir();
+    let config = QueueConfig {
+        lease: Duration::from_secs(600),
+        ..suite_config()
+    };
+    {
+        let killed = SqliteBackend::open(dir.path(), config).unwrap();
+        for (id, chat) in [(1, 5), (2, 5), (3, 6)] {
+            killed
+                .enqueue(&message_update(id, chat, id, "x"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            killed.receive(10).await.unwrap().len(),
+            2,
+            "heads of two chats"
+        );
+    }
+    let backend = SqliteBackend::open(dir.path(), config).unwrap();
+    assert!(
+        backend.receive(10).await.unwrap().is_empty(),
+        "leased for 10 minutes"
+    );
+    assert_eq!(backend.release_leases().await.unwrap(), 2);
+    let mut deliveries = backend.receive(10).await.unwrap();
+    deliveries.sort_by_key(|d| d.update.update_id);
+    let ids: Vec<(i64, u32)> = deliveries
+        .iter()
+        .map(|d| (d.update.update_id.0, d.attempt))
+        .collect();
+    assert_eq!(
+        ids,
+        [(1, 2), (3, 2)],
+        "the same heads, their first attempt counted"
+    );
+    assert_eq!(
+        backend.release_leases().await.unwrap(),
+        2,
+        "leased again just now"
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight, stats.done), (3, 0, 0));
+}

@@ -81,6 +81,21 @@ async fn open_serving_backend(
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Backend>, ServeError> {
+    #[cfg(feature = "sqlite")]
+    if settings.backend == BackendKind::Embedded {
+        let backend =
+            botline_sqlite::SqliteBackend::open(&settings.data_dir, settings.queue_config())?;
+        // This process holds the data directory's lock, so no other one works on a lease: those
+        // of a process that was killed are free now, not when they expire (30 s by default).
+        let released = backend.release_leases().await?;
+        if released > 0 {
+            tracing::info!(
+                updates = released,
+                "took back the updates a previous run had in hand when it was stopped"
+            );
+        }
+        return Ok(Arc::new(backend));
+    }
     if settings.backend != BackendKind::Postgres {
         return open_backend(settings, false).await;
     }
