@@ -17,6 +17,8 @@
 //! | `botline_edge_refused_total` | counter | `reason` | requests the edge guard refused: allowlist (403), rate_limited (429) |
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub const WEBHOOK_REQUESTS: &str = "botline_webhook_requests_total";
 pub const WEBHOOK_ACK_SECONDS: &str = "botline_webhook_ack_seconds";
@@ -31,7 +33,25 @@ pub const TELEGRAM_CALLS: &str = "botline_telegram_calls_total";
 pub const UPDATE_TO_REPLY_SECONDS: &str = "botline_update_to_reply_seconds";
 pub const OUTBOX_DEPTH: &str = "botline_outbox_depth";
 
-/// Installs the process-wide recorder; `None` if one is already installed.
+/// How often [`upkeep`] folds recorded histogram samples into the histograms.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds the histogram samples recorded since the last time into the histograms, every
+/// [`UPKEEP_EVERY`], until `stop`. The recorder keeps every sample until then (a scrape does the
+/// same), so a server nobody scrapes grew by about 1 MB a minute at 500 updates/s without it.
+pub async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Installs the process-wide recorder; `None` if one is already installed. Run [`upkeep`]
+/// beside it.
 pub fn install() -> Option<PrometheusHandle> {
     let latency_buckets = [
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

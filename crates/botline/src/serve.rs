@@ -193,6 +193,7 @@ async fn run(
             source,
         })?;
     let wake = Arc::new(Notify::new());
+    let metrics_upkeep = metrics.clone();
     let app = Arc::new(App {
         backend: Arc::clone(&backend),
         secret,
@@ -230,6 +231,9 @@ async fn run(
         });
     }
     tasks.spawn(housekeeping(Arc::clone(&backend), shutdown.clone()));
+    if let Some(handle) = &metrics_upkeep {
+        tasks.spawn(crate::metrics::upkeep(handle.clone(), shutdown.clone()));
+    }
     match &telegram {
         Some(telegram) => {
             tasks.spawn(identify(
