@@ -202,16 +202,32 @@ fn spawn(
     log: &Path,
     config: Option<&Path>,
 ) -> Child {
+    let mut botline = Command::new(BIN);
+    if let Some(config) = config {
+        botline.arg("--config").arg(config);
+    }
+    with_server_args(botline, command, data_dir, port, env, log)
+        .spawn()
+        .expect("botline starts")
+}
+
+/// `program` (botline, or a wrapper that ends by running botline with the arguments that follow)
+/// with `<command> --data-dir DIR --listen 127.0.0.1:PORT`, the test's `env` and nothing of the
+/// developer's secrets, `info` logs appended to `log`.
+fn with_server_args(
+    mut program: Command,
+    command: &str,
+    data_dir: &Path,
+    port: u16,
+    env: &[(String, String)],
+    log: &Path,
+) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    let mut botline = Command::new(BIN);
-    if let Some(config) = config {
-        botline.arg("--config").arg(config);
-    }
-    botline
+    program
         .args([command, "--data-dir"])
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -224,9 +240,8 @@ fn spawn(
         .env("BOTLINE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("botline starts")
+        .stderr(log);
+    program
 }
 
 /// `botline serve` in a mount namespace of its own whose data directory is a tmpfs of its own,
@@ -254,30 +269,15 @@ impl ContainedServer {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let log = data_dir.with_extension(format!("{}.log", unique()));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
         // Without --fork, unshare and sh exec in turn: the child's pid is botline's.
-        let child = Command::new("unshare")
+        let mut unshare = Command::new("unshare");
+        unshare
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(r#"mount -t tmpfs -o "size=$1" botline-faults "$2" && shift 2 && exec "$@""#)
             .args(["sh", size])
             .arg(&data_dir)
-            .arg(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("BOTLINE_WEBHOOK_SECRET")
-            .env_remove("BOTLINE_BOT_TOKEN")
-            .env_remove("BOTLINE_BOT_TOKEN_FILE")
-            .env_remove("BOTLINE_TELEGRAM_API_URL")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("BOTLINE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
+            .arg(BIN);
+        let child = with_server_args(unshare, "serve", &data_dir, port, &env, &log)
             .spawn()
             .expect("`unshare` runs (util-linux; these tests need root)");
         let mut server = Server {
