@@ -203,21 +203,7 @@ fn throughput_panel(
         .fold(1.0, f64::max)
         // Head room for the legend above the lines.
         * 1.4;
-    let mut chart = ChartBuilder::on(area)
-        .caption("Throughput per second", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..series.end, 0f64..top)
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the start")
-        .y_desc("per second")
-        .x_label_formatter(&|x| number(*x))
-        .y_label_formatter(&|y| number(*y))
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = linear_panel(area, "Throughput per second", "per second", series.end, top)?;
     draw_line(&mut chart, &series.acked, ACKED, "acknowledged updates")?;
     draw_line(
         &mut chart,
@@ -267,27 +253,40 @@ fn latency_panel(
 
 fn rss_panel(area: &DrawingArea<SVGBackend<'_>, Shift>, series: &Series) -> Result<(), BenchError> {
     let top = highest(&series.rss_mib).map_or(1.0, |high| high * 1.35);
-    let mut chart = ChartBuilder::on(area)
-        .caption("Server resident memory (VmRSS, MiB)", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..series.end, 0f64..top)
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the start")
-        .y_desc("MiB")
-        .x_label_formatter(&|x| number(*x))
-        .y_label_formatter(&|y| number(*y))
-        .draw()
-        .map_err(plot_error)?;
+    let caption = "Server resident memory (VmRSS, MiB)";
+    let mut chart = linear_panel(area, caption, "MiB", series.end, top)?;
     draw_line(&mut chart, &series.rss_mib, RSS, "RSS")?;
     draw_kills(&mut chart, &series.kills, 0.0, top)?;
     draw_legend(&mut chart)
 }
 
 type Chart<'a, 'b, Y> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>;
+
+/// A panel over the run's seconds with a linear y axis from 0 to `top`, its grid drawn.
+fn linear_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    y_desc: &str,
+    end: f64,
+    top: f64,
+) -> Result<Chart<'a, 'b, RangedCoordf64>, BenchError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..end, 0f64..top)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the start")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| number(*x))
+        .y_label_formatter(&|y| number(*y))
+        .draw()
+        .map_err(plot_error)?;
+    Ok(chart)
+}
 
 fn draw_line<Y>(
     chart: &mut Chart<'_, '_, Y>,
