@@ -144,15 +144,7 @@ impl Server {
 
     /// Waits until nothing is pending or in flight.
     pub fn wait_drained(&self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let stats = self.stats();
-            if stats["pending"] == 0 && stats["inFlight"] == 0 {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "queue did not drain: {stats}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_drained(|| self.stats())
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -330,15 +322,7 @@ impl ContainedServer {
 
     /// Waits until nothing is pending or in flight.
     pub fn wait_drained(&self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let stats = self.stats();
-            if stats["pending"] == 0 && stats["inFlight"] == 0 {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "queue did not drain: {stats}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_drained(|| self.stats())
     }
 
     /// `messages export --format jsonl`, as text.
@@ -532,5 +516,18 @@ impl Drop for PgDb {
                 self.name
             ))
             .output();
+    }
+}
+
+/// Reads `stats` until nothing is pending or in flight (30 s at most), and returns them.
+fn wait_drained(stats: impl Fn() -> serde_json::Value) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = stats();
+        if stats["pending"] == 0 && stats["inFlight"] == 0 {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "queue did not drain: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
