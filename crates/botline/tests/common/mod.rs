@@ -148,13 +148,7 @@ impl Server {
     }
 
     pub fn stats(&self) -> serde_json::Value {
-        let out = self.cli(&["stats", "--json"]);
-        assert!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("stats JSON")
+        stats_of(self.cli(&["stats", "--json"]))
     }
 
     /// The exported messages, one JSON value each.
@@ -311,13 +305,7 @@ impl ContainedServer {
     }
 
     pub fn stats(&self) -> serde_json::Value {
-        let out = self.cli(&["stats", "--json"]);
-        assert!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("stats JSON")
+        stats_of(self.cli(&["stats", "--json"]))
     }
 
     /// Waits until nothing is pending or in flight.
@@ -517,6 +505,16 @@ impl Drop for PgDb {
             ))
             .output();
     }
+}
+
+/// The JSON of a `botline stats --json` that must have succeeded.
+fn stats_of(out: Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stats: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats JSON")
 }
 
 /// Reads `stats` until nothing is pending or in flight (30 s at most), and returns them.
