@@ -16,6 +16,7 @@ use botline_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use writer::Writer;
@@ -41,6 +42,8 @@ struct Inner {
     writer: Writer,
     readers: Readers,
     config: QueueConfig,
+    /// Set by the first [`Queue::close`]; later ones do nothing.
+    closed: AtomicBool,
 }
 
 impl SqliteBackend {
@@ -105,6 +108,7 @@ impl SqliteBackend {
                     idle: Mutex::new(Vec::new()),
                 },
                 config,
+                closed: AtomicBool::new(false),
             }),
         })
     }
@@ -210,6 +214,20 @@ impl Readers {
                 conn.execute_batch("PRAGMA query_only = ON")
                     .map_err(unavailable)?;
                 Ok(conn)
+            }
+        }
+    }
+
+    /// Closes the idle connections; a read after this opens a new one.
+    fn close(&self) {
+        let idle = self
+            .idle
+            .lock()
+            .map(|mut idle| std::mem::take(&mut *idle))
+            .unwrap_or_default();
+        for conn in idle {
+            if let Err((_, e)) = conn.close() {
+                tracing::warn!(error = %e, "closing a SQLite read connection");
             }
         }
     }
@@ -493,8 +511,16 @@ impl Queue for SqliteBackend {
         Ok(())
     }
 
+    /// Folds the WAL into the database, then closes every connection and waits until they are
+    /// closed, the write connection last: the last close deletes the WAL file.
     async fn close(&self) -> Result<(), BackendError> {
-        self.truncate_wal().await
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let truncated = self.truncate_wal().await;
+        self.inner.readers.close();
+        self.inner.writer.close().await?;
+        truncated
     }
 }
 

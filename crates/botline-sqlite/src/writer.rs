@@ -28,6 +28,10 @@ trait Job: Send {
     fn finish(self: Box<Self>, committed: Result<(), &BackendError>);
     /// Runs outside any transaction (a WAL checkpoint), after the jobs before it.
     fn bare(&self) -> bool;
+    /// Closes the connection after running, and the writer with it.
+    fn closes(&self) -> bool {
+        false
+    }
 }
 
 struct Op<R, F> {
@@ -76,7 +80,8 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. It stops when the last handle is dropped.
+    /// Starts the writer thread on `conn`. It stops when the last handle is dropped, or at
+    /// [`Writer::close`].
     pub(crate) fn start(conn: Connection) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel(8 * MAX_BATCH);
         std::thread::Builder::new()
@@ -106,6 +111,20 @@ impl Writer {
         self.send(op, true).await
     }
 
+    /// Closes the write connection once the writes sent before this are committed, and returns
+    /// when it is closed: as the last connection to the file, its close checkpoints the WAL
+    /// and deletes it. A write sent afterwards fails as unavailable.
+    ///
+    /// The thread would close the connection by itself when the last handle is dropped, but
+    /// nothing waits for it then: a process whose `main` returns first leaves the WAL behind.
+    pub(crate) async fn close(&self) -> Result<(), BackendError> {
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Box::new(Close { reply })).await.is_err() {
+            return Ok(()); // closed already
+        }
+        answer.await.unwrap_or(Ok(()))
+    }
+
     async fn send<R, F>(&self, op: F, bare: bool) -> Result<R, BackendError>
     where
         R: Send + 'static,
@@ -128,8 +147,36 @@ impl Writer {
     }
 }
 
+/// The last job a writer runs: see [`Writer::close`].
+struct Close {
+    reply: oneshot::Sender<Result<(), BackendError>>,
+}
+
+impl Job for Close {
+    fn run(&mut self, _: &Connection) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, closed: Result<(), &BackendError>) {
+        let closed = closed.map_err(|e| match e {
+            BackendError::Unavailable(text) => BackendError::Unavailable(text.clone()),
+            other => BackendError::Unavailable(other.to_string()),
+        });
+        let _ = self.reply.send(closed);
+    }
+
+    fn bare(&self) -> bool {
+        true
+    }
+
+    fn closes(&self) -> bool {
+        true
+    }
+}
+
 fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut close = None;
     while let Some(job) = rx.blocking_recv() {
         let mut bare = None;
         if job.bare() {
@@ -148,9 +195,24 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>) {
             run_batch(&conn, &mut batch);
         }
         if let Some(mut job) = bare {
+            if job.closes() {
+                close = Some(job);
+                break;
+            }
             job.run(&conn);
             job.finish(Ok(()));
         }
+    }
+    // Writes sent after the close are answered "the SQLite writer has stopped" (their reply
+    // channels are dropped with them).
+    rx.close();
+    while rx.try_recv().is_ok() {}
+    let closed = conn.close().map_err(|(_, e)| crate::unavailable(e));
+    if let Err(e) = &closed {
+        tracing::warn!(error = %e, "closing the SQLite write connection");
+    }
+    if let Some(job) = close {
+        job.finish(closed.as_ref().map(|_| ()));
     }
 }
 

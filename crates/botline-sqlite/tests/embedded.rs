@@ -1,7 +1,7 @@
 //! Behaviours of the embedded backend beyond the shared suite: forgetting old ids, reopening.
 
 use botline_core::testsuite::{message_update, suite_config};
-use botline_core::{Enqueued, Queue, QueueConfig, Store, build_records, clock};
+use botline_core::{BackendError, Enqueued, Queue, QueueConfig, Store, build_records, clock};
 use botline_sqlite::SqliteBackend;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,4 +132,33 @@ async fn leases_of_a_process_that_is_gone_are_released_at_once() {
     );
     let stats = backend.stats().await.unwrap();
     assert_eq!((stats.pending, stats.in_flight, stats.done), (3, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_every_connection_and_leaves_no_wal() {
+    let dir = dir();
+    let wal = dir.path().join(format!("{}-wal", botline_sqlite::DB_FILE));
+    let backend = SqliteBackend::open(dir.path(), suite_config()).unwrap();
+    for id in 1..=50 {
+        backend
+            .enqueue(&message_update(id, id, id, "x"))
+            .await
+            .unwrap();
+    }
+    // A read, so an idle read connection is open beside the writer.
+    assert_eq!(backend.stats().await.unwrap().pending, 50);
+    assert!(wal.exists(), "WAL mode writes a WAL while open");
+
+    // The handle stays alive: the connections are closed by `close`, not by a drop.
+    backend.close().await.unwrap();
+    assert!(!wal.exists(), "the last connection's close deletes the WAL");
+    let late = backend.enqueue(&message_update(51, 51, 51, "x")).await;
+    assert!(
+        matches!(late, Err(BackendError::Unavailable(_))),
+        "a write after close is refused, not lost silently: {late:?}"
+    );
+    backend.close().await.unwrap();
+
+    let reopened = SqliteBackend::open_existing(dir.path(), suite_config()).unwrap();
+    assert_eq!(reopened.stats().await.unwrap().pending, 50);
 }
