@@ -118,23 +118,36 @@ run() {
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
   fi
-  # What the peer's handler counted, once it stopped changing (its queue may lag its acks).
-  local counted="-" previous=""
+  # What the peer's handler counted once the count stood still for 2 s (its queue lags its
+  # acks: a shorter wait was seen to read a count that was still rising), at most 30 s on.
+  local counted="-" previous="" still=0
   if [ "$receiver" != botline ]; then
-    for _ in $(seq 20); do
+    for _ in $(seq 60); do
       counted=$(curl -fs "http://127.0.0.1:$PORT/count" || echo "?")
-      [ "$counted" = "$previous" ] && break
+      if [ "$counted" = "$previous" ]; then
+        still=$((still + 1))
+        [ "$still" -ge 4 ] && break
+      else
+        still=0
+      fi
       previous=$counted
       sleep 0.5
     done
   fi
   stop_server
+  # And what it had counted when it stopped (SIGTERM): anything acknowledged beyond this was
+  # never handled.
+  local final="-"
+  if [ "$receiver" != botline ]; then
+    final=$(sed -nE 's/.* ([0-9]+) updates counted$/\1/p' "$OUT/$name.log" | tail -1)
+    final=${final:-?}
+  fi
   local steal
   steal=$(echo "$before $after" | awk '{printf "%.1f", 100 * ($4 - $2) / ($3 - $1)}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$receiver" "$round" "$OUT/$name.json" "$steal" "$counted" \
-    "$status" >>"$OUT/runs.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$receiver" "$round" "$OUT/$name.json" "$steal" \
+    "$counted" "$final" "$status" >>"$OUT/runs.tsv"
   echo "== $name: $(grep -E '^ *(acknowledged|ack latency)' "$OUT/$name.txt" | tr -s ' ' | paste -sd ';')," \
-    "steal $steal %, counted $counted, exit $status" >&2
+    "steal $steal %, counted $counted (at its stop $final), exit $status" >&2
   sleep 2
 }
 
@@ -162,7 +175,7 @@ import json, statistics, sys
 
 runs = {}
 for line in open(sys.argv[1]):
-    receiver, round_, path, steal, counted, status = line.rstrip("\n").split("\t")
+    receiver, round_, path, steal, counted, final, status = line.rstrip("\n").split("\t")
     report = json.load(open(path))
     verification = report.get("verification")
     runs.setdefault(receiver, []).append({
@@ -178,6 +191,7 @@ for line in open(sys.argv[1]):
             and verification["raw_mismatches"] == 0),
         "status": int(status),
         "counted": None if counted in ("-", "?") else int(counted),
+        "final": None if final in ("-", "?") else int(final),
     })
 
 med = lambda rows, key: statistics.median(r[key] for r in rows)
@@ -204,8 +218,10 @@ for receiver in sorted(runs, key=lambda r: -med(runs[r], "throughput")):
                                            else "FAILED in a run")
     else:
         counted = sum(r["counted"] or 0 for r in rows)
+        final = sum(r["final"] or 0 for r in rows)
         acked = sum(r["acked"] for r in rows)
-        check = f"handler counted {counted:,} of {acked:,} acknowledged"
+        check = (f"handler counted {counted:,} of {acked:,} acknowledged once its count "
+                 f"stood still, {final:,} by its stop")
     print(f"| {names.get(receiver, receiver)} | {len(rows)} | {t:,.0f} ({lo:,.0f}–{hi:,.0f}) "
           f"| {p50:.2f} | {p99:.2f} | {ratio_t} | {ratio_p} "
           f"| {sum(r['non2xx'] + r['errors'] for r in rows)} | {med(rows, 'steal'):.0f} % | {check} |")
