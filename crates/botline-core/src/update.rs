@@ -55,6 +55,12 @@ pub enum InvalidUpdate {
     /// 64-bit float (`1e400`), or arrays and objects nested deeper than 128 levels.
     #[error("body holds a number out of range or nests deeper than 128 levels")]
     Unreadable,
+    /// An object key in serde_json's private namespace (`$serde_json::private::RawValue`). The
+    /// JSON reader takes an object whose first key is one of these for its own internal
+    /// markers. Once a body is written anew (a `/register` token redacted, keys sorted), such a
+    /// key can come first, and the stored body cannot be read back. Telegram sends no such key.
+    #[error("body holds an object key reserved by the JSON reader")]
+    ReservedKey,
 }
 
 /// The kind of an update: the name of its one optional field (`message`, `callback_query`, …),
@@ -173,7 +179,13 @@ impl InboundUpdate {
         // The top-level pass skims values without reading them; the worker reads the body into a
         // `serde_json::Value`. Refuse here what it could not read, or the update would be
         // acknowledged and then fail every attempt until it is dead-lettered.
-        serde_json::from_str::<Readable>(body).map_err(|_| InvalidUpdate::Unreadable)?;
+        serde_json::from_str::<Readable>(body).map_err(|e| {
+            if e.to_string().starts_with(RESERVED_KEY) {
+                InvalidUpdate::ReservedKey
+            } else {
+                InvalidUpdate::Unreadable
+            }
+        })?;
         let kind_field = fields.0.iter().find(|(key, _)| key != "update_id");
         let (kind, order_key) = match kind_field {
             Some((key, value)) => (
@@ -295,8 +307,37 @@ impl<'de> Visitor<'de> for ReadableVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
-        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        while map.next_entry::<UnreservedKey, Readable>()?.is_some() {}
         Ok(Readable)
+    }
+}
+
+/// The error [`UnreservedKey`] fails with; the prefix of its message.
+const RESERVED_KEY: &str = "reserved key";
+
+/// An object key outside serde_json's private namespace, checked as unescaped (so
+/// `"\u0024serde_json::private::…"` is caught too), keeping nothing of it.
+struct UnreservedKey;
+
+impl<'de> Deserialize<'de> for UnreservedKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = UnreservedKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<UnreservedKey, E> {
+                if key.starts_with("$serde_json::private::") {
+                    Err(E::custom(RESERVED_KEY))
+                } else {
+                    Ok(UnreservedKey)
+                }
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
