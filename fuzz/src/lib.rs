@@ -99,7 +99,12 @@ pub fn check_update_parser(data: &[u8]) {
                 // keys are its schema's names, not what a user typed), nothing else may.
                 let original: Value = serde_json::from_str(&update.raw).expect("parsed before");
                 let mut shown = format!("{records:?}");
-                for key in keys_containing(&original, token) {
+                // Longest first, and a `"` (never part of a token) where each stood: taking a
+                // shorter key out of a longer one, or out of its neighbours, must not join the
+                // text around it into the token's.
+                let mut keys = keys_containing(&original, token);
+                keys.sort_by_key(|key| std::cmp::Reverse(key.len()));
+                for key in keys {
                     // As the records' Debug shows it: as is, Debug-escaped (a key in a
                     // `Value`), and the Debug of its JSON form (a key in a stored body).
                     let json = serde_json::to_string(&key).expect("a string");
@@ -108,7 +113,7 @@ pub fn check_update_parser(data: &[u8]) {
                         debug_inner(&key),
                         debug_inner(&json[1..json.len() - 1]),
                     ] {
-                        shown = shown.replace(&form, "");
+                        shown = shown.replace(&form, "\"");
                     }
                 }
                 assert!(
