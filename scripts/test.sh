@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs Botline's whole test suite: formatting, lints, and every test of every crate (unit tests,
-# the shared backend suite on SQLite, black-box tests of the real binary, the crash test), and
-# the CDK app's offline tests (infra/scripts/test.sh: npm ci, Jest on the synthesized templates,
-# cdk synth, cfn-lint from PyPI in a venv), and the AWS backend's tests against moto's server
-# mode (installed from PyPI into target/moto-venv by scripts/moto.sh). The Postgres tests need
-# the server on 127.0.0.1:5432 (trust auth) and fail without it. Needs Rust (rustup), Node.js
-# 20+ with npm, Python 3.
+# the shared backend suite on SQLite, black-box tests of the real binary, the crash test, the
+# fuzz targets' regression tests), the CDK app's offline tests (infra/scripts/test.sh: npm ci,
+# Jest on the synthesized templates, cdk synth, cfn-lint from PyPI in a venv), and the AWS
+# backend's tests against moto's server mode (installed from PyPI into target/moto-venv by
+# scripts/moto.sh). The Postgres tests need the server on 127.0.0.1:5432 (trust auth) and fail
+# without it. Needs Rust (rustup), Node.js 20+ with npm, Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +16,15 @@ command -v cargo >/dev/null || {
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# fuzz/ is a workspace of its own (cargo-fuzz's layout). Its tests replay what fuzzing found
+# through the targets' own checks; they build on stable, without cargo-fuzz or a sanitizer.
+# Its build shares target/ with the main workspace's.
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked --target-dir target -- -D warnings
+echo "== fuzz targets' regression tests (fuzz/tests)"
+cargo test --manifest-path fuzz/Cargo.toml --locked --target-dir target
 # Before cargo test, so that cargo's summary closes the run.
 echo "== infra (CDK app: jest, cdk synth, cfn-lint)"
 infra/scripts/test.sh
