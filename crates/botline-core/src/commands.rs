@@ -86,7 +86,8 @@ impl std::fmt::Debug for Registration {
 impl Registration {
     /// Exactly two arguments: a username (1–64 of `A-Z a-z 0-9 _ . - @`) and a token (8–256 of
     /// `A-Z a-z 0-9 _ - . ~ + =`, characters that JSON never escapes, so the token can be found
-    /// and redacted in the raw update).
+    /// and redacted in the raw update). A username that contains the token is refused: the
+    /// username is stored and echoed in the reply, and would carry the token with it.
     pub fn parse(args: &str) -> Option<Self> {
         let mut words = args.split_whitespace();
         let (username, token) = (words.next()?, words.next()?);
@@ -98,7 +99,7 @@ impl Registration {
             && token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-.~+=".contains(&b));
-        (username_ok && token_ok).then(|| Self {
+        (username_ok && token_ok && !username.contains(token)).then(|| Self {
             username: username.to_owned(),
             token: token.to_owned(),
         })
@@ -211,6 +212,8 @@ mod tests {
             "alice tok/en-with-slash",
             "ali<ce> tok3n-long",
             "alice tok3n\"quote",
+            "alice_s3cr3t-T0ken s3cr3t-T0ken",
+            "s3cr3t-T0ken s3cr3t-T0ken",
         ] {
             assert_eq!(Registration::parse(bad), None, "{bad:?}");
         }

@@ -206,7 +206,15 @@ impl Handling {
             return Err(CorruptUpdate(update.update_id));
         };
         let mut records = records_of(update, &body, raw, now_ms);
-        if let Some(command) = command {
+        if let Some(mut command) = command {
+            // A username holding a token typed in the same update (another `/register` in it,
+            // say a quoted one) would be stored and echoed with it: such a registration is
+            // answered as malformed, as `Registration::parse` does for the command's own token.
+            if (command.registration.as_ref())
+                .is_some_and(|r| found.tokens.iter().any(|token| r.username.contains(token)))
+            {
+                command.registration = None;
+            }
             let sender = records.user.as_ref().map(|user| user.telegram_id);
             command.decide(&mut records, sender);
         }

@@ -173,3 +173,44 @@ fn a_key_reserved_by_the_json_reader_is_refused_wherever_it_stands() {
         assert!(!redacted.contains("s3cr3t-T0ken"), "{redacted}");
     }
 }
+
+/// Finding 4 (update_parser, 2026-12-04): a `/register` whose username contains its token
+/// (`alicelas3cr3tUT0kennguage_c s3cr3tUT0ken`). The token was redacted from the texts, but the
+/// registration attempt kept the username, token and all, for the store and for the reply
+/// ("registered as ..."). Such a registration is now malformed: the whole argument text is
+/// redacted and the answer is the format reply. The same holds for a username holding a token
+/// typed elsewhere in the update (a quoted `/register`).
+#[test]
+fn a_username_holding_a_token_is_not_a_registration() {
+    let handling = Handling {
+        bot_username: Some("botline_bot".to_owned()),
+    };
+    let found = r#"{"update_id":70003,"message":{"message_id":57,"from":{"guage_code":"en"},"chat":{"id":-803464400080,"text":"/register@bot!lin=_bot alice ss3cr3tAT0ken#3cr3tUT0ken","all_members_are_admini(strators":true},"date":1732200040,"text":"/register@botline_bot alicelas3cr3tUT0kennguage_c s3cr3tUT0ken","entities":[{"offype":"bot_comusmand"}]}}"#;
+    let quoted = r#"{"update_id":70004,"message":{"message_id":58,"date":1,"chat":{"id":7,"type":"private"},"from":{"id":7,"is_bot":false,"first_name":"Ann"},"text":"/register ann_0ther-T0ken_x own-T0ken-1","reply_to_message":{"message_id":50,"date":1,"chat":{"id":7,"type":"private"},"text":"/register bob 0ther-T0ken"}}}"#;
+    for (body, tokens) in [
+        (found, &["s3cr3tUT0ken"][..]),
+        (quoted, &["0ther-T0ken", "own-T0ken-1"][..]),
+    ] {
+        let records = handling.records(&queued(body), 0).expect("records");
+        assert!(records.registration.is_none(), "{records:?}");
+        let [reply, ..] = &records.outbox[..] else {
+            panic!("an answer: {records:?}");
+        };
+        assert_eq!(
+            serde_json::to_value(&reply.action).unwrap()["text"],
+            "Please use format: /register [username] [token]"
+        );
+        let shown = format!("{records:?}");
+        for token in tokens {
+            assert!(!shown.contains(token), "{token} in {shown}");
+        }
+    }
+    // A registration whose username holds no token is still one.
+    let records = handling
+        .records(&queued(&register_with_token("s3cr3t-T0ken")), 0)
+        .expect("records");
+    assert_eq!(
+        records.registration.expect("a registration").username,
+        "alice"
+    );
+}
