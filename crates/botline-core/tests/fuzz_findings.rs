@@ -177,7 +177,7 @@ fn a_key_reserved_by_the_json_reader_is_refused_wherever_it_stands() {
 /// Finding 4 (update_parser, 2026-12-04): a `/register` whose username contains its token
 /// (`alicelas3cr3tUT0kennguage_c s3cr3tUT0ken`). The token was redacted from the texts, but the
 /// registration attempt kept the username, token and all, for the store and for the reply
-/// ("registered as ..."). Such a registration is now malformed: the whole argument text is
+/// ("Registration successful! Welcome <username>"). Such a registration is now malformed: the whole argument text is
 /// redacted and the answer is the format reply. The same holds for a username holding a token
 /// typed elsewhere in the update (a quoted `/register`).
 #[test]
