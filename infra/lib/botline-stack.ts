@@ -50,17 +50,6 @@ export const LIMITS = {
   },
 } as const;
 
-/** What the worker may do on its tables and their indexes. */
-export const WORKER_TABLE_ACTIONS = [
-  'dynamodb:GetItem',
-  'dynamodb:PutItem',
-  'dynamodb:UpdateItem',
-  'dynamodb:DeleteItem',
-  'dynamodb:Query',
-  'dynamodb:Scan',
-  'dynamodb:ConditionCheckItem',
-];
-
 /**
  * The DynamoDB tables of the AWS backend, by the suffix after `botline-<stage>-` (the functions'
  * `BOTLINE_TABLE_PREFIX`). Keys, indexes and TTLs are the contract of the crate docs of
@@ -116,6 +105,8 @@ export class BotlineStack extends Stack {
   readonly queue: sqs.Queue;
   readonly deadLetters: sqs.Queue;
   readonly tables: Record<TableName, dynamodb.Table>;
+  /** What Botline's operator commands need; attached to no function (see docs/deploy.md). */
+  readonly operatorPolicy: iam.ManagedPolicy;
 
   constructor(scope: Construct, id: string, props: BotlineStackProps) {
     super(scope, id, {
@@ -239,12 +230,18 @@ export class BotlineStack extends Stack {
         }),
       ],
     });
-    const tableResources = TABLE_NAMES.flatMap((name) => {
-      const index = TABLE_INDEXES[name];
-      const arn = this.tables[name].tableArn;
-      // Each index by name rather than `<table>/index/*`: no wildcard in a DynamoDB resource.
-      return index ? [arn, `${arn}/index/${index.indexName}`] : [arn];
-    });
+    // The worker's DynamoDB access, table by table: exactly what its code paths call. The
+    // function (crates/botline-lambda, worker.rs) hands each SQS event to the claim step
+    // (botline_aws::AwsBackend::claim), processes the leased updates (botline::worker::process:
+    // Store::apply, and Queue::fail when an attempt fails; Queue::ack is never called, as
+    // apply acknowledges) and sends the replies (botline::sender::Sender::drain: the Outbox
+    // trait). TransactWriteItems has no action of its own: DynamoDB authorizes each item of
+    // Store::apply's transaction by PutItem or UpdateItem on its table. Nothing on the worker's
+    // path scans, deletes items, reads `sessions` or the `UserIdIndex`es (DynamoDB's TTL is
+    // the AWS backend's housekeeping): those are the operator commands', below, or nobody's.
+    const tables = this.tables;
+    const pendingIndex = (name: 'updates' | 'outbox') =>
+      `${tables[name].tableArn}/index/${TABLE_INDEXES[name]!.indexName}`;
     this.worker = this.function('worker', {
       code: this.config.workerCode,
       memoryMb: LIMITS.worker.memoryMb,
@@ -258,10 +255,16 @@ export class BotlineStack extends Stack {
       statements: [
         new iam.PolicyStatement({
           sid: 'ConsumeQueue',
-          // ChangeMessageVisibility: the claim step hides a leased message for its lease, and a
-          // held-back or failed one for its hold or backoff. SendMessage: a held-back message is
-          // re-sent to the tail of its FIFO group (or with a delay on a standard queue), and on
-          // a standard queue a finished update sends a wake-up for its chat's next one.
+          // ReceiveMessage, DeleteMessage, GetQueueAttributes: the event source mapping polls
+          // the queue with the function's role and needs all three. DeleteMessage is also the
+          // code's: Store::apply deletes the applied update's message, the claim step
+          // (claim_one) deletes messages it drops, requeue deletes the held-back original, and
+          // Queue::fail deletes the message of a dead letter.
+          // ChangeMessageVisibility: lease hides a leased message for its lease, hold hides a
+          // held-back one (standard queue), Queue::fail hides a failed one for its backoff.
+          // SendMessage: requeue re-sends a held-back message (to the tail of its FIFO group,
+          // or with a delay on a standard queue), and try_wake_next (standard queue) sends a
+          // wake-up for a chat's next update once one is finished.
           actions: [
             'sqs:ReceiveMessage',
             'sqs:DeleteMessage',
@@ -272,18 +275,46 @@ export class BotlineStack extends Stack {
           resources: [this.queue.queueArn],
         }),
         new iam.PolicyStatement({
-          sid: 'DeadLetters',
-          // SendMessage: Botline copies each dead letter to the DLQ (for the DLQ-depth alarm).
-          // ReceiveMessage and DeleteMessage: a redrive deletes the DLQ's copies.
-          actions: ['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'],
+          sid: 'CopyDeadLettersToDlq',
+          // send_to_dlq: a copy of each dead letter (from Queue::fail at the last attempt, and
+          // from claim_one when the last lease expired), which the DLQ-depth alarm watches;
+          // claim_one also moves a message that is not a Botline update there. The worker
+          // never reads, deletes or inspects the DLQ: listing, redriving and cleaning it are
+          // the operator's (OperatorPolicy).
+          actions: ['sqs:SendMessage'],
           resources: [this.deadLetters.queueArn],
         }),
         new iam.PolicyStatement({
-          sid: 'ReadWriteOwnTables',
-          // Transactions (TransactWriteItems) are authorized per item by these same actions.
-          // Scan: dead-letter listing, stats, expired sessions.
-          actions: WORKER_TABLE_ACTIONS,
-          resources: tableResources,
+          sid: 'QueueStateInUpdates',
+          // GetItem: get_update (claim_one reads an update's item when the index does not
+          // show it). PutItem: create_update (claim_one writes the item of a message whose
+          // receiver stopped before writing it). UpdateItem: lease, dead_letter_expired,
+          // Queue::fail, and Store::apply's mark of the update as done.
+          actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+          resources: [tables.updates.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'QueryPendingIndexes',
+          // updates/PendingIndex: chat_view (the claim step: is this update its chat's head?)
+          // and try_wake_next. outbox/PendingIndex: pending_calls (Outbox::due_calls).
+          actions: ['dynamodb:Query'],
+          resources: [pendingIndex('updates'), pendingIndex('outbox')],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ApplyPutRecords',
+          // Store::apply's transaction puts the message, the event and the outbox calls
+          // (outbox_put), each conditional on there being none yet where it says so.
+          actions: ['dynamodb:PutItem'],
+          resources: [tables.messages.tableArn, tables.events.tableArn, tables.outbox.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ApplyUpdateRecordsAndSendReplies',
+          // users and tokens: Store::apply's transaction upserts the user and redeems the
+          // registration token. outbox: the sender leases a due call (Outbox::due_calls) and
+          // records how it went (finish_call for call_done and call_failed, or a later due time
+          // for call_failed with retry_after).
+          actions: ['dynamodb:UpdateItem'],
+          resources: [tables.users.tableArn, tables.tokens.tableArn, tables.outbox.tableArn],
         }),
         new iam.PolicyStatement({
           sid: 'ReadBotToken',
@@ -292,6 +323,8 @@ export class BotlineStack extends Stack {
         }),
       ],
     });
+
+    this.operatorPolicy = this.createOperatorPolicy();
 
     // The worker polls the queue: batches of 10, failed items reported one by one, and at most
     // 10 concurrent invocations. Maximum concurrency on the mapping (not reserved concurrency on
@@ -368,12 +401,75 @@ export class BotlineStack extends Stack {
     this.output('QueueUrl', this.queue.queueUrl, 'SQS queue of updates (BOTLINE_QUEUE_URL)');
     this.output('DlqUrl', this.deadLetters.queueUrl, 'SQS dead-letter queue (BOTLINE_DLQ_URL)');
     this.output('TablePrefix', this.name(''), 'BOTLINE_TABLE_PREFIX');
+    this.output(
+      'OperatorPolicyArn',
+      this.operatorPolicy.managedPolicyArn,
+      'Attach to the IAM user or role that runs botline dlq, stats, messages export, tokens issue',
+    );
     for (const name of TABLE_NAMES) {
       this.output(`${capitalize(name)}TableName`, this.tables[name].tableName, `DynamoDB table ${name}`);
     }
     this.output('BotTokenSecretArn', botToken.secretArn, 'Put the bot token here');
     this.output('WebhookSecretArn', webhookSecret.secretArn, 'Telegram secret_token (generated)');
     this.output('OpenAiApiKeySecretArn', openAiKey.secretArn, 'Put the OpenAI API key here (later phases)');
+  }
+
+  /**
+   * The permissions of Botline's operator commands (`botline dlq list|show|redrive`,
+   * `botline stats`, `botline messages export`, `botline tokens issue`, run with
+   * `--backend aws` and the stack's outputs), and nothing else: a managed policy attached to no
+   * function, for the operator to attach to their own IAM user or role. The functions' roles do
+   * not carry these: a compromised worker cannot scan the tables, read or empty the DLQ, or mint
+   * registration tokens. Each grant is what crates/botline-aws calls for a command (crates/botline
+   * src/ops.rs and main.rs wire the commands to the backend).
+   */
+  private createOperatorPolicy(): iam.ManagedPolicy {
+    const { tables } = this;
+    // Named by CloudFormation, as the roles are: IAM names are global to the account.
+    return new iam.ManagedPolicy(this, 'OperatorPolicy', {
+      description: `Botline ${this.config.stage} operator commands: dlq, stats, messages export, tokens issue`,
+      statements: [
+        new iam.PolicyStatement({
+          sid: 'DeadLettersAndStatsOnUpdates',
+          // Scan: dead_rows (`dlq list`, `dlq redrive --all`) and Queue::stats (`stats`).
+          // GetItem: get_update (`dlq show ID`, `dlq redrive ID`). UpdateItem: redrive_one sets
+          // a dead letter back to queued.
+          actions: ['dynamodb:Scan', 'dynamodb:GetItem', 'dynamodb:UpdateItem'],
+          resources: [tables.updates.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'RedriveToQueue',
+          // redrive_one sends the dead letter's body to the main queue.
+          actions: ['sqs:SendMessage'],
+          resources: [this.queue.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'CleanDlqCopies',
+          // purge_dlq_copies (after a redrive): receives from the DLQ, deletes the copies of the
+          // redriven updates and makes the other messages visible again at once.
+          actions: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility'],
+          resources: [this.deadLetters.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'OutboxStats',
+          // Outbox::outbox_stats (`stats`: replies waiting, sent, refused).
+          actions: ['dynamodb:Scan'],
+          resources: [tables.outbox.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ExportMessages',
+          // Store::messages (`messages export`): a Query with --chat, a Scan without.
+          actions: ['dynamodb:Query', 'dynamodb:Scan'],
+          resources: [tables.messages.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'IssueTokens',
+          // RegistrationTokens::issue_token (`tokens issue`): a conditional PutItem.
+          actions: ['dynamodb:PutItem'],
+          resources: [tables.tokens.tableArn],
+        }),
+      ],
+    });
   }
 
   /** `botline-<stage>-<resource>`; with an empty resource, the prefix `botline-<stage>-`. */

@@ -1,7 +1,11 @@
 /**
  * Least privilege, read from the IAM policies in the template: every statement of every policy
- * of every role, and the resource policies. Checked for both stages and for the FIFO and X-Ray
- * variants, which add or change resources.
+ * of every role, the operator's managed policy, and the resource policies. Checked for both
+ * stages and for the FIFO and X-Ray variants, which add or change resources.
+ *
+ * The functions' roles hold exactly what their code paths call (crates/botline-aws, driven by
+ * crates/botline-lambda); what only the operator commands call (`botline dlq`, `stats`,
+ * `messages export`, `tokens issue`) is in the operator policy, attached to no function.
  */
 import {
   CfnTemplate,
@@ -47,6 +51,12 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     return render(role).replace(/\.Arn$/, '');
   };
   const grantsOfFunction = (fn: 'ingest' | 'worker') => roleGrants(json, fnRole(fn));
+  const operatorPolicyId = () => {
+    const ids = Object.keys(resourcesOfType(json, 'AWS::IAM::ManagedPolicy'));
+    expect(ids).toHaveLength(1);
+    return ids[0];
+  };
+  const operatorGrants = () => grantsOf(json.Resources[operatorPolicyId()].Properties!.PolicyDocument);
   const arn = (type: string, key: string, value: string) => `${id(type, key, value)}.Arn`;
   const queueArn = () => arn('AWS::SQS::Queue', 'QueueName', queueName('queue'));
   const dlqArn = () => arn('AWS::SQS::Queue', 'QueueName', queueName('dlq'));
@@ -72,7 +82,7 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     }
   });
 
-  /** Every table of the backend, with the indexes it queries. */
+  /** Every table of the backend, and its indexes. */
   const TABLES = ['messages', 'users', 'events', 'sessions', 'updates', 'outbox', 'tokens'];
   const INDEXES: [string, string][] = [
     ['events', 'UserIdIndex'],
@@ -99,22 +109,11 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     );
   });
 
-  test('worker: consume and re-send on the queue, copy to and clean the DLQ, read/write its seven tables and their indexes, read the bot token, write its own logs', () => {
-    const tableActions = [
-      'dynamodb:GetItem',
-      'dynamodb:PutItem',
-      'dynamodb:UpdateItem',
-      'dynamodb:DeleteItem',
-      'dynamodb:Query',
-      'dynamodb:Scan',
-      'dynamodb:ConditionCheckItem',
-    ];
-    const tableResources = [
-      ...TABLES.map(tableArn),
-      ...INDEXES.map(([table, index]) => `${tableArn(table)}/index/${index}`),
-    ];
+  test('worker: consume and re-send on the queue, copy dead letters to the DLQ, exactly the table operations of claim, apply, fail and the sender, read the bot token, write its own logs', () => {
     expect(sorted(grantsOfFunction('worker').grants)).toEqual(
       sorted([
+        // The event source mapping (Receive, Delete, GetQueueAttributes); the claim step's
+        // leases and holds (ChangeMessageVisibility), re-sends and wake-ups (SendMessage).
         ...[
           'sqs:ReceiveMessage',
           'sqs:DeleteMessage',
@@ -122,16 +121,117 @@ describe.each(VARIANTS)('%s', (_label, context) => {
           'sqs:GetQueueAttributes',
           'sqs:SendMessage',
         ].map((action) => allow(action, queueArn())),
-        ...['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes'].map(
-          (action) => allow(action, dlqArn()),
-        ),
-        ...tableActions.flatMap((action) => tableResources.map((resource) => allow(action, resource))),
+        // send_to_dlq: a copy of each dead letter. Nothing else on the DLQ.
+        allow('sqs:SendMessage', dlqArn()),
+        // The queue's state: get_update, create_update, lease / fail / apply's done mark.
+        allow('dynamodb:GetItem', tableArn('updates')),
+        allow('dynamodb:PutItem', tableArn('updates')),
+        allow('dynamodb:UpdateItem', tableArn('updates')),
+        // chat_view and try_wake_next; the outbox's pending_calls.
+        allow('dynamodb:Query', `${tableArn('updates')}/index/PendingIndex`),
+        allow('dynamodb:Query', `${tableArn('outbox')}/index/PendingIndex`),
+        // Store::apply's transaction.
+        allow('dynamodb:PutItem', tableArn('messages')),
+        allow('dynamodb:PutItem', tableArn('events')),
+        allow('dynamodb:PutItem', tableArn('outbox')),
+        allow('dynamodb:UpdateItem', tableArn('users')),
+        allow('dynamodb:UpdateItem', tableArn('tokens')),
+        // The sender: due_calls, call_done, call_failed.
+        allow('dynamodb:UpdateItem', tableArn('outbox')),
         allow('secretsmanager:GetSecretValue', secretRef('bot-token')),
         allow('logs:CreateLogStream', logsArn('worker')),
         allow('logs:PutLogEvents', logsArn('worker')),
         ...(tracing ? XRAY_GRANTS : []),
       ]),
     );
+  });
+
+  test('the worker holds none of the operator-only permissions', () => {
+    const grants = grantsOfFunction('worker').grants;
+    // No Scan (dlq list, stats, messages export), no DeleteItem, no ConditionCheckItem: on any
+    // table or index.
+    expect(
+      grants.filter((g) =>
+        ['dynamodb:Scan', 'dynamodb:DeleteItem', 'dynamodb:ConditionCheckItem'].includes(g.action),
+      ),
+    ).toEqual([]);
+    // On the DLQ it only sends copies: no receive, delete, visibility change or attributes
+    // (those clean the DLQ after a redrive, an operator's command).
+    expect(grants.filter((g) => g.resource === dlqArn()).map((g) => g.action)).toEqual(['sqs:SendMessage']);
+    // It redeems tokens but cannot issue them; it writes messages but cannot read them back.
+    expect(sorted(grants.filter((g) => g.resource === tableArn('tokens')))).toEqual(
+      sorted([allow('dynamodb:UpdateItem', tableArn('tokens'))]),
+    );
+    expect(sorted(grants.filter((g) => g.resource.startsWith(tableArn('messages'))))).toEqual(
+      sorted([allow('dynamodb:PutItem', tableArn('messages'))]),
+    );
+    // Nothing reads or writes items through the base tables it only writes to.
+    for (const table of ['messages', 'users', 'events', 'tokens']) {
+      expect(
+        grants.filter(
+          (g) =>
+            g.resource.startsWith(tableArn(table)) &&
+            ['dynamodb:GetItem', 'dynamodb:Query'].includes(g.action),
+        ),
+      ).toEqual([]);
+    }
+    // Sessions and the UserIdIndexes are on no path of the worker.
+    expect(grants.filter((g) => g.resource.startsWith(tableArn('sessions')))).toEqual([]);
+    expect(grants.filter((g) => g.resource.includes('/index/UserIdIndex'))).toEqual([]);
+  });
+
+  test('operator policy: exactly what botline dlq, stats, messages export and tokens issue call', () => {
+    expect(sorted(operatorGrants())).toEqual(
+      sorted([
+        // dead_rows and stats (Scan), get_update (GetItem), redrive_one (UpdateItem).
+        allow('dynamodb:Scan', tableArn('updates')),
+        allow('dynamodb:GetItem', tableArn('updates')),
+        allow('dynamodb:UpdateItem', tableArn('updates')),
+        // redrive_one sends the body back to the queue.
+        allow('sqs:SendMessage', queueArn()),
+        // purge_dlq_copies after a redrive.
+        allow('sqs:ReceiveMessage', dlqArn()),
+        allow('sqs:DeleteMessage', dlqArn()),
+        allow('sqs:ChangeMessageVisibility', dlqArn()),
+        // outbox_stats.
+        allow('dynamodb:Scan', tableArn('outbox')),
+        // Store::messages: Query with --chat, Scan without.
+        allow('dynamodb:Query', tableArn('messages')),
+        allow('dynamodb:Scan', tableArn('messages')),
+        // issue_token.
+        allow('dynamodb:PutItem', tableArn('tokens')),
+      ]),
+    );
+  });
+
+  test('every DynamoDB grant names one of the seven tables or one of their four indexes', () => {
+    const known = [
+      ...TABLES.map(tableArn),
+      ...INDEXES.map(([table, index]) => `${tableArn(table)}/index/${index}`),
+    ];
+    const all = [
+      ...grantsOfFunction('ingest').grants,
+      ...grantsOfFunction('worker').grants,
+      ...operatorGrants(),
+    ];
+    const dynamo = all.filter((g) => g.action.startsWith('dynamodb:'));
+    expect(dynamo.length).toBeGreaterThan(0);
+    for (const grant of dynamo) {
+      expect(known).toContain(grant.resource);
+    }
+  });
+
+  test('the operator policy is attached to nothing and is an output', () => {
+    const id = operatorPolicyId();
+    const policy = json.Resources[id].Properties!;
+    expect(policy.Roles).toBeUndefined();
+    expect(policy.Users).toBeUndefined();
+    expect(policy.Groups).toBeUndefined();
+    expect(policy.ManagedPolicyName).toBeUndefined();
+    for (const role of Object.values(resourcesOfType(json, 'AWS::IAM::Role'))) {
+      expect(JSON.stringify(role.Properties!.ManagedPolicyArns ?? [])).not.toContain(id);
+    }
+    expect(render(json.Outputs!.OperatorPolicyArn.Value)).toBe(`ref(${id})`);
   });
 
   test('the ingest function touches DynamoDB only to GetItem and PutItem on updates: no other table, no index', () => {
@@ -161,17 +261,11 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     ).toEqual([]);
   });
 
-  test('the worker cannot read the webhook secret or the OpenAI key, and does not change or purge the DLQ', () => {
+  test('the worker cannot read the webhook secret or the OpenAI key', () => {
     const grants = grantsOfFunction('worker').grants;
     for (const forbidden of [secretRef('webhook-secret'), secretRef('openai-api-key')]) {
       expect(grants.filter((g) => g.resource === forbidden)).toEqual([]);
     }
-    expect(
-      grants
-        .filter((g) => g.resource === dlqArn())
-        .map((g) => g.action)
-        .sort(),
-    ).toEqual(['sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:ReceiveMessage', 'sqs:SendMessage']);
   });
 
   test('no KMS grants: the queues use SQS-managed keys and the tables the AWS-managed key', () => {
@@ -186,11 +280,13 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     for (const fn of ['ingest', 'worker'] as const) {
       expect(grantsOfFunction(fn).grants.filter((g) => g.action.startsWith('kms:'))).toEqual([]);
     }
+    expect(operatorGrants().filter((g) => g.action.startsWith('kms:'))).toEqual([]);
   });
 
-  test('no function may read the OpenAI key yet', () => {
+  test('no function may read the OpenAI key yet, and the operator policy reads no secret', () => {
     const all = [...grantsOfFunction('ingest').grants, ...grantsOfFunction('worker').grants];
     expect(all.filter((g) => g.resource === secretRef('openai-api-key'))).toEqual([]);
+    expect(operatorGrants().filter((g) => g.action.startsWith('secretsmanager:'))).toEqual([]);
   });
 
   test('no "*" action or resource for SQS, DynamoDB, Secrets Manager or SSM in any IAM policy', () => {

@@ -392,7 +392,7 @@ describe.each(STAGES)('stage %s', (stage) => {
     });
   });
 
-  test('outputs: webhook and health URLs, queue URLs, table names, secret ARNs', () => {
+  test('outputs: webhook and health URLs, queue URLs, table names, the operator policy, secret ARNs', () => {
     const outputs = Object.fromEntries(
       Object.entries(s.json.Outputs ?? {}).map(([key, output]) => [key, render(output.Value)]),
     );
@@ -403,6 +403,7 @@ describe.each(STAGES)('stage %s', (stage) => {
       QueueUrl: `ref(${queueId()})`,
       DlqUrl: `ref(${dlqId()})`,
       TablePrefix: `botline-${stage}-`,
+      OperatorPolicyArn: `ref(${Object.keys(resourcesOfType(s.json, 'AWS::IAM::ManagedPolicy'))[0]})`,
       MessagesTableName: `ref(${tableId('messages')})`,
       UsersTableName: `ref(${tableId('users')})`,
       EventsTableName: `ref(${tableId('events')})`,

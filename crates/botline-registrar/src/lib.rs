@@ -25,7 +25,9 @@
 //!   deadlock, pool exhausted): retry the update later.
 //! - `Err(`[`RegistrarError::Misconfigured`]`)`: the database is there but cannot answer as
 //!   configured (function or procedure missing, wrong signature or result type, login or
-//!   permission refused): an operator must act; retrying alone will not help.
+//!   permission refused), or its routine answered something the contract does not define (a
+//!   SQL Server procedure that returns no result set and return code 0): an operator must act;
+//!   retrying alone will not help. An undefined answer is never taken as a registration.
 //!
 //! # At least once
 //!

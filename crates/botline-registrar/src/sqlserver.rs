@@ -71,11 +71,20 @@ impl SqlServerOptions {
 ///
 /// # What the procedure's answer means
 ///
-/// - If the procedure returns a result set, **its first one decides**: the first column of its
-///   first row, a `bit` or an integer, is `true` (registered) when it is not 0; 0, `NULL` or no
-///   row at all is `false`. Any other type is [`RegistrarError::Misconfigured`].
-/// - If it returns no result set, **its return code decides**: `0` (what a procedure returns when
-///   it says nothing else) is registered, anything else refused.
+/// Only an explicit yes registers; the contract fails closed.
+///
+/// - **Registered** (`Ok(true)`): its first result set is one row whose first column is `1`
+///   (a `bit`, an integer, or a `decimal` without a fraction) **and** its return code is 0
+///   (`RETURN 0`, or no `RETURN`).
+/// - **Refused** (`Ok(false)`): its first result set has no row, or a first column of `0` or
+///   `NULL`, whatever the return code; or it returns no result set and a return code other than
+///   0 (`RETURN 1`).
+/// - **No answer** ([`RegistrarError::Misconfigured`], never a registration): no result set
+///   and return code 0 (what a procedure that says nothing returns), a `1` that the return code
+///   contradicts, any other value (2, -1, 1.5) or type, more than one row, an unreadable return
+///   code. The worker logs a misconfiguration as an error and retries the update, then
+///   dead-letters it: a user whose procedure answered nothing is not registered, and is not
+///   told that their credentials are wrong when the fault is the procedure's.
 /// - An error it raises is not a refusal: it becomes [`RegistrarError::Unavailable`] (retried),
 ///   or [`RegistrarError::Misconfigured`] for errors no retry mends (procedure missing, wrong
 ///   parameters, permission or login refused, conversion failures).
@@ -219,6 +228,20 @@ impl SqlServerRegistrar {
             })
     }
 
+    /// What the procedure's answer (its result sets and return code) means for the caller: see
+    /// [`decide`]. An answer the contract does not define is never a registration: it is
+    /// [`RegistrarError::Misconfigured`], which the worker logs as an error before it retries
+    /// the update and at last dead-letters it, rather than a refusal that would tell the user
+    /// their credentials are wrong and leave no trace of a procedure that answers nothing.
+    fn answer(&self, sets: &[Vec<Row>]) -> Result<bool, RegistrarError> {
+        decide(sets).map_err(|why| {
+            RegistrarError::Misconfigured(format!(
+                "stored procedure {}: {why}; see botline-registrar's README for the contract",
+                self.procedure
+            ))
+        })
+    }
+
     /// What a driver error means for the caller, its text scrubbed of the password and `token`.
     fn error(&self, e: &TdsError, token: &[&str]) -> RegistrarError {
         let text = self.secrets.scrub(&e.to_string(), token);
@@ -246,9 +269,7 @@ impl Registrar for SqlServerRegistrar {
     async fn register(&self, request: &RegistrationRequest<'_>) -> Result<bool, RegistrarError> {
         let call = ProcedureCall::new(&self.procedure, request);
         let sets = self.run(call.into_query(), &[request.token]).await?;
-        decide(&sets).map_err(|why| {
-            RegistrarError::Misconfigured(format!("stored procedure {}: {why}", self.procedure))
-        })
+        self.answer(&sets)
     }
 
     async fn ping(&self) -> Result<(), RegistrarError> {
@@ -298,7 +319,7 @@ impl<'a> ProcedureCall<'a> {
                  DECLARE @rc int;\n\
                  EXEC @rc = {procedure} @Username = @P1, @Token = @P2, \
                  @TelegramUserId = @P3, @ChatId = @P4;\n\
-                 SELECT @rc AS botline_return_code;"
+                 SELECT @rc AS {RETURN_CODE_COLUMN};"
             ),
             params: [
                 Param::NVarChar(request.username),
@@ -321,44 +342,130 @@ impl<'a> ProcedureCall<'a> {
     }
 }
 
-/// Registered or not, from the result sets of the call: the procedure's first result set if it
-/// returned any, else its return code (the last set, `SELECT @rc`).
+/// The column of the batch's last result set: `SELECT @rc AS botline_return_code`.
+const RETURN_CODE_COLUMN: &str = "botline_return_code";
+
+/// Registered or not, from the result sets of the call: the procedure's own sets, then the
+/// return code (the last set, `SELECT @rc`). Fails closed: only an explicit yes registers.
+///
+/// | the procedure's answer | result |
+/// | --- | --- |
+/// | first result set: one row, first column `1` (`bit` or integer), return code 0 | `Ok(true)` |
+/// | first result set: no row, or first column `0` or `NULL` (any return code) | `Ok(false)` |
+/// | no result set, return code not 0 | `Ok(false)` |
+/// | no result set, return code 0 (what a procedure that says nothing returns) | `Err` |
+/// | first column `1` but return code not 0 (the procedure contradicts itself) | `Err` |
+/// | first column an integer other than 0 or 1, a decimal with a fraction, or another type | `Err` |
+/// | first result set of more than one row, or of no column | `Err` |
+/// | the return code is missing, `NULL` or not an `int` | `Err` |
+///
+/// `Err` is an answer the contract does not define: [`SqlServerRegistrar`] reports it as
+/// [`RegistrarError::Misconfigured`], never as a registration.
 fn decide(sets: &[Vec<Row>]) -> Result<bool, String> {
-    let Some((return_code, procedure_sets)) = sets.split_last() else {
+    let Some((last, procedure_sets)) = sets.split_last() else {
         return Err("the call returned no result at all, not even its return code".into());
     };
-    if let Some(first) = procedure_sets.first() {
-        return match first.first().and_then(|row| row.cells().next()) {
-            None => Ok(false),
-            Some((column, value)) => truthy(value).ok_or_else(|| {
-                format!(
-                    "its first result column {:?} is {:?}; expected a bit or an integer \
-                     (1 = registered, 0 = refused)",
-                    column.name(),
-                    column.column_type()
-                )
-            }),
+    let code = return_code(last)?;
+    let Some(first) = procedure_sets.first() else {
+        return match code {
+            0 => Err(
+                "it returned no result set and return code 0, which is not an answer (it is \
+                 also what a procedure that says nothing returns): not registered. It must \
+                 SELECT 1 (registered) or 0 (refused) as its first result set"
+                    .into(),
+            ),
+            _ => Ok(false),
         };
+    };
+    let row = match first.as_slice() {
+        [] => return Ok(false),
+        [row] => row,
+        rows => {
+            return Err(format!(
+                "its first result set has {} rows; expected one row whose first column is 1 \
+                 (registered) or 0 (refused)",
+                rows.len()
+            ));
+        }
+    };
+    let Some((column, value)) = row.cells().next() else {
+        return Err("its first result set has no column".into());
+    };
+    match flag(value) {
+        Flag::Yes if code == 0 => Ok(true),
+        Flag::Yes => Err(format!(
+            "its first result set says registered but its return code is {code}; \
+             registered is 1 with return code 0"
+        )),
+        Flag::No | Flag::Null => Ok(false),
+        Flag::Other => Err(format!(
+            "its first result column {:?} is {}; expected a bit or an integer, \
+             1 = registered, 0 = refused",
+            column.name(),
+            number_text(value).unwrap_or_else(|| format!("of type {:?}", column.column_type()))
+        )),
     }
-    match return_code
-        .first()
-        .and_then(|row| row.cells().next())
-        .map(|(_, value)| value)
-    {
-        Some(ColumnData::I32(Some(code))) => Ok(*code == 0),
+}
+
+/// The return code from the batch's last result set: one row, one `int` column named
+/// [`RETURN_CODE_COLUMN`], not `NULL`.
+fn return_code(set: &[Row]) -> Result<i32, String> {
+    let cell = match set {
+        [row] => row.cells().next(),
+        _ => None,
+    };
+    match cell {
+        Some((column, ColumnData::I32(Some(code)))) if column.name() == RETURN_CODE_COLUMN => {
+            Ok(*code)
+        }
         _ => Err("its return code could not be read".into()),
     }
 }
 
-/// A bit or an integer as a yes or no (`NULL` is no); `None` for any other type.
-fn truthy(value: &ColumnData<'_>) -> Option<bool> {
+/// What the first column of the answer row says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flag {
+    /// `1`: registered.
+    Yes,
+    /// `0`: refused.
+    No,
+    /// `NULL`: refused.
+    Null,
+    /// Any other value or type: no answer.
+    Other,
+}
+
+/// A bit or an integer (`tinyint` … `bigint`, or a `decimal` without a fraction) as a flag.
+fn flag(value: &ColumnData<'_>) -> Flag {
+    let number = |n: Option<i128>| match n {
+        None => Flag::Null,
+        Some(1) => Flag::Yes,
+        Some(0) => Flag::No,
+        Some(_) => Flag::Other,
+    };
     match value {
-        ColumnData::Bit(b) => Some(b.unwrap_or(false)),
-        ColumnData::U8(n) => Some(n.is_some_and(|n| n != 0)),
-        ColumnData::I16(n) => Some(n.is_some_and(|n| n != 0)),
-        ColumnData::I32(n) => Some(n.is_some_and(|n| n != 0)),
-        ColumnData::I64(n) => Some(n.is_some_and(|n| n != 0)),
-        ColumnData::Numeric(n) => Some(n.is_some_and(|n| n.value() != 0)),
+        ColumnData::Bit(None) => Flag::Null,
+        ColumnData::Bit(Some(true)) => Flag::Yes,
+        ColumnData::Bit(Some(false)) => Flag::No,
+        ColumnData::U8(n) => number(n.map(i128::from)),
+        ColumnData::I16(n) => number(n.map(i128::from)),
+        ColumnData::I32(n) => number(n.map(i128::from)),
+        ColumnData::I64(n) => number(n.map(i128::from)),
+        ColumnData::Numeric(None) => Flag::Null,
+        ColumnData::Numeric(Some(n)) if n.dec_part() == 0 => number(Some(n.int_part())),
+        _ => Flag::Other,
+    }
+}
+
+/// A number as an error message shows it; `None` for other values (a text column could echo
+/// anything, the token included, so only its type is shown).
+fn number_text(value: &ColumnData<'_>) -> Option<String> {
+    match value {
+        ColumnData::U8(Some(n)) => Some(n.to_string()),
+        ColumnData::I16(Some(n)) => Some(n.to_string()),
+        ColumnData::I32(Some(n)) => Some(n.to_string()),
+        ColumnData::I64(Some(n)) => Some(n.to_string()),
+        ColumnData::Numeric(Some(n)) => Some(n.to_string()),
         _ => None,
     }
 }
@@ -418,6 +525,7 @@ mod tests {
     use std::borrow::Cow;
 
     use tiberius::ColumnType;
+    use tiberius::numeric::Numeric;
 
     use super::*;
 
@@ -442,7 +550,15 @@ mod tests {
     }
 
     fn return_code(code: i32) -> Vec<Row> {
-        vec![row(ColumnData::I32(Some(code)), ColumnType::Int4)]
+        vec![
+            Row::builder()
+                .column(
+                    RETURN_CODE_COLUMN,
+                    ColumnType::Int4,
+                    ColumnData::I32(Some(code)),
+                )
+                .build(),
+        ]
     }
 
     #[test]
@@ -499,15 +615,28 @@ mod tests {
         let bit = |b| vec![row(ColumnData::Bit(b), ColumnType::Bit)];
         assert_eq!(decide(&[bit(Some(true)), return_code(0)]), Ok(true));
         assert_eq!(decide(&[bit(None), return_code(0)]), Ok(false));
-        // A refusal in the result set wins over a return code of 0, and a yes over a code.
+        // A refusal is a refusal whatever the return code.
         assert_eq!(decide(&[bit(Some(false)), return_code(0)]), Ok(false));
-        assert_eq!(decide(&[bit(Some(true)), return_code(5)]), Ok(true));
+        assert_eq!(decide(&[bit(Some(false)), return_code(3)]), Ok(false));
+        assert_eq!(decide(&[bit(None), return_code(3)]), Ok(false));
         let int = |n| vec![row(ColumnData::I32(n), ColumnType::Int4)];
         assert_eq!(decide(&[int(Some(1)), return_code(0)]), Ok(true));
         assert_eq!(decide(&[int(Some(0)), return_code(0)]), Ok(false));
         assert_eq!(decide(&[int(None), return_code(0)]), Ok(false));
         let tiny = vec![row(ColumnData::U8(Some(1)), ColumnType::Int1)];
         assert_eq!(decide(&[tiny, return_code(0)]), Ok(true));
+        let small = vec![row(ColumnData::I16(Some(0)), ColumnType::Int2)];
+        assert_eq!(decide(&[small, return_code(0)]), Ok(false));
+        let big = vec![row(ColumnData::I64(Some(1)), ColumnType::Int8)];
+        assert_eq!(decide(&[big, return_code(0)]), Ok(true));
+        let decimal = |value, scale| {
+            vec![row(
+                ColumnData::Numeric(Some(Numeric::new_with_scale(value, scale))),
+                ColumnType::Decimaln,
+            )]
+        };
+        assert_eq!(decide(&[decimal(100, 2), return_code(0)]), Ok(true));
+        assert_eq!(decide(&[decimal(0, 2), return_code(0)]), Ok(false));
         // Only the first set counts, and an empty one is a refusal.
         assert_eq!(
             decide(&[vec![], bit(Some(true)), return_code(0)]),
@@ -517,15 +646,112 @@ mod tests {
             decide(&[bit(Some(true)), bit(Some(false)), return_code(0)]),
             Ok(true)
         );
+        // Further columns are the procedure's own business.
+        let wide = Row::builder()
+            .column("Registered", ColumnType::Bit, ColumnData::Bit(Some(true)))
+            .column(
+                "Message",
+                ColumnType::NVarchar,
+                ColumnData::String(Some(Cow::Borrowed("welcome"))),
+            )
+            .build();
+        assert_eq!(decide(&[vec![wide], return_code(0)]), Ok(true));
     }
 
     #[test]
-    fn without_a_result_set_the_return_code_decides() {
-        assert_eq!(decide(&[return_code(0)]), Ok(true));
+    fn without_a_result_set_only_a_failing_return_code_answers() {
+        // RETURN 1 (or any code but 0) without a result set: refused, as SQL Server's
+        // convention has it.
         assert_eq!(decide(&[return_code(1)]), Ok(false));
         assert_eq!(decide(&[return_code(-4)]), Ok(false));
+        // RETURN 0 or no RETURN at all: no answer (below), never a registration.
+        assert!(decide(&[return_code(0)]).is_err());
         assert!(decide(&[]).is_err());
         assert!(decide(&[vec![]]).is_err());
+    }
+
+    #[test]
+    fn no_result_set_and_return_code_0_is_not_a_registration() {
+        // What a procedure returns when it says nothing at all (an empty body, a missing
+        // SELECT, a RETURN without a value): no answer, so no registration.
+        let err = decide(&[return_code(0)]).expect_err("silence is not a yes");
+        assert!(
+            err.contains("no result set") && err.contains("return code 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_an_explicit_one_registers() {
+        let int = |n| vec![row(ColumnData::I32(Some(n)), ColumnType::Int4)];
+        // Integers other than 0 and 1 are no answer the contract defines.
+        for n in [2, -1, 100] {
+            assert!(decide(&[int(n), return_code(0)]).is_err(), "{n}");
+        }
+        let big = vec![row(ColumnData::I64(Some(42)), ColumnType::Int8)];
+        assert!(decide(&[big, return_code(0)]).is_err());
+        // A yes that the return code contradicts.
+        let yes = || row(ColumnData::Bit(Some(true)), ColumnType::Bit);
+        assert!(decide(&[vec![yes()], return_code(5)]).is_err());
+        // More than one row: which one is the answer?
+        assert!(decide(&[vec![yes(), yes()], return_code(0)]).is_err());
+    }
+
+    #[test]
+    fn more_shapes_the_contract_does_not_define_are_no_registration() {
+        // 1.5 is neither 1 nor 0.
+        let fraction = vec![row(
+            ColumnData::Numeric(Some(Numeric::new_with_scale(15, 1))),
+            ColumnType::Decimaln,
+        )];
+        let err = decide(&[fraction, return_code(0)]).unwrap_err();
+        assert!(err.contains("1.5"), "{err}");
+        let yes = || vec![row(ColumnData::Bit(Some(true)), ColumnType::Bit)];
+        // A return code that is NULL, of another type or under another name.
+        let null_code = vec![
+            Row::builder()
+                .column(RETURN_CODE_COLUMN, ColumnType::Int4, ColumnData::I32(None))
+                .build(),
+        ];
+        assert!(decide(&[yes(), null_code]).is_err());
+        let big_code = vec![
+            Row::builder()
+                .column(
+                    RETURN_CODE_COLUMN,
+                    ColumnType::Int8,
+                    ColumnData::I64(Some(0)),
+                )
+                .build(),
+        ];
+        assert!(decide(&[yes(), big_code]).is_err());
+        let other_name = vec![row(ColumnData::I32(Some(0)), ColumnType::Int4)];
+        assert!(decide(&[yes(), other_name]).is_err());
+        // A row without a column.
+        assert!(decide(&[vec![Row::builder().build()], return_code(0)]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_undefined_answer_is_misconfigured_never_registered() {
+        let registrar = SqlServerRegistrar::new(ADO, "dbo.Register").unwrap();
+        let err = registrar
+            .answer(&[return_code(0)])
+            .expect_err("not registered");
+        assert!(matches!(err, RegistrarError::Misconfigured(_)), "{err}");
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(
+            text.contains("[dbo].[Register]") && text.contains("README"),
+            "{text}"
+        );
+        let contradiction = vec![row(ColumnData::Bit(Some(true)), ColumnType::Bit)];
+        assert!(matches!(
+            registrar.answer(&[contradiction, return_code(1)]),
+            Err(RegistrarError::Misconfigured(_))
+        ));
+        // The defined answers pass through.
+        let yes = vec![row(ColumnData::Bit(Some(true)), ColumnType::Bit)];
+        assert_eq!(registrar.answer(&[yes, return_code(0)]), Ok(true));
+        assert_eq!(registrar.answer(&[return_code(1)]), Ok(false));
     }
 
     #[test]
