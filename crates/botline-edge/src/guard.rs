@@ -1,11 +1,12 @@
 //! [`EdgeGuard`]: the allowlist and the per-address limiter, and [`EdgeLayer`], the tower layer
 //! that puts them in front of a route.
 //!
-//! Checks run cheapest first and before the inner service sees the request: the allowlist
-//! (403), then the per-address token bucket (429), which requests carrying the correct webhook
-//! secret skip. A refused request never reaches the inner service, and its body is not read.
+//! Checks run cheapest first and before the inner service sees the request: the client address
+//! (400 when a trusted proxy's forwarding header does not tell it), the allowlist (403), then
+//! the per-address token bucket (429), which requests carrying the correct webhook secret skip.
+//! A refused request never reaches the inner service, and its body is not read.
 
-use crate::client::{ProxyHeader, canonical, peer_addr, resolve};
+use crate::client::{BadForwarding, ProxyHeader, canonical, peer_addr, resolve};
 use crate::config::{ConfigError, EdgeConfig, canonical_net};
 use crate::limiter::KeyedLimiter;
 use crate::response;
@@ -26,6 +27,9 @@ use tower::{Layer, Service};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// The peer is a trusted proxy whose forwarding header does not tell who the client is
+    /// ([`BadForwarding`]): 400 `{"error":"bad forwarding header"}`.
+    BadForwarding,
     /// The client is not in the allowlist: 403 `{"error":"forbidden"}`.
     Forbidden,
     /// The client's bucket is empty: 429 `{"error":"rate limited"}` with `Retry-After`.
@@ -36,6 +40,7 @@ impl Refusal {
     /// The `reason` label of `botline_edge_refused_total`.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::BadForwarding => "bad_forwarding",
             Self::Forbidden => "allowlist",
             Self::RateLimited { .. } => "rate_limited",
         }
@@ -45,6 +50,9 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
+            Self::BadForwarding => {
+                response::error(StatusCode::BAD_REQUEST, "bad forwarding header")
+            }
             Self::Forbidden => response::error(StatusCode::FORBIDDEN, "forbidden"),
             Self::RateLimited { retry_after } => response::rate_limited(retry_after),
         }
@@ -96,30 +104,39 @@ impl EdgeGuard {
         })
     }
 
-    /// The client's address: see [`client`](crate::client). `None` when the request carries
-    /// neither a [`ClientAddr`](crate::ClientAddr) nor a `ConnectInfo<SocketAddr>`.
-    pub fn client_addr<B>(&self, request: &Request<B>) -> Option<IpAddr> {
-        let peer = peer_addr(request)?;
-        Some(resolve(
+    /// The client's address: see [`client`](crate::client). `Ok(None)` when the request
+    /// carries neither a [`ClientAddr`](crate::ClientAddr) nor a `ConnectInfo<SocketAddr>`; an
+    /// error when the peer is a trusted proxy whose forwarding header does not tell who the
+    /// client is.
+    pub fn client_addr<B>(&self, request: &Request<B>) -> Result<Option<IpAddr>, BadForwarding> {
+        let Some(peer) = peer_addr(request) else {
+            return Ok(None);
+        };
+        resolve(
             peer,
             request.headers(),
             &self.trusted_proxies,
             self.proxy_header,
-        ))
+        )
+        .map(Some)
     }
 
     /// Whether `request` may pass; a refusal is counted in `botline_edge_refused_total`.
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
         let client = self.client_addr(request);
-        if client.is_none() && !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+        if client == Ok(None) && !self.warned_no_peer.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 "edge guard: request without a client address; serve with \
                  into_make_service_with_connect_info::<SocketAddr>() or insert a ClientAddr"
             );
         }
-        let outcome = self.decide(request, client);
+        let outcome = match client {
+            Ok(client) => self.decide(request, client),
+            Err(_) => Err(Refusal::BadForwarding),
+        };
         if let Err(refusal) = &outcome {
             metrics::counter!(REFUSED_METRIC, "reason" => refusal.reason()).increment(1);
+            // `client` is `Err(..)` with the cause when the forwarding header was bad.
             tracing::debug!(client = ?client, reason = refusal.reason(), "edge refused a request");
         }
         outcome
@@ -325,5 +342,64 @@ mod tests {
             text.contains(r#"botline_edge_refused_total{reason="rate_limited"} 1"#),
             "{text}"
         );
+    }
+
+    fn proxied(header: &'static str, value: &str) -> Request<()> {
+        let mut request = request_from("127.0.0.1");
+        request.headers_mut().append(header, value.parse().unwrap());
+        request
+    }
+
+    #[test]
+    fn a_bad_forwarding_header_from_a_trusted_proxy_is_refused_and_counted() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let mut config = EdgeConfig::telegram_default();
+            config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            config.proxy_header = ProxyHeader::Forwarded;
+            let guard = EdgeGuard::new(&config, None).unwrap();
+            let attack = proxied("forwarded", r#"for=149.154.167.1;x=", for=6.6.6.6"#);
+            assert_eq!(guard.client_addr(&attack), Err(BadForwarding::Malformed));
+            assert_eq!(guard.check(&attack), Err(Refusal::BadForwarding));
+            let hidden = proxied("forwarded", "for=_hidden");
+            assert_eq!(guard.client_addr(&hidden), Err(BadForwarding::Unidentified));
+            assert_eq!(guard.check(&hidden), Err(Refusal::BadForwarding));
+            assert_eq!(
+                guard.check(&proxied("forwarded", "for=149.154.167.1")),
+                Ok(())
+            );
+            assert_eq!(
+                guard.check(&proxied("forwarded", "for=6.6.6.6")),
+                Err(Refusal::Forbidden)
+            );
+            // Without a forwarding header the proxy is the client, and it is not Telegram.
+            assert_eq!(
+                guard.check(&request_from("127.0.0.1")),
+                Err(Refusal::Forbidden)
+            );
+            // A peer that is not a trusted proxy is the client, whatever it sent.
+            let mut untrusted = request_from("149.154.167.1");
+            untrusted
+                .headers_mut()
+                .append("forwarded", r#"for=6.6.6.6;x=""#.parse().unwrap());
+            assert_eq!(guard.check(&untrusted), Ok(()));
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"botline_edge_refused_total{reason="bad_forwarding"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"botline_edge_refused_total{reason="allowlist"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_forwarding_refusal_is_a_400() {
+        let response = Refusal::BadForwarding.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Refusal::BadForwarding.reason(), "bad_forwarding");
     }
 }

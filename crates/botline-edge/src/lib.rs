@@ -6,7 +6,10 @@
 //! - **Client address** ([`client`]): the socket peer (axum's `ConnectInfo<SocketAddr>`), or a
 //!   [`ClientAddr`] request extension that an entry point such as the ingest Lambda inserts;
 //!   behind operator-named trusted proxies, the first untrusted hop of `X-Forwarded-For` or
-//!   RFC 7239 `Forwarded`, read right to left.
+//!   RFC 7239 `Forwarded`, read right to left. From a trusted proxy, a forwarding header that
+//!   does not parse, or a trusted hop that names no address (`unknown`, `_hidden`), gets 400
+//!   `{"error":"bad forwarding header"}` ([`BadForwarding`]): the client is not known, and
+//!   neither the client's own word nor the proxy's address stands in for it.
 //! - **Rate limits**: a token bucket per client address on the guarded routes, opt-in like the
 //!   allowlist (requests carrying the correct webhook secret are never throttled: limiting must
 //!   not delay Telegram's own deliveries), and one per Telegram user on the Mini App auth route;
@@ -23,7 +26,7 @@
 //!
 //! | metric | type | labels | what |
 //! | --- | --- | --- | --- |
-//! | `botline_edge_refused_total` | counter | `reason` | requests refused at the edge: `allowlist` (403) or `rate_limited` (429) |
+//! | `botline_edge_refused_total` | counter | `reason` | requests refused at the edge: `bad_forwarding` (400), `allowlist` (403) or `rate_limited` (429) |
 //!
 //! Secrets (bot token, webhook secret, session key) are held in types whose `Debug` prints
 //! `[redacted]`, and no error or log line carries them.
@@ -42,7 +45,7 @@ pub mod secret;
 pub mod session;
 pub mod webapp;
 
-pub use client::{ClientAddr, ProxyHeader};
+pub use client::{BadForwarding, ClientAddr, ProxyHeader};
 pub use config::{ConfigError, EdgeConfig, RateLimitConfig, WebAppConfig};
 pub use guard::{EdgeGuard, EdgeLayer, EdgeService, Refusal};
 pub use init_data::{
@@ -53,7 +56,8 @@ pub use secret::Secret;
 pub use session::{Session, SessionError, SessionKey, SessionToken, verify_session_token};
 pub use webapp::WebAppAuth;
 
-/// The name of the refusal counter; its `reason` label is `allowlist` or `rate_limited`.
+/// The name of the refusal counter; its `reason` label is `bad_forwarding`, `allowlist` or
+/// `rate_limited` ([`Refusal::reason`]).
 pub const REFUSED_METRIC: &str = "botline_edge_refused_total";
 
 /// The header Telegram sends `setWebhook`'s `secret_token` in.

@@ -7,8 +7,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
 use botline_edge::{ClientAddr, EdgeConfig, EdgeLayer, ProxyHeader, SECRET_HEADER, Secret};
-use common::{post as send, serve};
+use common::{post as send, post_bytes as send_bytes, serve};
 use ipnet::IpNet;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,11 @@ impl Hook {
 
     async fn post(&self, headers: &[(&str, &str)]) -> common::Answer {
         send(self.addr, "/hook", headers, "{}").await
+    }
+
+    /// Header values as raw bytes, each pair a header line of its own.
+    async fn post_bytes(&self, headers: &[(&str, &[u8])]) -> common::Answer {
+        send_bytes(self.addr, "/hook", headers, "{}").await
     }
 
     fn reached(&self) -> usize {
@@ -222,4 +228,157 @@ async fn limits_are_per_client_behind_a_proxy() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(hook.post(&from("192.0.2.2")).await.status, StatusCode::OK);
+}
+
+/// A Prometheus recorder for this thread only. On the current-thread runtime of
+/// `#[tokio::test]`, the server's connection tasks run on the test's thread, so it counts what
+/// this test's guard refused and nothing another test does.
+struct LocalMetrics {
+    recorder: PrometheusRecorder,
+}
+
+impl LocalMetrics {
+    fn new() -> Self {
+        Self {
+            recorder: PrometheusBuilder::new().build_recorder(),
+        }
+    }
+
+    fn handle(&self) -> PrometheusHandle {
+        self.recorder.handle()
+    }
+}
+
+fn refused(handle: &PrometheusHandle, reason: &str) -> u64 {
+    let text = handle.render();
+    let prefix = format!(r#"botline_edge_refused_total{{reason="{reason}"}} "#);
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |count| count.parse().unwrap())
+}
+
+/// Allowlist `telegram`, the proxies at 127.0.0.1 writing `which`.
+fn telegram_behind_a_proxy(which: ProxyHeader) -> EdgeConfig {
+    EdgeConfig {
+        trusted_proxies: nets(&["127.0.0.1/32"]),
+        proxy_header: which,
+        ..EdgeConfig::telegram_default()
+    }
+}
+
+const BAD_FORWARDING: &str = r#"{"error":"bad forwarding header"}"#;
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unterminated_quote_cannot_name_telegram_through_a_forwarded_proxy() {
+    let metrics = LocalMetrics::new();
+    let _local = metrics::set_default_local_recorder(&metrics.recorder);
+    let hook = Hook::start(telegram_behind_a_proxy(ProxyHeader::Forwarded), None).await;
+    // The client sent `Forwarded: for=149.154.167.1;x="`, and the proxy joined its own element
+    // as nginx's `proxy_set_header Forwarded "$http_forwarded, for=$remote_addr"` does.
+    let answer = hook
+        .post(&[("forwarded", r#"for=149.154.167.1;x=", for=6.6.6.6"#)])
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body, BAD_FORWARDING);
+    assert_eq!(answer.headers["content-type"], "application/json");
+    // The proxy passed the client's line on and added a line of its own.
+    let answer = hook
+        .post(&[
+            ("forwarded", r#"for=149.154.167.1;x=""#),
+            ("forwarded", "for=6.6.6.6"),
+        ])
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    // A trusted hop that hides the client: unknown, so neither it nor the proxy is the client.
+    for hidden in ["for=_hidden", "for=unknown", "proto=https"] {
+        let answer = hook.post(&[("forwarded", hidden)]).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{hidden}");
+        assert_eq!(answer.body, BAD_FORWARDING);
+    }
+    assert_eq!(hook.reached(), 0);
+    assert_eq!(refused(&metrics.handle(), "bad_forwarding"), 5);
+
+    // Well-formed headers are read as before.
+    let answer = hook.post(&[("forwarded", "for=149.154.167.1")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // What the same nginx line writes when the client sent no Forwarded: an empty element.
+    let answer = hook.post(&[("forwarded", ", for=149.154.167.1")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // A quoted comma and escaped quotes are fine, and split nothing.
+    let answer = hook
+        .post(&[(
+            "forwarded",
+            r#"for=6.6.6.6;x="\", for=1.1.1.1", for=149.154.167.1"#,
+        )])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(hook.reached(), 3);
+    let answer = hook.post(&[("forwarded", "for=6.6.6.6")]).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    let answer = hook
+        .post(&[("forwarded", r#"for=149.154.167.1;x="\"", for=6.6.6.6"#)])
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(hook.reached(), 3);
+    assert_eq!(refused(&metrics.handle(), "bad_forwarding"), 5);
+    assert_eq!(refused(&metrics.handle(), "allowlist"), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unreadable_x_forwarded_for_is_refused_not_read_as_the_proxy() {
+    let metrics = LocalMetrics::new();
+    let _local = metrics::set_default_local_recorder(&metrics.recorder);
+    // The proxy's own network is allowed too (its health checks, say): reading an unreadable
+    // header as the proxy would let anyone through.
+    let mut config = telegram_behind_a_proxy(ProxyHeader::XForwardedFor);
+    config.allowlist = Some(nets(&["149.154.160.0/20", "91.108.4.0/22", "127.0.0.1/32"]));
+    let hook = Hook::start(config, None).await;
+    let bad: [&[(&str, &[u8])]; 6] = [
+        &[("x-forwarded-for", b"6.6.6.6\xff")],
+        &[("x-forwarded-for", b"149.154.167.1, 6.6.6.\xc3\xa9")],
+        &[("x-forwarded-for", b"garbage")],
+        &[("x-forwarded-for", b"6.6.6.6, garbage")],
+        &[("x-forwarded-for", b"6.6.6.6,,")],
+        &[
+            ("x-forwarded-for", b"149.154.167.1"),
+            ("x-forwarded-for", b"6.6.6.6 \xff"),
+        ],
+    ];
+    for headers in bad {
+        let answer = hook.post_bytes(headers).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{headers:?}");
+        assert_eq!(answer.body, BAD_FORWARDING);
+    }
+    assert_eq!(hook.reached(), 0);
+    assert_eq!(refused(&metrics.handle(), "bad_forwarding"), 6);
+
+    // Readable headers are read as before; without one the proxy is the client.
+    let answer = hook.post(&[("x-forwarded-for", "149.154.167.1")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = hook.post(&[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = hook.post(&[("x-forwarded-for", "6.6.6.6")]).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(hook.reached(), 2);
+    assert_eq!(refused(&metrics.handle(), "bad_forwarding"), 6);
+    assert_eq!(refused(&metrics.handle(), "allowlist"), 1);
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_is_never_refused_for_its_forwarding_header() {
+    // The peer is the client whatever it sent: a header it cannot make anyone believe is no
+    // reason to refuse it.
+    let mut config = allowlist(&["127.0.0.1/32"], &["10.0.0.0/8"]);
+    let hook = Hook::start(config.clone(), None).await;
+    let answer = hook
+        .post_bytes(&[("x-forwarded-for", b"garbage \xff")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    config.proxy_header = ProxyHeader::Forwarded;
+    let hook = Hook::start(config, None).await;
+    let answer = hook
+        .post(&[("forwarded", r#"for=149.154.167.1;x=", for=_x"#)])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(hook.reached(), 1);
 }

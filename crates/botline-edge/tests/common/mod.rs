@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use axum::Router;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -44,12 +44,27 @@ impl Answer {
 
 /// POSTs `body` to `path` with `headers`.
 pub async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let headers: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (*name, value.as_bytes()))
+        .collect();
+    post_bytes(addr, path, &headers, body).await
+}
+
+/// POSTs `body` to `path` with `headers` whose values are sent as the bytes given, obs-text
+/// (0x80 to 0xFF) included; each pair is a header line of its own, in order.
+pub async fn post_bytes(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &str,
+) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
-        request = request.header(*name, *value);
+        request = request.header(*name, HeaderValue::from_bytes(value).unwrap());
     }
     let request = request
         .body(Full::new(Bytes::from(body.to_owned())))
