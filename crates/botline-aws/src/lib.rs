@@ -45,7 +45,7 @@
 //! | queue | attributes ([`provision`]) |
 //! | --- | --- |
 //! | main | retention 4 days; visibility timeout 30 s (the CDK app sets 6 min for Lambda: either works, the claim sets each leased message's own); redrive policy to the DLQ with `maxReceiveCount` 3 ([`MAX_RECEIVE_COUNT`]; a deployment may set more, never less); FIFO: content-based deduplication off |
-//! | DLQ | retention 14 days; receives Botline's copies of dead letters (for the DLQ-depth alarm), and what SQS's redrive moves (only messages the claim step itself kept failing on) |
+//! | DLQ | retention 14 days; receives Botline's copies of dead letters (for the DLQ-depth alarm; their bodies redacted, see [Dead letters and typed secrets](#dead-letters-and-typed-secrets)), and what SQS's redrive moves (only messages the claim step itself kept failing on, as they were sent) |
 //!
 //! A message's body is JSON: an update, `{"v":1,"updateId":…,"entryId":"…","orderKey":"chat:-100…","kind":"message","receivedAtMs":…,"group":"chat:…","raw":"<the body as Telegram sent it>"}`
 //! (`group` only on a FIFO queue), or a wake-up, `{"v":1,"wake":<updateId>,"orderKey":"…"}`
@@ -71,7 +71,8 @@
 //! **`updates`** is the dedupe set and the queue's state, one item per update id:
 //! `state` S (`queued`, `leased`, `done`, `dead`), `entryId` S, `orderKey` S, `kind` S,
 //! `receivedAt` N, `messageGroup` S (FIFO), `attempts` N, `raw` S (the body: kept while the
-//! update is unfinished or dead, removed when it is done, which leaves no typed secret behind),
+//! update is unfinished; kept when it is dead, redacted of typed secrets in the write that makes
+//! it dead; removed when it is done; either way no typed secret stays behind),
 //! while leased `receipt` S (the lease id), `leaseUntil` N, `leaseMessageId` S (the SQS message
 //! that carries the lease); after a failure `notBefore` N and `lastError` S; when dead `deadAt`
 //! N. `pendingKey` S (= `orderKey`) is present exactly while the update is unfinished (queued or
@@ -123,7 +124,8 @@
 //!   `ChangeMessageVisibility` hides it for the lease, rounded up. [`Delivery::receipt`] holds
 //!   the lease id, the message id and the SQS receipt handle ([`Receipt`]).
 //! - **Dead-lettered** when it is the head and its last lease (attempt [`RetryPolicy::max_attempts`])
-//!   expired.
+//!   expired: the conditional `UpdateItem` to `dead` also writes the body redacted (from the
+//!   item, else from the message), a redacted copy goes to the DLQ, and the message is deleted.
 //!
 //! Attempts are counted in the item, not by SQS's `ApproximateReceiveCount`: holding an update
 //! back is not an attempt. The receive count matters for one thing: a message SQS has delivered
@@ -166,21 +168,54 @@
 //! - [`Queue::fail`]: conditional on the receipt. Before the last attempt: back to `queued` with
 //!   `notBefore` = now + [`RetryPolicy::backoff`], `lastError`, and the message hidden for the
 //!   backoff rounded up to whole seconds (a FIFO group waits meanwhile); answers exactly
-//!   [`Failed::Retrying`] with the policy's backoff. At the last: `dead` (`raw`, `attempts`,
-//!   `lastError`, `deadAt` kept; `pendingKey` removed, so it does not block its chat), a copy to
-//!   the DLQ, the message deleted.
+//!   [`Failed::Retrying`] with the policy's backoff. At the last: `dead` (`raw` kept, redacted
+//!   in the same write; `attempts`, `lastError`, `deadAt` kept; `pendingKey` removed, so it does
+//!   not block its chat), a copy to the DLQ, the message deleted.
 //! - [`Store::apply`]: one `TransactWriteItems` (below), then `DeleteMessage`; so
 //!   [`Store::apply_acknowledges`] is true.
 //! - [`DeadLetters`]: `list` reads the `dead` items (a consistent `Scan`, oldest first), `show`
-//!   one item;
-//!   `redrive` sends the body to the main queue (a new deduplication id), sets the item back to
-//!   `queued` with fresh attempts and its `pendingKey`, and deletes the DLQ's copies (receiving
+//!   one item (both redact what they read);
+//!   `redrive` sends the body, redacted, to the main queue (a new deduplication id), sets the
+//!   item back to `queued` with fresh attempts, its `pendingKey` and the redacted body, and
+//!   deletes the DLQ's copies (receiving
 //!   from the DLQ: best effort, as a standard DLQ may not show every message to one receive). The
 //!   message goes first: a spare copy is dropped by the claim step, a queued item without a
 //!   message would hold up its chat.
 //! - [`Queue::stats`] is one consistent `Scan` of `updates` (a small projection): it reads the
 //!   whole table, fine for an operator's command, not for a hot path. `ping` is
 //!   `GetQueueAttributes`; `housekeeping` is DynamoDB's TTL.
+//!
+//! # Dead letters and typed secrets
+//!
+//! A dead letter outlives its attempts (its item until an operator redrives it, the DLQ's copy
+//! for 14 days), so no copy of it that Botline writes keeps a secret a user typed (a `/register`
+//! token, as [`botline_core::redact_typed_secrets`] finds them):
+//!
+//! - **the item**: the conditional `UpdateItem` that makes it `dead` (in [`Queue::fail`], and in
+//!   the claim step when its last lease expired) writes `raw` redacted in the same write;
+//! - **the DLQ's copy**: its envelope's body is redacted as it is sent, whichever path sends it
+//!   (a message that is not Botline's goes to the DLQ as it is, redacted only when it is itself
+//!   an update's body);
+//! - **the main queue's message**: SQS cannot change a message; the one in hand is deleted;
+//! - **a redrive** sends the redacted body and writes it to the queued item; `list` and `show`
+//!   redact what they read, so a dead letter an older build wrote (its item still holding the
+//!   token) is never shown with it, and its item loses the token when it is redriven (not
+//!   before: nothing rewrites dead items meanwhile).
+//!
+//! Not redacted, because Botline never holds them when it dead-letters:
+//!
+//! - other copies of the update on the main queue (a held-back copy whose original could not be
+//!   deleted, a concurrent enqueue's copy on a standard queue, the lease's own message when
+//!   another copy brought the expired lease to light) keep the body as it was enqueued until
+//!   the claim step receives them and, the update being dead, deletes them;
+//! - **what SQS's own redrive moves**: a message received more than `maxReceiveCount` times
+//!   without the claim step deciding on it (DynamoDB or SQS failing on every try, a worker that
+//!   crashes or times out mid-claim, a dead update's spare copy whose deletion keeps failing)
+//!   reaches the DLQ exactly as it was sent, token included, and stays there for the DLQ's
+//!   retention. Botline does not see the move and cannot change the message. Such a message is
+//!   no dead letter of Botline's (`dlq list` reads the items, not the DLQ): an operator deletes
+//!   it from the DLQ (a redrive deletes the DLQ's messages of the update it redrives, best
+//!   effort, this one among them).
 //!
 //! # Apply, and why each update is written once
 //!

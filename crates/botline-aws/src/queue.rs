@@ -50,6 +50,42 @@ fn reason_text(reason: &str) -> String {
     reason.chars().take(2000).collect()
 }
 
+/// The update expression that makes a leased item a dead letter; with `redact`, its body is
+/// replaced by `:raw` (its form without typed secrets) in the same write.
+fn dead_update_expression(redact: bool) -> &'static str {
+    if redact {
+        "SET #state = :dead, #lastError = :error, #deadAt = :now, #raw = :raw \
+         REMOVE #pendingKey, #receipt, #leaseUntil, #leaseMessageId, #notBefore, #expiresAt"
+    } else {
+        "SET #state = :dead, #lastError = :error, #deadAt = :now \
+         REMOVE #pendingKey, #receipt, #leaseUntil, #leaseMessageId, #notBefore, #expiresAt"
+    }
+}
+
+/// `values`, with `:raw` when there is a redacted body to write.
+fn with_raw(values: Option<Item>, raw: Option<&str>) -> Option<Item> {
+    let Some(raw) = raw else {
+        return values;
+    };
+    let mut values = values.unwrap_or_default();
+    values.insert(":raw".to_owned(), s(raw));
+    Some(values)
+}
+
+/// A message body as it may outlive its update's attempts (a copy for the DLQ): an envelope
+/// whose update body holds a secret a user typed (a `/register` token) is written anew with the
+/// body redacted ([`botline_core::redact_typed_secrets`]); a body that is not an envelope is
+/// redacted when it is itself an update; anything else (a wake-up) is returned as it is.
+fn redacted_message_body(body: &str) -> String {
+    match Envelope::decode(body) {
+        Some(envelope) => match botline_core::redact_typed_secrets(&envelope.raw) {
+            Some(raw) => Envelope { raw, ..envelope }.encode(),
+            None => body.to_owned(),
+        },
+        None => botline_core::redact_typed_secrets(body).unwrap_or_else(|| body.to_owned()),
+    }
+}
+
 /// The body of every message Botline sends to its queues: the update as the receiver made it
 /// durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -552,9 +588,10 @@ impl AwsBackend {
                 message_id = %message.message_id,
                 "a message that is not a Botline update: moved to the dead-letter queue"
             );
+            // Moved as it is, but for a typed secret when the body is itself an update.
             self.send(
                 &self.settings().dlq_url.clone(),
-                message.body.clone(),
+                redacted_message_body(&message.body),
                 Some("botline-unreadable"),
                 None,
                 0,
@@ -610,7 +647,15 @@ impl AwsBackend {
                 let Some(row) = self.get_update(id).await? else {
                     continue;
                 };
-                if self.dead_letter_expired(&row, now).await? {
+                // The body as the item keeps it, else as this message carries it: the dead
+                // item keeps it redacted, and so does the DLQ's copy (`send_to_dlq` redacts);
+                // this message, the one copy on the main queue in hand, is deleted.
+                let raw = row.raw.as_deref().or(body.raw());
+                let redacted = raw.and_then(botline_core::redact_typed_secrets);
+                if self
+                    .dead_letter_expired(&row, redacted.as_deref(), now)
+                    .await?
+                {
                     let copy = row
                         .envelope()
                         .map(|e| e.encode())
@@ -864,10 +909,15 @@ impl AwsBackend {
         }))
     }
 
-    /// Dead-letters a head whose last lease expired: false if the item changed since read.
-    async fn dead_letter_expired(&self, row: &UpdateRow, now: i64) -> Result<bool, BackendError> {
-        let update = "SET #state = :dead, #lastError = :error, #deadAt = :now \
-                      REMOVE #pendingKey, #receipt, #leaseUntil, #leaseMessageId, #notBefore, #expiresAt";
+    /// Dead-letters a head whose last lease expired, its body replaced by `redacted` (its form
+    /// without typed secrets) when there is one: false if the item changed since read.
+    async fn dead_letter_expired(
+        &self,
+        row: &UpdateRow,
+        redacted: Option<&str>,
+        now: i64,
+    ) -> Result<bool, BackendError> {
+        let update = dead_update_expression(redacted.is_some());
         let condition = "#state = :leased AND #receipt = :receipt AND #leaseUntil <= :now";
         let dead = self
             .dynamodb()
@@ -877,19 +927,22 @@ impl AwsBackend {
             .update_expression(update)
             .condition_expression(condition)
             .set_expression_attribute_names(names([update, condition]))
-            .set_expression_attribute_values(values([
-                (":dead", s(DEAD)),
-                (":leased", s(LEASED)),
-                (
-                    ":error",
-                    s(format!(
-                        "lease expired on each of {} attempts",
-                        row.attempts
-                    )),
-                ),
-                (":now", n(now)),
-                (":receipt", s(row.receipt.clone().unwrap_or_default())),
-            ]))
+            .set_expression_attribute_values(with_raw(
+                values([
+                    (":dead", s(DEAD)),
+                    (":leased", s(LEASED)),
+                    (
+                        ":error",
+                        s(format!(
+                            "lease expired on each of {} attempts",
+                            row.attempts
+                        )),
+                    ),
+                    (":now", n(now)),
+                    (":receipt", s(row.receipt.clone().unwrap_or_default())),
+                ]),
+                redacted,
+            ))
             .send()
             .await;
         match dead {
@@ -907,13 +960,14 @@ impl AwsBackend {
     }
 
     /// A copy of a dead letter for the DLQ, which operators and the DLQ alarm watch. The item is
-    /// the dead letter; a copy that cannot be sent is logged.
+    /// the dead letter; a copy that cannot be sent is logged. The copy holds no typed secret
+    /// (the DLQ keeps it for 14 days): its body is redacted here whatever the caller passed.
     async fn send_to_dlq(&self, body: &str, group: Option<&str>, id: i64) {
         let dedup = format!("{id}.dead.{}", uuid::Uuid::new_v4().simple());
         let sent = self
             .send(
                 &self.settings().dlq_url.clone(),
-                body.to_owned(),
+                redacted_message_body(body),
                 Some(group.unwrap_or("botline-dead")),
                 Some(dedup),
                 0,
@@ -1042,9 +1096,19 @@ impl AwsBackend {
         }
     }
 
-    /// Puts a dead letter back on the queue: false if it is not (or no longer) dead.
+    /// Puts a dead letter back on the queue: false if it is not (or no longer) dead. The message
+    /// and the queued item hold the body without typed secrets, even when the dead letter was
+    /// written by a build that did not redact dead letters.
     async fn redrive_one(&self, row: &UpdateRow, now: i64) -> Result<bool, BackendError> {
         let envelope = row.envelope()?;
+        let redacted = botline_core::redact_typed_secrets(&envelope.raw);
+        let envelope = match &redacted {
+            Some(raw) => Envelope {
+                raw: raw.clone(),
+                ..envelope
+            },
+            None => envelope,
+        };
         // The message first: a spare copy is dropped by the claim, but a queued item without a
         // message would hold up its chat.
         let dedup = format!("{}.redrive.{}", row.id, uuid::Uuid::new_v4().simple());
@@ -1056,8 +1120,14 @@ impl AwsBackend {
             0,
         )
         .await?;
-        let update = "SET #state = :queued, #attempts = :zero, #pendingKey = #orderKey, \
-                      #expiresAt = :expires REMOVE #deadAt, #notBefore, #receipt, #leaseUntil, #leaseMessageId";
+        let update = if redacted.is_some() {
+            "SET #state = :queued, #attempts = :zero, #pendingKey = #orderKey, \
+             #expiresAt = :expires, #raw = :raw \
+             REMOVE #deadAt, #notBefore, #receipt, #leaseUntil, #leaseMessageId"
+        } else {
+            "SET #state = :queued, #attempts = :zero, #pendingKey = #orderKey, \
+             #expiresAt = :expires REMOVE #deadAt, #notBefore, #receipt, #leaseUntil, #leaseMessageId"
+        };
         let condition = "#state = :dead";
         let redriven = self
             .dynamodb()
@@ -1067,12 +1137,15 @@ impl AwsBackend {
             .update_expression(update)
             .condition_expression(condition)
             .set_expression_attribute_names(names([update, condition]))
-            .set_expression_attribute_values(values([
-                (":queued", s(QUEUED)),
-                (":dead", s(DEAD)),
-                (":zero", n(0)),
-                (":expires", n(self.expires_at(now))),
-            ]))
+            .set_expression_attribute_values(with_raw(
+                values([
+                    (":queued", s(QUEUED)),
+                    (":dead", s(DEAD)),
+                    (":zero", n(0)),
+                    (":expires", n(self.expires_at(now))),
+                ]),
+                redacted.as_deref(),
+            ))
             .send()
             .await;
         match redriven {
@@ -1285,12 +1358,13 @@ impl Queue for AwsBackend {
         let reason = reason_text(reason);
         let receipt = Receipt::parse(&delivery.receipt);
         let dead = delivery.attempt >= retry.max_attempts;
+        // A dead letter outlives its attempts: its item keeps the body without typed secrets
+        // (the delivery's body is the item's, or its message's when the item had none).
+        let redacted = dead
+            .then(|| botline_core::redact_typed_secrets(&delivery.update.raw))
+            .flatten();
         let (update, after) = if dead {
-            (
-                "SET #state = :dead, #lastError = :error, #deadAt = :now \
-                 REMOVE #pendingKey, #receipt, #leaseUntil, #leaseMessageId, #notBefore, #expiresAt",
-                Duration::ZERO,
-            )
+            (dead_update_expression(redacted.is_some()), Duration::ZERO)
         } else {
             (
                 "SET #state = :queued, #lastError = :error, #notBefore = :notBefore \
@@ -1309,14 +1383,17 @@ impl Queue for AwsBackend {
             .condition_expression(condition)
             .set_expression_attribute_names(names([update, condition]))
             .set_expression_attribute_values(if dead {
-                values([
-                    (":dead", s(DEAD)),
-                    (":error", s(&reason)),
-                    (":now", n(now)),
-                    (":leased", s(LEASED)),
-                    (":receipt", s(Receipt::lease_of(&delivery.receipt))),
-                    (":attempt", n(delivery.attempt)),
-                ])
+                with_raw(
+                    values([
+                        (":dead", s(DEAD)),
+                        (":error", s(&reason)),
+                        (":now", n(now)),
+                        (":leased", s(LEASED)),
+                        (":receipt", s(Receipt::lease_of(&delivery.receipt))),
+                        (":attempt", n(delivery.attempt)),
+                    ]),
+                    redacted.as_deref(),
+                )
             } else {
                 values([
                     (":queued", s(QUEUED)),
@@ -1348,6 +1425,8 @@ impl Queue for AwsBackend {
             attempts = delivery.attempt,
             "dead-lettered"
         );
+        // From the item as written, its body redacted (and `send_to_dlq` redacts whatever it
+        // sends).
         let body = UpdateRow::from_item(&item)
             .and_then(|row| row.envelope())
             .map(|e| e.encode())
@@ -1449,9 +1528,16 @@ impl DeadLetters for AwsBackend {
     }
 }
 
+/// A dead item as `list` and `show` answer it: never with a typed secret, even from a dead
+/// letter a build before dead-letter redaction wrote (its item keeps the token until it is
+/// redriven).
 fn dead_letter(row: &UpdateRow) -> Result<DeadLetter, BackendError> {
+    let mut update = row.queued_update(None)?;
+    if let Some(raw) = botline_core::redact_typed_secrets(&update.raw) {
+        update.raw = raw;
+    }
     Ok(DeadLetter {
-        update: row.queued_update(None)?,
+        update,
         attempts: row.attempts,
         last_error: row.last_error.clone(),
         dead_at_ms: row.dead_at.unwrap_or_default(),
@@ -1478,6 +1564,44 @@ mod tests {
         assert!(body.chars().all(sqs_allows), "{body}");
         assert_eq!(Envelope::decode(&body), Some(envelope));
         assert_eq!(Envelope::decode("{\"hello\":1}"), None);
+    }
+
+    #[test]
+    fn dlq_bodies_keep_no_typed_token() {
+        let update = |text: &str| {
+            serde_json::json!({
+                "update_id": 5,
+                "message": {"message_id": 1, "date": 1, "chat": {"id": 7, "type": "private"}, "text": text},
+            })
+            .to_string()
+        };
+        let envelope = |raw: String| Envelope {
+            v: 1,
+            update_id: 5,
+            entry_id: "e".into(),
+            order_key: "chat:7".into(),
+            kind: "message".into(),
+            received_at_ms: 1,
+            group: None,
+            raw,
+        };
+        let secret = envelope(update("/register alice s3cr3t-T0ken")).encode();
+        let copy = redacted_message_body(&secret);
+        assert!(!copy.contains("s3cr3t"), "{copy}");
+        let copy = Envelope::decode(&copy).expect("still an envelope");
+        assert_eq!(copy.update_id, 5);
+        assert!(
+            copy.raw.contains("/register alice [redacted]"),
+            "{}",
+            copy.raw
+        );
+
+        let plain = envelope(update("hello")).encode();
+        assert_eq!(redacted_message_body(&plain), plain, "nothing to redact");
+        let wake = "{\"v\":1,\"wake\":5,\"orderKey\":\"chat:7\"}";
+        assert_eq!(redacted_message_body(wake), wake);
+        let bare = update("/register alice s3cr3t-T0ken");
+        assert!(!redacted_message_body(&bare).contains("s3cr3t"));
     }
 
     #[test]

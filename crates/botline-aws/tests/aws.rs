@@ -254,6 +254,179 @@ async fn a_dead_letter_is_copied_to_the_dlq_and_redrive_removes_the_copy() {
     }
 }
 
+/// Every message on `url` (received, and left hidden for 30 s): the bodies.
+async fn drain_bodies(backend: &AwsBackend, url: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let got = backend
+            .clients()
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .expect("ReceiveMessage")
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            break;
+        }
+        bodies.extend(got.into_iter().filter_map(|m| m.body));
+    }
+    bodies
+}
+
+/// Fails update `id` on every attempt until it is dead-lettered (20 s at most).
+async fn fail_until_dead(backend: &AwsBackend, id: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "{id} not dead-lettered in time");
+        let mut deliveries = backend.receive(10).await.unwrap();
+        deliveries.retain(|d| d.update.update_id.0 == id);
+        let Some(delivery) = deliveries.pop() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if backend.fail(&delivery, "boom").await.unwrap() == Failed::DeadLettered {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_no_typed_token_on_the_dlq_nor_in_its_item() {
+    let token = "s3cr3t-T0ken-dlq";
+    for fifo in [true, false] {
+        let backend = common::backend_with(common::unique_settings(fifo), config()).await;
+        // One dead-lettered by failing it, one by letting its leases expire.
+        backend
+            .enqueue(&register_update(80, 81, &format!("alice {token}")))
+            .await
+            .unwrap();
+        fail_until_dead(&backend, 80).await;
+        backend
+            .enqueue(&register_update(82, 83, &format!("bob {token}")))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while backend
+            .show(botline_core::UpdateId(82))
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "82 not dead-lettered in time");
+            backend.receive(10).await.unwrap();
+            tokio::time::sleep(config().lease + Duration::from_millis(150)).await;
+        }
+
+        let bodies = drain_bodies(&backend, &backend.settings().dlq_url.clone()).await;
+        let mut ids: Vec<i64> = bodies
+            .iter()
+            .map(|body| {
+                assert!(
+                    !body.contains(token),
+                    "fifo: {fifo}: a DLQ copy keeps the token: {body}"
+                );
+                let body: serde_json::Value = serde_json::from_str(body).unwrap();
+                let raw = body["raw"].as_str().unwrap();
+                assert!(raw.contains("[redacted]"), "{raw}");
+                serde_json::from_str::<serde_json::Value>(raw).expect("the update, redacted");
+                body["updateId"].as_i64().unwrap()
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![80, 82], "fifo: {fifo}: one copy each");
+        for id in [80, 82] {
+            let item = update_item(&backend, id).await.unwrap();
+            assert_eq!(item.get("state"), Some(&AttributeValue::S("dead".into())));
+            let raw = match item.get("raw") {
+                Some(AttributeValue::S(raw)) => raw.clone(),
+                other => panic!("fifo: {fifo}: the dead item keeps its body: {other:?}"),
+            };
+            assert!(raw.contains("[redacted]"), "{raw}");
+            assert!(
+                !format!("{item:?}").contains(token),
+                "fifo: {fifo}: the dead item keeps the token: {item:?}"
+            );
+        }
+        let main = backend.settings().queue_url.clone();
+        assert_eq!(
+            queue_counts(&backend, &main).await,
+            (0, 0, 0),
+            "fifo: {fifo}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_an_older_build_wrote_is_shown_and_redriven_without_its_token() {
+    let token = "s3cr3t-T0ken-old";
+    for fifo in [true, false] {
+        let backend = common::backend_with(common::unique_settings(fifo), config()).await;
+        // What a build before dead-letter redaction left: a dead item with the token in its body.
+        let update = register_update(90, 91, &format!("alice {token}"));
+        assert!(update.raw.contains(token));
+        let mut put = backend
+            .clients()
+            .dynamodb
+            .put_item()
+            .table_name(&backend.tables().updates)
+            .item("updateId", AttributeValue::N("90".into()))
+            .item("entryId", AttributeValue::S("entry-90".into()))
+            .item("orderKey", AttributeValue::S(update.order_key.to_string()))
+            .item("kind", AttributeValue::S(update.kind.as_str().into()))
+            .item("receivedAt", AttributeValue::N(clock::now_ms().to_string()))
+            .item("state", AttributeValue::S("dead".into()))
+            .item("attempts", AttributeValue::N("3".into()))
+            .item("raw", AttributeValue::S(update.raw.clone()))
+            .item("lastError", AttributeValue::S("boom".into()))
+            .item("deadAt", AttributeValue::N(clock::now_ms().to_string()));
+        if fifo {
+            put = put.item(
+                "messageGroup",
+                AttributeValue::S(update.order_key.to_string()),
+            );
+        }
+        put.send().await.unwrap();
+
+        let listed = backend.list(10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(
+            !listed[0].update.raw.contains(token),
+            "list: {}",
+            listed[0].update.raw
+        );
+        assert!(listed[0].update.raw.contains("[redacted]"));
+        let shown = backend
+            .show(botline_core::UpdateId(90))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !shown.update.raw.contains(token),
+            "show: {}",
+            shown.update.raw
+        );
+
+        assert!(backend.redrive(botline_core::UpdateId(90)).await.unwrap());
+        let item = update_item(&backend, 90).await.unwrap();
+        assert!(
+            !format!("{item:?}").contains(token),
+            "fifo: {fifo}: the redriven item keeps the token: {item:?}"
+        );
+        let bodies = drain_bodies(&backend, &backend.settings().queue_url.clone()).await;
+        assert_eq!(bodies.len(), 1, "fifo: {fifo}");
+        assert!(
+            !bodies[0].contains(token),
+            "fifo: {fifo}: the redriven message keeps the token: {}",
+            bodies[0]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_expires_at_its_last_receive_is_not_lost_to_the_sqs_dlq() {
     let backend = common::fifo_backend(config()).await;

@@ -8,6 +8,7 @@
 //! | [`ids`] | 64-bit newtype ids (`UpdateId`, `ChatId`, `UserId`, `MessageId`) |
 //! | [`update`] | validation of a webhook body into an [`InboundUpdate`]: `update_id`, kind, order key |
 //! | [`records`] | the message, user, event and session records, and [`build_records`] |
+//! | [`redact`] | secrets users type (`/register` tokens), found and replaced: [`redact_typed_secrets`] |
 //! | [`backend`] | the [`Queue`], [`DeadLetters`], [`Store`] and [`Sessions`] contracts |
 //! | [`clock`] | unix-millisecond time and its ISO 8601 text |
 //! | `testsuite` | (feature `testsuite`) the behaviours every backend must pass: [`backend_suite!`] |
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod commands;
 pub mod ids;
 pub mod records;
+pub mod redact;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod update;
@@ -37,4 +39,5 @@ pub use records::{
     EventRecord, Handling, MessageRecord, OutboxAction, OutboxMessage, Records,
     RegistrationAttempt, SessionRecord, UserRecord, build_records,
 };
+pub use redact::redact_typed_secrets;
 pub use update::{InboundUpdate, InvalidUpdate, OrderKey, UpdateKind};

@@ -6,8 +6,9 @@
 
 use crate::backend::QueuedUpdate;
 use crate::clock;
-use crate::commands::{self, REDACTED, Registration, replies};
+use crate::commands::{self, Registration, replies};
 use crate::ids::{UpdateId, UserId};
+use crate::redact::{self, Redacted};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -186,21 +187,18 @@ impl Handling {
     /// The records a queued update becomes, as of `now_ms`.
     pub fn records(&self, update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
         let corrupt = |_| CorruptUpdate(update.update_id);
-        let mut body: Value = serde_json::from_str(&update.raw).map_err(corrupt)?;
+        let body: Value = serde_json::from_str(&update.raw).map_err(corrupt)?;
         let kind = update.kind.as_str();
         let command = (kind == "message")
             .then(|| self.command_in(body.get(kind)?, &update.entry_id))
             .flatten();
         // Every `/register` text in the update is redacted, not only the one acted on: an edit of
-        // it, a reply quoting it, a caption.
-        let mut found = Redactions::default();
-        redact_registrations(&mut body, self.bot_username.as_deref(), &mut found);
-        // A token also typed elsewhere in the update (a quoted message that is not a command, a
-        // forwarded text) is as secret there.
-        for token in &found.tokens {
-            redact_everywhere(&mut body, token);
-        }
-        let redacted_raw = found.raw(&update.raw, &body).map_err(corrupt)?;
+        // it, a reply quoting it, a caption, one addressed to another bot.
+        let Redacted {
+            body,
+            raw: redacted_raw,
+            tokens,
+        } = redact::redact_parsed(&update.raw, body).map_err(corrupt)?;
         let raw = redacted_raw.as_deref().unwrap_or(&update.raw);
         let Value::Object(body) = body else {
             return Err(CorruptUpdate(update.update_id));
@@ -211,7 +209,7 @@ impl Handling {
             // say a quoted one) would be stored and echoed with it: such a registration is
             // answered as malformed, as `Registration::parse` does for the command's own token.
             if (command.registration.as_ref())
-                .is_some_and(|r| found.tokens.iter().any(|token| r.username.contains(token)))
+                .is_some_and(|r| tokens.iter().any(|token| r.username.contains(token)))
             {
                 command.registration = None;
             }
@@ -228,6 +226,7 @@ impl Handling {
         let chat = message.get("chat")?;
         Some(RegisterCommand {
             registration: Registration::parse(args),
+            token_gone: redact::is_token_gone(args),
             has_args: !args.trim().is_empty(),
             chat_id: chat.get("id")?.as_i64()?,
             in_group: chat.get("type").and_then(Value::as_str) != Some("private"),
@@ -237,99 +236,13 @@ impl Handling {
     }
 }
 
-/// What [`redact_registrations`] replaced.
-#[derive(Debug, Default)]
-struct Redactions {
-    /// Well-formed tokens, replaced where they stood.
-    tokens: Vec<String>,
-    /// Arguments that were not a well-formed username and token, replaced as a whole.
-    malformed: bool,
-}
-
-impl Redactions {
-    /// The raw body without the secrets, or `None` when there were none: `body` (already
-    /// redacted) as the update's bytes. A well-formed token holds only characters JSON never
-    /// escapes, so replacing it in the raw text usually gives exactly `body` with the rest of the
-    /// bytes as Telegram sent them. It does not when the token's text also stands in a key or a
-    /// number, or in a string escaped differently; then the body is written anew from `body`.
-    fn raw(&self, raw: &str, body: &Value) -> Result<Option<String>, serde_json::Error> {
-        if self.tokens.is_empty() && !self.malformed {
-            return Ok(None);
-        }
-        if !self.malformed {
-            let mut redacted = raw.to_owned();
-            for token in &self.tokens {
-                redacted = redacted.replace(token.as_str(), REDACTED);
-            }
-            if serde_json::from_str::<Value>(&redacted).is_ok_and(|value| value == *body) {
-                return Ok(Some(redacted));
-            }
-        }
-        serde_json::to_string(body).map(Some)
-    }
-}
-
-/// Replaces what was typed after every `/register` addressed to this bot, in any `text` or
-/// `caption` anywhere in `value`, with [`REDACTED`] (only the token, when it is well-formed, so
-/// the username stays readable).
-fn redact_registrations(value: &mut Value, bot_username: Option<&str>, found: &mut Redactions) {
-    match value {
-        Value::Object(fields) => {
-            for (key, field) in fields.iter_mut() {
-                if let (true, Value::String(text)) = (key == "text" || key == "caption", &*field) {
-                    if let Some(redacted) = redact_text(text, bot_username, found) {
-                        *field = Value::String(redacted);
-                    }
-                } else {
-                    redact_registrations(field, bot_username, found);
-                }
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                redact_registrations(item, bot_username, found);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Replaces `token` in every string in `value` (not in keys, which are Telegram's).
-fn redact_everywhere(value: &mut Value, token: &str) {
-    match value {
-        Value::String(text) if text.contains(token) => *text = text.replace(token, REDACTED),
-        Value::Object(fields) => fields
-            .values_mut()
-            .for_each(|field| redact_everywhere(field, token)),
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|item| redact_everywhere(item, token)),
-        _ => {}
-    }
-}
-
-fn redact_text(text: &str, bot_username: Option<&str>, found: &mut Redactions) -> Option<String> {
-    let args = commands::register_args(text, bot_username)?;
-    if args.trim().is_empty() {
-        return None;
-    }
-    Some(match Registration::parse(args) {
-        Some(registration) => {
-            let redacted = text.replace(&registration.token, REDACTED);
-            found.tokens.push(registration.token);
-            redacted
-        }
-        None => {
-            found.malformed = true;
-            format!("{}{REDACTED}", &text[..text.len() - args.len()])
-        }
-    })
-}
-
 /// A `/register` message addressed to this bot.
 #[derive(Debug)]
 struct RegisterCommand {
     registration: Option<Registration>,
+    /// A well-formed attempt whose token was redacted before it was processed (a dead letter,
+    /// redriven): it cannot be checked, so it is answered as failed and the user types it again.
+    token_gone: bool,
     has_args: bool,
     chat_id: i64,
     in_group: bool,
@@ -358,7 +271,12 @@ impl RegisterCommand {
                 outbox_id: reply_id,
                 chat_id: self.chat_id,
                 action: OutboxAction::SendMessage {
-                    text: replies::REGISTER_FORMAT.to_owned(),
+                    text: if self.token_gone {
+                        replies::REGISTRATION_FAILED
+                    } else {
+                        replies::REGISTER_FORMAT
+                    }
+                    .to_owned(),
                     reply_to_message_id: Some(self.message_id),
                 },
             }),
@@ -481,6 +399,7 @@ fn sender_of(payload: &Value) -> Option<Sender<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::REDACTED;
     use crate::update::InboundUpdate;
 
     fn queued(body: &str) -> QueuedUpdate {
@@ -717,12 +636,7 @@ mod tests {
             .unwrap();
         assert_eq!(bare.outbox.len(), 1, "the format answer");
         assert!(bare.redacted_raw.is_none());
-        for text in [
-            "/register@other_bot alice s3cr3t-T0ken",
-            "/start",
-            "hello /register a b",
-            "register a b",
-        ] {
+        for text in ["/start", "hello /register a b", "register a b"] {
             let records = handling()
                 .records(&register_update(-1, "group", text), 0)
                 .unwrap();
@@ -732,6 +646,47 @@ mod tests {
             );
             assert!(records.redacted_raw.is_none(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_registration_for_another_bot_is_not_acted_on_but_redacted() {
+        // Whether the bot's username is known or not (issue 21, item 6).
+        for handling in [handling(), Handling::default()] {
+            let update = register_update(-1, "group", "/register@some_bot alice s3cr3t-T0ken");
+            let records = handling.records(&update, 0).unwrap();
+            assert!(records.outbox.is_empty() && records.registration.is_none());
+            let raw = records.redacted_raw.clone().expect("redacted");
+            assert!(!raw.contains("s3cr3t-T0ken"), "{raw}");
+            assert_eq!(
+                records.message.unwrap().text.as_deref(),
+                Some("/register@some_bot alice [redacted]")
+            );
+        }
+    }
+
+    #[test]
+    fn a_registration_whose_token_was_redacted_is_answered_as_failed() {
+        // A dead letter is redacted; redriven, its token is gone and the user types it again.
+        let update = register_update(-5, "group", "/register alice [redacted]");
+        let records = handling().records(&update, 0).unwrap();
+        assert!(records.registration.is_none());
+        assert!(records.redacted_raw.is_none(), "nothing left to redact");
+        assert_eq!(
+            records.outbox[0].action,
+            OutboxAction::SendMessage {
+                text: replies::REGISTRATION_FAILED.into(),
+                reply_to_message_id: Some(17)
+            }
+        );
+        assert_eq!(
+            records.outbox[1].action,
+            OutboxAction::DeleteMessage { message_id: 17 }
+        );
+        // A malformed attempt redacted as a whole still gets the format.
+        let update = register_update(7, "private", "/register [redacted]");
+        let records = handling().records(&update, 0).unwrap();
+        assert!(matches!(&records.outbox[0].action,
+            OutboxAction::SendMessage { text, .. } if text == replies::REGISTER_FORMAT));
     }
 
     #[test]

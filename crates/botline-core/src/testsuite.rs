@@ -43,6 +43,7 @@ macro_rules! backend_suite {
             expired_leases_count_as_attempts,
             dead_letters_can_be_redriven,
             a_dead_letter_does_not_block_its_chat,
+            a_dead_letter_keeps_no_typed_token,
             one_chat_at_a_time_in_update_id_order,
             per_chat_order_holds_under_concurrency,
             apply_is_idempotent,
@@ -331,6 +332,81 @@ where
     assert_eq!(backend.redrive_all().await.unwrap(), 2);
     assert_eq!(ids(&receive(&backend, 10).await), vec![7, 8]);
     assert_eq!(backend.stats().await.unwrap().dead, 0);
+}
+
+/// A `/register` that fails every attempt (its registration database is down) or whose leases
+/// all expire is dead-lettered without its token: every copy a backend keeps after the attempts
+/// is redacted, and redriven, the user is asked to register again.
+pub async fn a_dead_letter_keeps_no_typed_token<B: Backend, F, Fut>(make: F, config: QueueConfig)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    let token = "s3cr3t-T0ken-dead";
+    let failed = message_update(31, 31, 1, &format!("/register alice {token}"));
+    dead_letter(&backend, &failed).await;
+
+    let expired = message_update(32, 32, 1, &format!("/register@some_bot bob {token}"));
+    enqueue(&backend, &expired).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while backend.show(UpdateId(32)).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "update 32 was not dead-lettered after its leases expired"
+        );
+        // Leased and never finished: each lease expires and counts as an attempt.
+        receive(&backend, 10).await;
+        wait_past(config.lease).await;
+    }
+
+    let dead = backend.list(10).await.unwrap();
+    assert_eq!(ids_of(&dead), vec![31, 32]);
+    for letter in &dead {
+        let raw = &letter.update.raw;
+        assert!(!raw.contains(token), "a dead letter keeps the token: {raw}");
+        assert!(raw.contains("[redacted]"), "{raw}");
+        let shown = backend
+            .show(letter.update.update_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!shown.update.raw.contains(token));
+        assert!(
+            !letter
+                .last_error
+                .clone()
+                .unwrap_or_default()
+                .contains(token)
+        );
+    }
+
+    assert!(backend.redrive(UpdateId(31)).await.unwrap());
+    let delivery = loop {
+        let mut deliveries = receive(&backend, 10).await;
+        deliveries.retain(|d| d.update.update_id == UpdateId(31));
+        if let Some(delivery) = deliveries.pop() {
+            break delivery;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "update 31 not redriven"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!delivery.update.raw.contains(token));
+    let records = Handling::default()
+        .records(&delivery.update, clock::now_ms())
+        .unwrap();
+    assert!(records.registration.is_none(), "no token left to check");
+    assert!(matches!(&records.outbox[0].action,
+        OutboxAction::SendMessage { text, .. } if text == replies::REGISTRATION_FAILED));
+}
+
+fn ids_of(dead: &[crate::DeadLetter]) -> Vec<i64> {
+    let mut ids: Vec<i64> = dead.iter().map(|d| d.update.update_id.0).collect();
+    ids.sort_unstable();
+    ids
 }
 
 pub async fn a_dead_letter_does_not_block_its_chat<B: Backend, F, Fut>(make: F, config: QueueConfig)

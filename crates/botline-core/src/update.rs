@@ -85,9 +85,23 @@ impl UpdateKind {
     }
 }
 
+/// The kind as it may go into a log line: the sender chooses an unknown kind's name (the first
+/// key of the body), so anything but `A-Z a-z 0-9 _ - . :` is written as an escape (`\u{a}`),
+/// and a name can neither end a log line nor forge a field. Stored records use [`UpdateKind::as_str`].
 impl fmt::Display for UpdateKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+        if self.0.chars().all(plain) {
+            return f.write_str(&self.0);
+        }
+        for c in self.0.chars() {
+            if plain(c) {
+                fmt::Write::write_char(f, c)?;
+            } else {
+                write!(f, "{}", c.escape_unicode())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -486,5 +500,18 @@ mod tests {
         ] {
             assert_eq!(key.to_string().parse::<OrderKey>(), Ok(key));
         }
+    }
+
+    #[test]
+    fn a_kind_is_displayed_without_anything_that_could_forge_a_log_line() {
+        assert_eq!(UpdateKind("message".into()).to_string(), "message");
+        let forged = UpdateKind("x\n2026-12-06T00:00:00Z INFO forged=1 \"q\"".into());
+        let shown = forged.to_string();
+        assert!(!shown.contains(['\n', ' ', '"', '=']), "{shown}");
+        assert!(shown.starts_with("x\\u{a}2026"), "{shown}");
+        assert_eq!(
+            forged.as_str(),
+            "x\n2026-12-06T00:00:00Z INFO forged=1 \"q\""
+        );
     }
 }

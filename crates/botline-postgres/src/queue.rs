@@ -52,6 +52,7 @@ static LEASE_SQL: LazyLock<String> = LazyLock::new(|| {
              UPDATE updates AS u SET state = 2, finished_at = botline_now_ms(), receipt = NULL,
                  last_error = format('lease expired on each of %s attempts', h.attempts)
              FROM heads AS h WHERE u.update_id = h.update_id AND h.attempts >= $4
+             RETURNING u.update_id
          ), leased AS (
              UPDATE updates AS u SET attempts = u.attempts + 1,
                  visible_at = botline_now_ms() + $3, receipt = gen_random_uuid()::text
@@ -62,7 +63,10 @@ static LEASE_SQL: LazyLock<String> = LazyLock::new(|| {
          SELECT l.update_id, l.entry_id, l.order_key, l.kind, b.raw, l.received_at, l.attempts,
              l.receipt
          FROM leased AS l JOIN update_bodies AS b USING (update_id)
-         ORDER BY l.update_id"
+         UNION ALL
+         SELECT d.update_id, '', '', '', b.raw, 0, 0, NULL
+         FROM dead AS d JOIN update_bodies AS b USING (update_id)
+         ORDER BY 1"
     )
 });
 
@@ -114,6 +118,24 @@ fn dead_letter(
 fn attempts_of(update_id: i64, attempts: i32) -> Result<u32, BackendError> {
     u32::try_from(attempts)
         .map_err(|_| BackendError::Corrupt(format!("update {update_id} has {attempts} attempts")))
+}
+
+/// Replaces a dead letter's body with its redacted form when it holds a secret a user typed: a
+/// dead letter outlives its attempts (until an operator redrives it), and nothing else would
+/// ever redact it.
+async fn redact_dead_body(
+    tx: &mut sqlx::PgConnection,
+    update_id: i64,
+    raw: &str,
+) -> Result<(), sqlx::Error> {
+    if let Some(redacted) = botline_core::redact_typed_secrets(raw) {
+        sqlx::query("UPDATE update_bodies SET raw = $2 WHERE update_id = $1")
+            .bind(update_id)
+            .bind(text(&redacted))
+            .execute(tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A failure's reason as stored: at most 2000 characters.
@@ -169,15 +191,31 @@ impl Queue for PostgresBackend {
                 tx.rollback().await?;
                 return Ok(Vec::new());
             }
-            let rows: Vec<(i64, String, String, String, String, i64, i32, String)> =
-                sqlx::query_as(&LEASE_SQL)
-                    .bind(&keys)
-                    .bind(sql_limit(max))
-                    .bind(millis(config.lease))
-                    .bind(i32::try_from(config.retry.max_attempts).unwrap_or(i32::MAX))
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let mut rows: Vec<(
+                i64,
+                String,
+                String,
+                String,
+                String,
+                i64,
+                i32,
+                Option<String>,
+            )> = sqlx::query_as(&LEASE_SQL)
+                .bind(&keys)
+                .bind(sql_limit(max))
+                .bind(millis(config.lease))
+                .bind(i32::try_from(config.retry.max_attempts).unwrap_or(i32::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+            // The rows without a receipt were dead-lettered by this statement (their leases ran
+            // out on every attempt): their bodies are redacted in the same transaction.
+            for (update_id, .., raw, _, _, receipt) in &rows {
+                if receipt.is_none() {
+                    redact_dead_body(&mut tx, *update_id, raw).await?;
+                }
+            }
             tx.commit().await?;
+            rows.retain(|row| row.7.is_some());
             rows.into_iter()
                 .map(
                     |(
@@ -200,7 +238,7 @@ impl Queue for PostgresBackend {
                                 received_at,
                             ))?,
                             attempt: attempts_of(update_id, attempts)?,
-                            receipt,
+                            receipt: receipt.unwrap_or_default(),
                         })
                     },
                 )
@@ -256,6 +294,7 @@ impl Queue for PostgresBackend {
                 .bind(&reason)
                 .execute(&mut *tx)
                 .await?;
+                redact_dead_body(&mut tx, id.0, &delivery.update.raw).await?;
                 Failed::DeadLettered
             } else {
                 let after = retry.backoff(attempts);
@@ -339,6 +378,35 @@ impl Queue for PostgresBackend {
         let purged =
             botline_core::Sessions::purge_expired_sessions(self, botline_core::clock::now_ms())
                 .await?;
+        // Dead letters that a build before dead-letter redaction left with a typed secret.
+        let redacted = self
+            .run(async {
+                let mut tx = self.pool().begin().await?;
+                let bodies: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT b.update_id, b.raw FROM update_bodies AS b
+                     JOIN updates AS u USING (update_id)
+                     WHERE u.state = 2 AND b.raw ILIKE '%register%'
+                     FOR UPDATE OF b SKIP LOCKED",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut redacted = 0u64;
+                for (update_id, raw) in &bodies {
+                    if botline_core::redact_typed_secrets(raw).is_some() {
+                        redact_dead_body(&mut tx, *update_id, raw).await?;
+                        redacted += 1;
+                    }
+                }
+                tx.commit().await?;
+                Ok(redacted)
+            })
+            .await?;
+        if redacted > 0 {
+            tracing::info!(
+                dead_letters = redacted,
+                "redacted the registration tokens that older dead letters still held"
+            );
+        }
         tracing::debug!(forgotten, purged, "housekeeping");
         Ok(())
     }

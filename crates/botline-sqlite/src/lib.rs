@@ -348,6 +348,7 @@ impl Queue for SqliteBackend {
                         ])
                     })
                     .map_err(unavailable)?;
+                    redact_dead_body(conn, update.update_id, &update.raw)?;
                     continue;
                 }
                 let receipt = uuid::Uuid::new_v4().simple().to_string();
@@ -397,6 +398,7 @@ impl Queue for SqliteBackend {
     async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
         let id = delivery.update.update_id;
         let receipt = delivery.receipt.clone();
+        let raw = delivery.update.raw.clone();
         let reason: String = reason.chars().take(2000).collect();
         let retry = self.inner.config.retry;
         self.write(move |conn| {
@@ -419,6 +421,7 @@ impl Queue for SqliteBackend {
                 )
                 .and_then(|mut kill| kill.execute(params![id.0, now, reason]))
                 .map_err(unavailable)?;
+                redact_dead_body(conn, id, &raw)?;
                 return Ok(Failed::DeadLettered);
             }
             let after = retry.backoff(attempts);
@@ -506,6 +509,13 @@ impl Queue for SqliteBackend {
             tokio::task::yield_now().await;
         }
         let purged = self.purge_expired_sessions(clock::now_ms()).await?;
+        let redacted = self.write(redact_dead_letters).await?;
+        if redacted > 0 {
+            tracing::info!(
+                dead_letters = redacted,
+                "redacted the registration tokens that older dead letters still held"
+            );
+        }
         self.truncate_wal().await?;
         tracing::debug!(forgotten, purged, "housekeeping");
         Ok(())
@@ -551,6 +561,46 @@ impl SqliteBackend {
         }
         Ok(())
     }
+}
+
+/// Replaces a dead letter's body with its redacted form when it holds a secret a user typed: a
+/// dead letter outlives its attempts (until an operator redrives it), and nothing else would
+/// ever redact it. `secure_delete` zeroes the old body's page; the next checkpoint takes it out
+/// of the WAL.
+fn redact_dead_body(conn: &Connection, id: UpdateId, raw: &str) -> Result<(), BackendError> {
+    let Some(redacted) = botline_core::redact_typed_secrets(raw) else {
+        return Ok(());
+    };
+    conn.prepare_cached("UPDATE update_bodies SET raw = ?2 WHERE update_id = ?1")
+        .and_then(|mut update| update.execute(params![id.0, redacted]))
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Redacts the dead letters that a build before dead-letter redaction left with a typed secret
+/// in their body; returns how many. Dead letters are few and this reads only theirs.
+fn redact_dead_letters(conn: &Connection) -> Result<u64, BackendError> {
+    let bodies = conn
+        .prepare_cached(
+            "SELECT b.update_id, b.raw FROM update_bodies AS b JOIN updates AS u USING (update_id)
+             WHERE u.state = 2 AND b.raw LIKE '%register%'",
+        )
+        .and_then(|mut select| {
+            select
+                .query_map([], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(unavailable)?;
+    let mut redacted = 0;
+    for (id, raw) in bodies {
+        if botline_core::redact_typed_secrets(&raw).is_some() {
+            redact_dead_body(conn, UpdateId(id), &raw)?;
+            redacted += 1;
+        }
+    }
+    Ok(redacted)
 }
 
 fn state_of(conn: &Connection, id: UpdateId) -> Result<Option<i64>, BackendError> {

@@ -138,8 +138,11 @@ impl<'a> DeadLetterView<'a> {
             received_at: clock::iso8601(dead.update.received_at_ms),
             dead_at: clock::iso8601(dead.dead_at_ms),
             raw: with_raw.then(|| {
-                serde_json::from_str(&dead.update.raw)
-                    .unwrap_or_else(|_| serde_json::Value::String(dead.update.raw.clone()))
+                // Backends redact a dead letter when it dies; this covers one an older build
+                // stored before they did, so `dlq show` never prints a typed token.
+                let raw = botline_core::redact_typed_secrets(&dead.update.raw)
+                    .unwrap_or_else(|| dead.update.raw.clone());
+                serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw))
             }),
         }
     }
