@@ -5,6 +5,7 @@
 //! any caller hears of it. Reads use their own connections and never wait for the writer.
 //! Other processes (the operator CLI) may open the same file while `botline serve` runs.
 
+pub mod files;
 mod writer;
 
 use async_trait::async_trait;
@@ -20,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use writer::Writer;
+
+pub use files::{DataDirError, lock_data_dir, prepare_data_dir};
 
 /// The schema, applied at every open (idempotent).
 const SCHEMA: &str = include_str!("schema.sql");
@@ -47,11 +50,10 @@ struct Inner {
 }
 
 impl SqliteBackend {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens (creating if needed) the store in `data_dir`: the directory `0700`, the files
+    /// `0600`, and a directory other users can write to is refused (see [`files`]).
     pub fn open(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            BackendError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
-        })?;
+        prepare_data_dir(data_dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
         Self::open_file(&data_dir.join(DB_FILE), config, true)
     }
 
@@ -86,6 +88,7 @@ impl SqliteBackend {
     }
 
     fn open_file(path: &Path, config: QueueConfig, create: bool) -> Result<Self, BackendError> {
+        files::private_store_file(path).map_err(|e| BackendError::Unavailable(e.to_string()))?;
         let conn = connect(path, create).map_err(|e| explain(path, e))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))

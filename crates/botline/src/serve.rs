@@ -11,7 +11,6 @@ use crate::worker::{Worker, housekeeping};
 use botline_core::{Backend, BackendError, Handling};
 use botline_edge::{EdgeLayer, WebAppAuth};
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -434,19 +433,17 @@ async fn wait_for_signal() {
 }
 
 /// Keeps a second `botline serve` off the same data directory (the CLI may still open it).
-/// Taken before the store is opened, so a refused server touches nothing.
-fn lock_data_dir(dir: &Path) -> Result<File, ServeError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ServeError::DataDir(format!("cannot create {}: {e}", dir.display())))?;
-    let path = dir.join("serve.lock");
-    let file = File::create(&path)
-        .map_err(|e| ServeError::DataDir(format!("cannot create {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(ServeError::DataDir(format!(
-            "another `botline serve` is using {}",
-            dir.display()
-        ))),
-        Err(TryLockError::Error(e)) => Err(ServeError::Io(e)),
-    }
+/// Taken before the store is opened, so a refused server touches nothing. The directory is
+/// made `0700` (one others can write to is refused) and the lock file opened without following
+/// a link or truncating: see `botline_sqlite::files`.
+#[cfg(feature = "sqlite")]
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServeError> {
+    botline_sqlite::lock_data_dir(dir).map_err(|e| ServeError::DataDir(e.to_string()))
+}
+
+/// Without the embedded backend there is no data directory to lock; opening the backend says
+/// that it is missing.
+#[cfg(not(feature = "sqlite"))]
+fn lock_data_dir(_dir: &Path) -> Result<(), ServeError> {
+    Ok(())
 }

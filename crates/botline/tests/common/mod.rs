@@ -259,7 +259,8 @@ impl ContainedServer {
         let mut unshare = Command::new("unshare");
         unshare
             .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount -t tmpfs -o "size=$1" botline-faults "$2" && shift 2 && exec "$@""#)
+            // mode=0700: a tmpfs is 1777 by default, a data directory botline refuses.
+            .arg(r#"mount -t tmpfs -o "size=$1,mode=0700" botline-faults "$2" && shift 2 && exec "$@""#)
             .args(["sh", size])
             .arg(&data_dir)
             .arg(BIN);
