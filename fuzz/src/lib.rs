@@ -412,6 +412,7 @@ fn harness() -> &'static Harness {
                 secret: secret.map(|s| WebhookSecret::new(s.to_owned()).expect("a valid secret")),
                 max_body_bytes: MAX_BODY_BYTES,
                 ack_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(10),
                 new_update: Arc::default(),
                 metrics: None,
                 edge: None,

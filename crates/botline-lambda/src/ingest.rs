@@ -141,6 +141,7 @@ fn build(
         secret,
         max_body_bytes: settings.max_body_bytes,
         ack_timeout: settings.ack_timeout,
+        read_timeout: settings.read_timeout,
         // Nothing in this process waits for new updates: the worker is another function.
         new_update: Arc::new(Notify::new()),
         metrics: None,

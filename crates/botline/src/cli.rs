@@ -74,7 +74,7 @@ pub struct StoreArgs {
     /// given here is visible to other users of the machine, prefer the environment or a file).
     #[arg(long, value_name = "URL")]
     #[serde(skip)]
-    pub database_url: Option<String>,
+    pub database_url: Option<crate::secret::DatabaseUrl>,
 
     /// File holding the Postgres URL (instead of BOTLINE_DATABASE_URL).
     #[arg(long, value_name = "FILE")]

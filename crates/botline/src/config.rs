@@ -6,7 +6,7 @@
 //! never from the TOML file itself, so a config file can be committed safely. The bot token
 //! likewise comes from `BOTLINE_BOT_TOKEN` or the file named by `bot_token_file`.
 
-use crate::secret::{FetchedSecrets, WebhookSecret};
+use crate::secret::{DatabaseUrl, FetchedSecrets, WebhookSecret};
 use crate::sender::Limits;
 use crate::telegram::{BotToken, Telegram};
 use botline_core::{QueueConfig, RetryPolicy};
@@ -36,7 +36,7 @@ pub struct Settings {
     pub database_url_file: Option<PathBuf>,
     /// `--database-url`, when given (never read from the environment or a file by figment).
     #[serde(skip)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Connections each instance of the `postgres` backend keeps open at most, shared by the
     /// receiver, the worker and the sender.
     pub database_pool_size: u32,
@@ -51,6 +51,13 @@ pub struct Settings {
     /// How long the receiver waits for an update to become durable before answering 503.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Time a client has to send a request's headers, and again its body (Telegram sends each
+    /// request whole at once): a slower one is closed (headers) or answered 408 (body).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// HTTP connections `serve` keeps open at once; more are closed on arrival. Above
+    /// Telegram's `max_connections` (at most 100), with room for health checks and scrapes.
+    pub max_connections: usize,
     /// How long a worker holds an update before it is handed out again.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -145,6 +152,8 @@ impl Default for Settings {
             insecure_no_secret: false,
             max_body_bytes: 1024 * 1024,
             ack_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            max_connections: 512,
             lease: queue.lease,
             max_attempts: queue.retry.max_attempts,
             backoff_base: queue.retry.backoff_base,
@@ -191,6 +200,8 @@ const ENV_SETTINGS: &[&str] = &[
     "insecure_no_secret",
     "max_body_bytes",
     "ack_timeout",
+    "read_timeout",
+    "max_connections",
     "lease",
     "max_attempts",
     "backoff_base",
@@ -258,6 +269,12 @@ impl Settings {
                 "dedupe_window must be at least 48h: Telegram redelivers an update for up to 24 hours",
             );
         }
+        if self.read_timeout.is_zero() || self.read_timeout > Duration::from_secs(300) {
+            return invalid("read_timeout must be more than 0 and at most 300s");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
+        }
         if self.lease < Duration::from_secs(1) || self.ack_timeout.is_zero() {
             return invalid("lease must be at least 1s and ack_timeout more than 0");
         }
@@ -317,7 +334,7 @@ impl Settings {
     /// The Postgres URL: `--database-url`, else `BOTLINE_DATABASE_URL`, else the URL file.
     pub fn postgres_url(&self) -> Result<String, ConfigError> {
         if let Some(url) = &self.database_url {
-            return Ok(url.clone());
+            return Ok(url.expose().to_owned());
         }
         if let Ok(url) = std::env::var("BOTLINE_DATABASE_URL") {
             return Ok(url);
@@ -462,6 +479,20 @@ mod tests {
             assert_eq!(settings.max_attempts, 5);
             Ok(())
         });
+    }
+
+    #[test]
+    fn settings_printed_whole_show_no_database_password() {
+        let settings = Settings {
+            database_url: Some(DatabaseUrl::new("postgres://botline:pa55w0rd@db/botline")),
+            ..Settings::default()
+        };
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("pa55w0rd"), "{printed}");
+        assert_eq!(
+            settings.postgres_url().unwrap(),
+            "postgres://botline:pa55w0rd@db/botline"
+        );
     }
 
     #[test]

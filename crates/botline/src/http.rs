@@ -1,7 +1,8 @@
 //! The HTTP face of Botline: `POST /telegram/webhook`, `GET /health`, `GET /metrics`.
 //!
-//! One router, built here, is what `botline serve` runs with `axum::serve` (and what the ingest
-//! Lambda will run through `lambda_http`).
+//! One router, built here, is what `botline serve` runs on its listener ([`crate::listen`], with
+//! the header-read timeout and connection cap) and what the ingest Lambda runs through
+//! `lambda_http`. The body must arrive within `read_timeout` (408 otherwise).
 //!
 //! The webhook answers 200 only once the update is durable, and 503 with `Retry-After` when it
 //! cannot be made durable in time, so Telegram retries instead of losing it. Checks run
@@ -37,6 +38,8 @@ pub struct App {
     pub max_body_bytes: usize,
     /// How long an update may take to become durable before the answer is 503.
     pub ack_timeout: Duration,
+    /// How long the body of a request may take to arrive before the answer is 408.
+    pub read_timeout: Duration,
     /// Woken when an update was enqueued, so the worker picks it up at once.
     pub new_update: Arc<Notify>,
     pub metrics: Option<PrometheusHandle>,
@@ -106,6 +109,8 @@ enum Outcome {
     Invalid(InvalidUpdate),
     /// The body could not be read (the client went away mid-body).
     Unreadable,
+    /// The body did not arrive within the read timeout (a slow or stalled client).
+    BodyTimeout,
     Unavailable {
         update: InboundUpdate,
         reason: String,
@@ -120,6 +125,7 @@ impl Outcome {
             Self::Unauthorized => "unauthorized",
             Self::TooLarge => "too_large",
             Self::Invalid(_) | Self::Unreadable => "invalid",
+            Self::BodyTimeout => "body_timeout",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -149,6 +155,13 @@ impl Outcome {
             ),
             Self::Invalid(invalid) => error(StatusCode::BAD_REQUEST, &invalid.to_string()),
             Self::Unreadable => error(StatusCode::BAD_REQUEST, "body could not be read"),
+            Self::BodyTimeout => {
+                let mut response = error(StatusCode::REQUEST_TIMEOUT, "body not received in time");
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
             Self::Unavailable { .. } => {
                 let mut response =
                     error(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
@@ -208,10 +221,15 @@ async fn receive(app: &App, request: Request) -> Outcome {
     if declared_length(&parts.headers).is_some_and(|len| len > app.max_body_bytes as u64) {
         return Outcome::TooLarge;
     }
-    let body = match read_body(body, app.max_body_bytes).await {
-        Ok(body) => body,
-        Err(outcome) => return outcome,
-    };
+    let body =
+        match tokio::time::timeout(app.read_timeout, read_body(body, app.max_body_bytes)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => {
+                metrics::counter!(names::HTTP_TIMEOUTS, "phase" => "body").increment(1);
+                return Outcome::BodyTimeout;
+            }
+        };
     let update = match InboundUpdate::parse(&body) {
         Ok(update) => update,
         Err(invalid) => return Outcome::Invalid(invalid),

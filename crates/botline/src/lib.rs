@@ -18,6 +18,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod ops;
 pub mod poll;

@@ -1,12 +1,20 @@
-//! The webhook secret: compared in constant time, never printed.
+//! The webhook secret: compared in constant time, never printed; and the database URL, which
+//! may carry a password.
 
 use crate::telegram::BotToken;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use std::fmt;
+use std::str::FromStr;
 use subtle::ConstantTimeEq;
 
 /// Telegram's `secret_token`: 1–256 characters of `A-Z a-z 0-9 _ -`.
 #[derive(Clone)]
-pub struct WebhookSecret(Vec<u8>);
+pub struct WebhookSecret {
+    value: Vec<u8>,
+    /// SHA-256 of `value`: what a candidate's digest is compared with.
+    digest: [u8; 32],
+}
 
 impl WebhookSecret {
     pub fn new(value: String) -> Result<Self, &'static str> {
@@ -19,20 +27,26 @@ impl WebhookSecret {
         {
             return Err("a webhook secret may only hold A-Z, a-z, 0-9, _ and -");
         }
-        Ok(Self(value.into_bytes()))
+        let digest = Sha256::digest(value.as_bytes()).into();
+        Ok(Self {
+            value: value.into_bytes(),
+            digest,
+        })
     }
 
     /// The secret itself, to hand to Telegram's setWebhook; never to a log.
     pub fn expose(&self) -> &str {
         // Only ASCII was accepted in `new`.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.value).unwrap_or_default()
     }
 
-    /// Whether `candidate` is the secret, in time that does not depend on where they differ.
+    /// Whether `candidate` is the secret, in time that depends neither on where they differ nor
+    /// on the secret's length: the candidate's SHA-256 is compared with the secret's, two arrays
+    /// of 32 bytes, in constant time. (`ct_eq` on slices of unequal length returns at once, which
+    /// told an attacker the secret's length.)
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        // Lengths are compared in constant time too: `ct_eq` on slices of unequal length
-        // returns false without reading them.
-        bool::from(self.0.as_slice().ct_eq(candidate))
+        let candidate: [u8; 32] = Sha256::digest(candidate).into();
+        bool::from(self.digest.ct_eq(&candidate))
     }
 }
 
@@ -44,7 +58,44 @@ impl fmt::Debug for WebhookSecret {
 
 impl PartialEq for WebhookSecret {
     fn eq(&self, other: &Self) -> bool {
-        self.matches(&other.0)
+        self.matches(&other.value)
+    }
+}
+
+/// A database connection string (`postgres://user:password@host/db`): it may hold a password,
+/// so its `Debug` never shows it (a `Settings` printed whole in a log stays safe).
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    /// The URL itself, to connect with; never to a log or an error.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl([redacted])")
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+/// For `--database-url`.
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(url))
     }
 }
 
@@ -83,6 +134,24 @@ mod tests {
     fn is_never_printed() {
         let secret = WebhookSecret::new("hunter2".into()).unwrap();
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn candidates_of_any_length_are_compared_as_digests() {
+        let secret = WebhookSecret::new("abc_DEF-123".into()).unwrap();
+        for candidate in [&b""[..], b"a", b"abc_DEF-1234", &[b'x'; 10_000]] {
+            assert!(!secret.matches(candidate));
+        }
+        assert!(secret == WebhookSecret::new("abc_DEF-123".into()).unwrap());
+    }
+
+    #[test]
+    fn a_database_url_is_never_printed() {
+        let url: DatabaseUrl = "postgres://botline:pa55w0rd@db:5432/botline"
+            .parse()
+            .unwrap();
+        assert!(!format!("{url:?}").contains("pa55w0rd"));
+        assert_eq!(url.expose(), "postgres://botline:pa55w0rd@db:5432/botline");
     }
 
     #[test]

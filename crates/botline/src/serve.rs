@@ -167,6 +167,9 @@ async fn run(
         Intake::Webhook => {
             let secret = settings.webhook_secret()?;
             settings.check_exposure(secret.as_ref())?;
+            if secret.is_none() {
+                warn_without_secret(&settings);
+            }
             secret
         }
         Intake::Poll => None,
@@ -198,6 +201,7 @@ async fn run(
         secret,
         max_body_bytes: settings.max_body_bytes,
         ack_timeout: settings.ack_timeout,
+        read_timeout: settings.read_timeout,
         new_update: Arc::clone(&wake),
         metrics,
         edge,
@@ -292,9 +296,11 @@ async fn run(
         Intake::Poll => status_router(app),
     };
     let stopping = shutdown.clone();
-    // The edge guard reads the peer's address from the connection.
-    let routes = routes.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, routes).with_graceful_shutdown(async move {
+    let limits = crate::listen::HttpLimits {
+        max_connections: settings.max_connections,
+        header_read_timeout: settings.read_timeout,
+    };
+    let server = crate::listen::serve(listener, routes, limits, async move {
         tokio::select! {
             () = wait_for_signal() => {
                 tracing::info!("shutting down: no new requests; finishing those in hand");
@@ -303,11 +309,10 @@ async fn run(
         }
         stopping.cancel();
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     shutdown.cancelled().await;
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them"),
     }
@@ -324,6 +329,19 @@ async fn run(
     };
     tracing::info!("stopped");
     polled
+}
+
+/// Said at every start without a webhook secret, on loopback too: a reverse proxy or any other
+/// process on the host can forge an update (a group `/register` that makes the bot delete a
+/// message of the forger's choosing), and nothing would tell it from Telegram's.
+fn warn_without_secret(settings: &Settings) {
+    tracing::warn!(
+        listen = %settings.listen,
+        "no webhook secret: anyone who can reach {} (a reverse proxy, another process on this \
+         host) can post forged updates. Set BOTLINE_WEBHOOK_SECRET (or webhook_secret_file) and \
+         pass it to setWebhook as secret_token (`botline webhook set` does)",
+        settings.listen
+    );
 }
 
 /// The edge guard's layer and the Mini App route, as configured.

@@ -33,6 +33,7 @@ fn harness(secret: Option<&str>) -> Harness {
         secret: secret.map(|s| WebhookSecret::new(s.to_owned()).unwrap()),
         max_body_bytes: LIMIT,
         ack_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
         new_update: Arc::default(),
         metrics: None,
         edge: None,
