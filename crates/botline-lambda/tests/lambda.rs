@@ -1,7 +1,7 @@
 //! The two Lambda handlers, invoked in-process with API Gateway HTTP API and SQS events in the
 //! shapes AWS sends (`tests/fixtures/`), against moto's server mode: ingest → SQS → worker →
-//! DynamoDB, redelivery, a poison update dead-lettered after 3 receives while its neighbours are
-//! stored (partial batch failures), and a redrive.
+//! DynamoDB, redelivery, a poison update dead-lettered after 3 receives (its token redacted)
+//! while its neighbours are stored (partial batch failures), and a redrive.
 //!
 //! Lambda's SQS event source mapping is played by [`EventSource`]: it receives up to 10
 //! messages, hands them to the worker as one event, and deletes those the answer does not list
@@ -199,6 +199,8 @@ async fn ingest_refuses_to_start_without_a_webhook_secret() {
 #[derive(Debug, Default)]
 struct TestRegistrar {
     broken: AtomicBool,
+    /// Registrations asked for while not broken.
+    asked: std::sync::atomic::AtomicU32,
 }
 
 #[async_trait]
@@ -207,6 +209,7 @@ impl Registrar for TestRegistrar {
         if request.username == "alice" && self.broken.load(Ordering::SeqCst) {
             return Err(RegistrarError::Unavailable("the test says no".into()));
         }
+        self.asked.fetch_add(1, Ordering::SeqCst);
         Ok(true)
     }
 
@@ -448,6 +451,14 @@ async fn end_to_end(fifo: bool) {
         .filter_map(|m| update_id_of(m.body().unwrap_or_default()))
         .collect();
     assert_eq!(on_dlq, [poison], "the DLQ holds the poison's copy");
+    for message in dlq.messages() {
+        let body = message.body().unwrap_or_default();
+        assert!(
+            !body.contains("s3cret-token-A"),
+            "the DLQ copy keeps the token: {body}"
+        );
+    }
+    assert!(!letter.update.raw.contains("s3cret-token-A"), "{letter:?}");
 
     // The reply to bob went out once.
     let sent = standin
@@ -501,8 +512,11 @@ async fn end_to_end(fifo: bool) {
         .await;
     assert_eq!(stored(&backend, c).await, [1, 2]);
 
-    // The registrar is back: the redriven poison goes through, and alice gets her answer.
+    // The registrar is back, but the dead letter's token was redacted when it died: the
+    // redriven poison is answered as failed without asking the registrar, and alice types her
+    // token again.
     registrar.broken.store(false, Ordering::SeqCst);
+    let asked_before = registrar.asked.load(Ordering::SeqCst);
     assert!(backend.redrive(UpdateId(poison)).await.unwrap());
     source
         .run_until(&worker, "the redriven update stored", || async {
@@ -516,8 +530,9 @@ async fn end_to_end(fifo: bool) {
     assert_eq!(sent[1].params["chat_id"], json!(a));
     assert_eq!(
         sent[1].params["text"],
-        "Registration successful! Welcome alice"
+        "Registration failed. Please check your credentials and try again."
     );
+    assert_eq!(registrar.asked.load(Ordering::SeqCst), asked_before);
     assert!(backend.show(UpdateId(poison)).await.unwrap().is_none());
     assert_eq!(
         stored(&backend, b).await,
