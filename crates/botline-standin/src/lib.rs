@@ -23,24 +23,36 @@
 //!   unknown method 404 `Not Found`.
 //! - The envelope: `{"ok":true,"result":...}`, or `{"ok":false,"error_code":N,"description":...,
 //!   "parameters":{...}}` with HTTP status N.
-//! - getMe, sendMessage, deleteMessage, setWebhook, getWebhookInfo, deleteWebhook and
-//!   getUpdates, with Telegram's result shapes and error texts: `chat not found`, `bot was
-//!   blocked by the user`, `message text is empty`, setWebhook's URL, port and secret-token
-//!   checks, getUpdates' offset confirmation, long polling and its 409s.
-//! - Flood control, when [`Settings::enforce_limits`] is on: one message a second to a chat,
-//!   twenty a minute to a group, thirty a second in all, else 429 with `retry_after`.
+//! - getMe, sendMessage, sendPhoto, editMessageText, deleteMessage, answerCallbackQuery,
+//!   sendChatAction, setWebhook, getWebhookInfo, deleteWebhook and getUpdates, with Telegram's
+//!   result shapes and error texts: `chat not found`, `bot was blocked by the user`, `message
+//!   text is empty`, `message caption is too long`, `message to edit not found`, `message is not
+//!   modified: ...`, `query is too old and response timeout expired or query ID is invalid`,
+//!   `wrong parameter action in request`, setWebhook's URL, port and secret-token checks,
+//!   getUpdates' offset confirmation, long polling and its 409s.
+//! - sendPhoto by file_id or http(s) URL: the photo comes back as three PhotoSize objects whose
+//!   ids depend only on `photo` (sending one of those file_ids again gives the same photo).
+//! - editMessageText on the text messages the stand-in sent (and has not deleted) in that chat;
+//!   an `inline_message_id` is taken as it is, answered `true`.
+//! - answerCallbackQuery: each (integer) `callback_query_id` may be answered once.
+//! - Flood control, when [`Settings::enforce_limits`] is on: one message (sendMessage or
+//!   sendPhoto) a second to a chat, twenty a minute to a group, thirty a second in all, else 429
+//!   with `retry_after`. Edits and chat actions are not limited.
 //! - Failures injected with [`StandIn::fail_next`]: 429, 5xx, any API error, a connection
 //!   closed without an answer, a slow answer.
 //!
 //! # What it does not
 //!
-//! - Other methods (404), multipart bodies (400), files, inline keyboards, entities and parse
-//!   modes (accepted and recorded, not checked).
+//! - Other methods (404), multipart bodies (400, so no uploads), fetching photo URLs or knowing
+//!   which file_ids exist, inline keyboards, entities and parse modes (accepted and recorded,
+//!   not checked; an edit compares the inline keyboard to tell whether anything changed).
 //! - Delivering updates to the webhook: updates pushed with [`StandIn::push_updates`] wait for
 //!   getUpdates; a test posts webhook updates to Botline itself. `allowed_updates` is
 //!   remembered, not applied.
 //! - Telegram's memory of messages: a reply's `reply_to_message` carries only its id, chat and
-//!   date; any message may be deleted once unless marked [`StandIn::undeletable`].
+//!   date; any message may be deleted once unless marked [`StandIn::undeletable`]; only the
+//!   messages the stand-in sent can be edited (it keeps them all, for as long as it runs).
+//! - Knowing which callback queries were sent to the bot: any integer id is answered once.
 //! - Webhook URLs on 127.0.0.1, localhost and `[::1]` are accepted over http and on any port
 //!   while [`Settings::allow_http_webhook`] is on (the default), since tests run Botline there.
 //!   Telegram refuses them.
@@ -76,7 +88,7 @@ pub struct Settings {
     pub first_name: String,
     /// Accept http:// webhook URLs (and any port) on 127.0.0.1, localhost and `[::1]`.
     pub allow_http_webhook: bool,
-    /// Answer 429 past Telegram's flood limits on sendMessage.
+    /// Answer 429 past Telegram's flood limits on sendMessage and sendPhoto.
     pub enforce_limits: bool,
     /// Serve the control endpoints under `/_standin/` (unauthenticated: for local use).
     pub control_api: bool,
@@ -302,8 +314,8 @@ impl StandIn {
         self.shared.set_webhook_error(date, message.into());
     }
 
-    /// From now on, sending to or deleting in `chat` is 403 `Forbidden: bot was blocked by the
-    /// user`.
+    /// From now on, sending to, editing, deleting in or sending chat actions to `chat` is 403
+    /// `Forbidden: bot was blocked by the user`.
     pub fn block_chat(&self, chat: i64) {
         self.shared.with_chat(chat, |chat| chat.blocked = true);
     }

@@ -30,7 +30,7 @@ struct Cli {
     /// File holding the bot token to accept (else the BOTLINE_STANDIN_TOKEN variable).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Answer 429 past Telegram's flood limits on sendMessage.
+    /// Answer 429 past Telegram's flood limits on sendMessage and sendPhoto.
     #[arg(long)]
     enforce_limits: bool,
     /// The bot's username, as getMe answers it.

@@ -2,7 +2,7 @@
 //! (<https://core.telegram.org/bots/api>): the same envelope, result shapes and error texts.
 
 use crate::Settings;
-use crate::state::{Shared, State};
+use crate::state::{Sent, Shared, State};
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub(crate) enum Method {
     GetMe,
     SendMessage,
+    SendPhoto,
+    EditMessageText,
     DeleteMessage,
+    AnswerCallbackQuery,
+    SendChatAction,
     SetWebhook,
     GetWebhookInfo,
     DeleteWebhook,
@@ -19,10 +23,14 @@ pub(crate) enum Method {
 }
 
 impl Method {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 11] = [
         Self::GetMe,
         Self::SendMessage,
+        Self::SendPhoto,
+        Self::EditMessageText,
         Self::DeleteMessage,
+        Self::AnswerCallbackQuery,
+        Self::SendChatAction,
         Self::SetWebhook,
         Self::GetWebhookInfo,
         Self::DeleteWebhook,
@@ -40,7 +48,11 @@ impl Method {
         match self {
             Self::GetMe => "getMe",
             Self::SendMessage => "sendMessage",
+            Self::SendPhoto => "sendPhoto",
+            Self::EditMessageText => "editMessageText",
             Self::DeleteMessage => "deleteMessage",
+            Self::AnswerCallbackQuery => "answerCallbackQuery",
+            Self::SendChatAction => "sendChatAction",
             Self::SetWebhook => "setWebhook",
             Self::GetWebhookInfo => "getWebhookInfo",
             Self::DeleteWebhook => "deleteWebhook",
@@ -247,8 +259,37 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The longest text sendMessage takes, in UTF-16 code units.
+/// The longest text sendMessage and editMessageText take, in UTF-16 code units.
 const MAX_TEXT: usize = 4096;
+/// The longest photo caption, in UTF-16 code units.
+const MAX_CAPTION: usize = 1024;
+/// The longest notification answerCallbackQuery shows, in UTF-16 code units.
+const MAX_CALLBACK_TEXT: usize = 200;
+/// sendChatAction's actions: those documented, and the older names Telegram still takes
+/// (`record_audio`, `upload_audio`, `pick_up_location`) and `cancel`, as its Bot API server does.
+const CHAT_ACTIONS: [&str; 15] = [
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+    "record_audio",
+    "upload_audio",
+    "pick_up_location",
+    "cancel",
+];
+/// The sizes a sent photo comes in, smallest first: Telegram's size letter, width, height.
+const PHOTO_SIZES: [(&str, u32, u32); 3] = [("s", 90, 60), ("m", 320, 213), ("x", 800, 533)];
+/// How the stand-in's photo file_ids begin (`AgAC` as Telegram's photos' do).
+const PHOTO_FILE_ID: &str = "AgACStandInPhoto";
+/// How the stand-in's photo file_unique_ids begin.
+const PHOTO_UNIQUE_ID: &str = "AQADStandIn";
 /// Telegram's default for setWebhook's `max_connections`.
 const DEFAULT_MAX_CONNECTIONS: i64 = 40;
 /// The ports Telegram delivers webhooks to.
@@ -264,7 +305,11 @@ impl Shared {
         match method {
             Method::GetMe => get_me(settings),
             Method::SendMessage => send_message(&mut state, settings, params),
+            Method::SendPhoto => send_photo(&mut state, settings, params),
+            Method::EditMessageText => edit_message_text(&mut state, settings, params),
             Method::DeleteMessage => delete_message(&mut state, params),
+            Method::AnswerCallbackQuery => answer_callback_query(&mut state, params),
+            Method::SendChatAction => send_chat_action(&mut state, params),
             Method::SetWebhook => {
                 let reply = set_webhook(&mut state, settings, params);
                 drop(state);
@@ -355,10 +400,7 @@ fn get_me(settings: &Settings) -> Reply {
 }
 
 fn send_message(state: &mut State, settings: &Settings, params: Params<'_>) -> Reply {
-    let target = match target(params) {
-        Ok(target) => target,
-        Err(reply) => return reply,
-    };
+    // Telegram looks at the text before the chat.
     let text = params.text("text").unwrap_or_default();
     if text.trim().is_empty() {
         return bad_request("message text is empty");
@@ -366,7 +408,60 @@ fn send_message(state: &mut State, settings: &Settings, params: Params<'_>) -> R
     if text.encode_utf16().count() > MAX_TEXT {
         return bad_request("message is too long");
     }
-    let chat_id = state.chat_id(&target);
+    let target = match target(params) {
+        Ok(target) => target,
+        Err(reply) => return reply,
+    };
+    let content = json!({ "text": text });
+    deliver(state, settings, params, &target, content, Some(text))
+}
+
+/// sendPhoto by `file_id` or URL. Uploads are multipart bodies, which the stand-in does not read
+/// (they are answered 400 before any method's own checks).
+fn send_photo(state: &mut State, settings: &Settings, params: Params<'_>) -> Reply {
+    let sizes = match params.text("photo").as_deref() {
+        // `attach://name` names a part of a multipart body, and there is none.
+        None | Some("") => return bad_request("there is no photo in the request"),
+        Some(photo) if photo.starts_with("attach://") => {
+            return bad_request("there is no photo in the request");
+        }
+        Some(photo) => match photo_sizes(photo) {
+            Some(sizes) => sizes,
+            None => return bad_request("wrong file identifier/HTTP URL specified"),
+        },
+    };
+    let caption = params
+        .text("caption")
+        .filter(|caption| !caption.trim().is_empty());
+    if caption
+        .as_ref()
+        .is_some_and(|caption| caption.encode_utf16().count() > MAX_CAPTION)
+    {
+        return bad_request("message caption is too long");
+    }
+    let target = match target(params) {
+        Ok(target) => target,
+        Err(reply) => return reply,
+    };
+    let mut content = json!({ "photo": sizes });
+    if let Some(caption) = caption {
+        content["caption"] = json!(caption);
+    }
+    deliver(state, settings, params, &target, content, None)
+}
+
+/// Sends a message whose own parameters have been checked: to a chat that exists and has not
+/// blocked the bot, within the flood limits (when enforced). `content` holds the fields of the
+/// Message past those every message has; the message is remembered for editMessageText.
+fn deliver(
+    state: &mut State,
+    settings: &Settings,
+    params: Params<'_>,
+    target: &Target,
+    content: Value,
+    text: Option<String>,
+) -> Reply {
+    let chat_id = state.chat_id(target);
     let chat_json = state.chat_json(chat_id);
     let chat = state.chats.entry(chat_id).or_default();
     if chat.missing {
@@ -389,8 +484,10 @@ fn send_message(state: &mut State, settings: &Settings, params: Params<'_>) -> R
         "from": bot_user(settings),
         "chat": chat_json,
         "date": date,
-        "text": text,
     });
+    if let (Value::Object(fields), Value::Object(content)) = (&mut message, content) {
+        fields.extend(content);
+    }
     let reply_to = params
         .json("reply_parameters")
         .and_then(|reply| Params(reply.as_object()?).int("message_id"))
@@ -403,7 +500,150 @@ fn send_message(state: &mut State, settings: &Settings, params: Params<'_>) -> R
             "date": date,
         });
     }
+    chat.messages.insert(
+        chat.last_message_id,
+        Sent {
+            date,
+            text,
+            keyboard: inline_keyboard(params),
+        },
+    );
     Reply::ok(message)
+}
+
+/// The inline keyboard of `reply_markup`, the only markup a message carries (and editing may
+/// change); other keyboards belong to the chat, not the message.
+fn inline_keyboard(params: Params<'_>) -> Option<Value> {
+    params
+        .json("reply_markup")?
+        .get("inline_keyboard")
+        .filter(|rows| rows.as_array().is_some_and(|rows| !rows.is_empty()))
+        .cloned()
+}
+
+/// The PhotoSize objects Telegram answers for a photo sent as `photo`: a file_id (any string of
+/// the characters file_ids are made of) or an http(s) URL, which the stand-in does not fetch.
+/// `None` when `photo` is neither.
+///
+/// The same `photo` always gives the same sizes, and any of the file_ids answered names the same
+/// photo again, as Telegram's `file_unique_id` stays the same for a file.
+fn photo_sizes(photo: &str) -> Option<Value> {
+    let key = if is_http_url(photo) {
+        fnv1a(photo.as_bytes())
+    } else if !photo.is_empty()
+        && photo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        own_photo_key(photo).unwrap_or_else(|| fnv1a(photo.as_bytes()))
+    } else {
+        return None;
+    };
+    let sizes: Vec<Value> = PHOTO_SIZES
+        .iter()
+        .map(|&(kind, width, height)| {
+            json!({
+                "file_id": format!("{PHOTO_FILE_ID}{key:016x}_{kind}"),
+                "file_unique_id": format!("{PHOTO_UNIQUE_ID}{key:016x}{kind}"),
+                "width": width,
+                "height": height,
+                "file_size": u64::from(width * height / 8) + key % 1024,
+            })
+        })
+        .collect();
+    Some(Value::Array(sizes))
+}
+
+/// The photo a file_id answered by [`photo_sizes`] names, if it is one.
+fn own_photo_key(file_id: &str) -> Option<u64> {
+    let rest = file_id.strip_prefix(PHOTO_FILE_ID)?;
+    let (key, kind) = rest.split_once('_')?;
+    if key.len() != 16 || !PHOTO_SIZES.iter().any(|&(known, ..)| known == kind) {
+        return None;
+    }
+    u64::from_str_radix(key, 16).ok()
+}
+
+/// An `http://` or `https://` URL with a host, which Telegram would fetch the file from.
+fn is_http_url(photo: &str) -> bool {
+    let lower = photo.to_ascii_lowercase();
+    lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace))
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across runs and Rust versions.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// editMessageText. Not counted against the flood limits: Telegram limits edits too, separately
+/// and without documenting how, so the stand-in does not limit them.
+fn edit_message_text(state: &mut State, settings: &Settings, params: Params<'_>) -> Reply {
+    let text = params.text("text").unwrap_or_default();
+    if text.trim().is_empty() {
+        return bad_request("message text is empty");
+    }
+    let message_id = params.int("message_id").filter(|&id| id > 0);
+    let no_chat = match params.get("chat_id") {
+        None => true,
+        Some(Value::String(chat)) => chat.is_empty(),
+        Some(_) => false,
+    };
+    if no_chat && message_id.is_none() {
+        // A message sent through the bot's inline mode: users send those, not the stand-in, so
+        // any identifier is taken, and answered `true` as Telegram answers for them.
+        return match params.text("inline_message_id") {
+            Some(id) if !id.is_empty() => Reply::ok(json!(true)),
+            _ => bad_request("message identifier is not specified"),
+        };
+    }
+    let target = match target(params) {
+        Ok(target) => target,
+        Err(reply) => return reply,
+    };
+    let chat_id = state.chat_id(&target);
+    let chat_json = state.chat_json(chat_id);
+    let chat = state.chats.entry(chat_id).or_default();
+    if chat.missing {
+        return chat_not_found();
+    }
+    if chat.blocked {
+        return blocked();
+    }
+    let Some((message_id, sent)) =
+        message_id.and_then(|id| chat.messages.get_mut(&id).map(|sent| (id, sent)))
+    else {
+        return bad_request("message to edit not found");
+    };
+    let Some(current) = &sent.text else {
+        return bad_request("there is no text in the message to edit");
+    };
+    if text.encode_utf16().count() > MAX_TEXT {
+        // Telegram's servers refuse it, in their own words: sendMessage's text is checked
+        // before it leaves the Bot API server, an edit's is not.
+        return bad_request("MESSAGE_TOO_LONG");
+    }
+    let keyboard = inline_keyboard(params);
+    if *current == text && sent.keyboard == keyboard {
+        return bad_request(
+            "message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+        );
+    }
+    sent.text = Some(text.clone());
+    sent.keyboard = keyboard;
+    Reply::ok(json!({
+        "message_id": message_id,
+        "from": bot_user(settings),
+        "chat": chat_json,
+        "date": sent.date,
+        "edit_date": unix_now().max(sent.date),
+        "text": text,
+    }))
 }
 
 fn delete_message(state: &mut State, params: Params<'_>) -> Reply {
@@ -424,6 +664,52 @@ fn delete_message(state: &mut State, params: Params<'_>) -> Reply {
     }
     if chat.undeletable.contains(&message_id) || !chat.deleted.insert(message_id) {
         return bad_request("message to delete not found");
+    }
+    chat.messages.remove(&message_id);
+    Reply::ok(json!(true))
+}
+
+/// answerCallbackQuery. The stand-in does not know which queries were sent to the bot (tests
+/// deliver updates to Botline themselves), so any id is taken once; Telegram's ids are integers,
+/// and any other id is as unknown to Telegram as one answered already.
+fn answer_callback_query(state: &mut State, params: Params<'_>) -> Reply {
+    let Some(id) = params
+        .int("callback_query_id")
+        .filter(|&id| id != 0)
+        .filter(|id| !state.answered_callback_queries.contains(id))
+    else {
+        return bad_request("query is too old and response timeout expired or query ID is invalid");
+    };
+    let text = params.text("text").unwrap_or_default();
+    if text.encode_utf16().count() > MAX_CALLBACK_TEXT {
+        // Telegram's own servers refuse it, in their words.
+        return bad_request("MESSAGE_TOO_LONG");
+    }
+    state.answered_callback_queries.insert(id);
+    Reply::ok(json!(true))
+}
+
+/// sendChatAction. Not counted against the flood limits for messages.
+fn send_chat_action(state: &mut State, params: Params<'_>) -> Reply {
+    // Telegram looks at the action before the chat.
+    let action = params
+        .text("action")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !CHAT_ACTIONS.contains(&action.as_str()) {
+        return bad_request("wrong parameter action in request");
+    }
+    let target = match target(params) {
+        Ok(target) => target,
+        Err(reply) => return reply,
+    };
+    let chat_id = state.chat_id(&target);
+    let chat = state.chats.entry(chat_id).or_default();
+    if chat.missing {
+        return chat_not_found();
+    }
+    if chat.blocked {
+        return blocked();
     }
     Reply::ok(json!(true))
 }
@@ -568,7 +854,8 @@ mod tests {
     fn method_names_ignore_case() {
         assert_eq!(Method::parse("SENDMESSAGE"), Some(Method::SendMessage));
         assert_eq!(Method::parse("getupdates"), Some(Method::GetUpdates));
-        assert_eq!(Method::parse("sendPhoto"), None);
+        assert_eq!(Method::parse("sendphoto"), Some(Method::SendPhoto));
+        assert_eq!(Method::parse("sendSticker"), None);
     }
 
     #[test]
@@ -595,6 +882,49 @@ mod tests {
             assert!(description.contains(why), "{bad}: {description}");
         }
         assert!(check_webhook_url("http://127.0.0.1:8080/", false).is_err());
+    }
+
+    #[test]
+    fn photos_keep_their_ids() {
+        let cat = photo_sizes("https://example.org/cat.jpg").unwrap();
+        assert_eq!(
+            photo_sizes("https://example.org/cat.jpg").as_ref(),
+            Some(&cat)
+        );
+        for size in cat.as_array().unwrap() {
+            let file_id = size["file_id"].as_str().unwrap();
+            assert_eq!(photo_sizes(file_id).as_ref(), Some(&cat), "{file_id}");
+        }
+        assert_ne!(
+            photo_sizes("https://example.org/dog.jpg").as_ref(),
+            Some(&cat)
+        );
+        assert_ne!(photo_sizes("AgACAgIAAxkBAAIBY2Zz").as_ref(), Some(&cat));
+        // The same ids from one run, or Rust version, to the next.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn photos_are_file_ids_or_http_urls() {
+        for good in [
+            "https://example.org/cat.jpg",
+            "HTTP://example.org",
+            "AgACAgIAAxkBAAIBY2Zz-_x",
+        ] {
+            assert!(photo_sizes(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "https://",
+            "http:///cat.jpg",
+            "ftp://example.org/cat.jpg",
+            "file:///tmp/cat.jpg",
+            "with space",
+            "AgACStandInPhoto=",
+        ] {
+            assert!(photo_sizes(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

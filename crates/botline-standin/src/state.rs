@@ -1,5 +1,6 @@
 //! What the stand-in remembers between calls: the calls it answered, the faults still to inject,
-//! chats and their messages, the webhook, the queued updates, and the flood counters.
+//! chats and the messages sent to them, the callback queries answered, the webhook, the queued
+//! updates, and the flood counters.
 
 use crate::Settings;
 use serde::Serialize;
@@ -102,6 +103,19 @@ pub(crate) struct Chat {
     pub(crate) missing: bool,
     pub(crate) undeletable: HashSet<i64>,
     pub(crate) deleted: HashSet<i64>,
+    /// The messages the stand-in sent here and has not deleted, by id, for editMessageText.
+    pub(crate) messages: HashMap<i64, Sent>,
+}
+
+/// A message the stand-in sent, as far as editMessageText needs to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sent {
+    /// Unix seconds, as the message's `date` said.
+    pub(crate) date: u64,
+    /// The text of a text message; `None` for a photo, whose caption is not text to edit.
+    pub(crate) text: Option<String>,
+    /// The inline keyboard (`reply_markup.inline_keyboard`) it carries, if any.
+    pub(crate) keyboard: Option<Value>,
 }
 
 /// Channels addressed as `@name` get ids from here down, in the order they are first named.
@@ -121,6 +135,8 @@ pub(crate) struct State {
     /// Counts getUpdates requests; only the latest one may wait for updates.
     pub(crate) poller: u64,
     pub(crate) flood: Flood,
+    /// The callback queries answered, which cannot be answered again.
+    pub(crate) answered_callback_queries: HashSet<i64>,
 }
 
 impl State {

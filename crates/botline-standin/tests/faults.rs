@@ -156,3 +156,85 @@ fn wait_for_calls_waits_for_successes_until_its_timeout() {
     assert_eq!(sent.len(), 3);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+#[test]
+fn every_method_takes_injected_faults_and_is_recorded() {
+    let standin = standin();
+    let base = standin.base_url();
+    standin.fail_next(
+        Some("sendPhoto"),
+        1,
+        Fault::TooManyRequests { retry_after: 2 },
+    );
+    standin.fail_next(Some("editMessageText"), 1, Fault::Server(502));
+    standin.fail_next(Some("answerCallbackQuery"), 1, Fault::Server(500));
+    standin.fail_next(
+        Some("sendChatAction"),
+        1,
+        Fault::Api {
+            code: 403,
+            description: "Forbidden: bot was kicked from the group chat".into(),
+        },
+    );
+    let photo = || {
+        call(
+            &base,
+            "sendPhoto",
+            json!({"chat_id": 42, "photo": "https://example.org/cat.jpg"}),
+        )
+    };
+    let edit = || {
+        call(
+            &base,
+            "editMessageText",
+            json!({"chat_id": 43, "message_id": 1, "text": "edited"}),
+        )
+    };
+    let answer = || {
+        call(
+            &base,
+            "answerCallbackQuery",
+            json!({"callback_query_id": "4382123457712345678"}),
+        )
+    };
+    let act = || {
+        call(
+            &base,
+            "sendChatAction",
+            json!({"chat_id": -4012345678_i64, "action": "typing"}),
+        )
+    };
+
+    let limited = photo();
+    assert_eq!(
+        limited.body,
+        json!({"ok": false, "error_code": 429,
+               "description": "Too Many Requests: retry after 2",
+               "parameters": {"retry_after": 2}})
+    );
+    // The refused photo was not sent.
+    assert_eq!(photo().body["result"]["message_id"], 1);
+    call(&base, "sendMessage", json!({"chat_id": 43, "text": "hi"}));
+    assert_error(&edit(), 502, "Bad Gateway");
+    assert_eq!(edit().body["result"]["text"], "edited");
+    assert_error(&answer(), 500, "Internal Server Error");
+    // The query was not answered by the failed call.
+    assert_eq!(answer().body["result"], true);
+    assert_error(&act(), 403, "Forbidden: bot was kicked from the group chat");
+    assert_eq!(act().body["result"], true);
+
+    for method in [
+        "sendPhoto",
+        "editMessageText",
+        "answerCallbackQuery",
+        "sendChatAction",
+    ] {
+        let succeeded = standin.wait_for_calls(method, 1, Duration::from_secs(1));
+        assert_eq!(succeeded.len(), 1, "{method}");
+        assert_eq!(succeeded[0].method, method);
+        let statuses: Vec<_> = standin.calls_of(method).iter().map(|c| c.status).collect();
+        assert_eq!(statuses.len(), 2, "{method}");
+        assert_ne!(statuses[0], Some(200), "{method}");
+        assert_eq!(statuses[1], Some(200), "{method}");
+    }
+}

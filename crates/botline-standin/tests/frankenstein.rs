@@ -7,10 +7,14 @@ use common::{TOKEN, fixture, standin};
 use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot;
 use frankenstein::methods::{
-    DeleteMessageParams, DeleteWebhookParams, GetUpdatesParams, SendMessageParams, SetWebhookParams,
+    AnswerCallbackQueryParams, DeleteMessageParams, DeleteWebhookParams, EditMessageTextParams,
+    GetUpdatesParams, SendChatActionParams, SendMessageParams, SendPhotoParams, SetWebhookParams,
 };
-use frankenstein::response::{ErrorResponse, ResponseParameters};
-use frankenstein::types::{AllowedUpdate, ChatType, ReplyParameters};
+use frankenstein::response::{ErrorResponse, MessageOrBool, ResponseParameters};
+use frankenstein::types::{
+    AllowedUpdate, ChatAction, ChatType, InlineKeyboardButton, InlineKeyboardMarkup,
+    ReplyParameters,
+};
 use frankenstein::updates::UpdateContent;
 
 #[tokio::test]
@@ -141,4 +145,95 @@ async fn frankenstein_gets_typed_results_and_telegrams_errors() {
         }) => assert_eq!(description, "Unauthorized"),
         other => panic!("not a 401: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn frankenstein_reads_photos_edits_and_answers() {
+    let standin = standin();
+    let bot = Bot::new_url(format!("{}/bot{TOKEN}", standin.base_url()));
+
+    let params = SendPhotoParams::builder()
+        .chat_id(42)
+        .photo("https://example.org/cat.jpg".to_owned())
+        .caption("a cat")
+        .build();
+    let sent = bot.send_photo(&params).await.unwrap().result;
+    assert_eq!(sent.message_id, 1);
+    assert_eq!(sent.caption.as_deref(), Some("a cat"));
+    let sizes = sent.photo.unwrap();
+    assert_eq!(sizes.len(), 3);
+    assert!(sizes.iter().all(|size| size.file_size.is_some()));
+    let again = SendPhotoParams::builder()
+        .chat_id(42)
+        .photo(sizes[2].file_id.clone())
+        .build();
+    let resent = bot.send_photo(&again).await.unwrap().result;
+    assert_eq!(
+        resent.photo.unwrap()[2].file_unique_id,
+        sizes[2].file_unique_id
+    );
+
+    let text = SendMessageParams::builder()
+        .chat_id(42)
+        .text("hello")
+        .build();
+    let message_id = bot.send_message(&text).await.unwrap().result.message_id;
+    let keyboard = InlineKeyboardMarkup::builder()
+        .inline_keyboard(vec![vec![
+            InlineKeyboardButton::builder()
+                .text("OK")
+                .callback_data("ok")
+                .build(),
+        ]])
+        .build();
+    let edit = EditMessageTextParams::builder()
+        .chat_id(42)
+        .message_id(message_id)
+        .text("hello again")
+        .reply_markup(keyboard)
+        .build();
+    match bot.edit_message_text(&edit).await.unwrap().result {
+        MessageOrBool::Message(edited) => {
+            assert_eq!(edited.message_id, message_id);
+            assert_eq!(edited.text.as_deref(), Some("hello again"));
+            assert!(edited.edit_date.is_some());
+        }
+        MessageOrBool::Bool(_) => panic!("an edit in a chat answers the message"),
+    }
+    match bot.edit_message_text(&edit).await.unwrap_err() {
+        frankenstein::Error::Api(ErrorResponse {
+            error_code: 400,
+            description,
+            ..
+        }) => assert!(
+            description.starts_with("Bad Request: message is not modified"),
+            "{description}"
+        ),
+        other => panic!("not a 400: {other:?}"),
+    }
+    let inline = EditMessageTextParams::builder()
+        .inline_message_id("AgAAAN4pAQB")
+        .text("inline")
+        .build();
+    assert!(matches!(
+        bot.edit_message_text(&inline).await.unwrap().result,
+        MessageOrBool::Bool(true)
+    ));
+
+    let answer = AnswerCallbackQueryParams::builder()
+        .callback_query_id("4382123457712345678")
+        .text("Done")
+        .build();
+    assert!(bot.answer_callback_query(&answer).await.unwrap().result);
+    assert!(bot.answer_callback_query(&answer).await.is_err());
+
+    let action = SendChatActionParams::builder()
+        .chat_id(42)
+        .action(ChatAction::UploadPhoto)
+        .build();
+    assert!(bot.send_chat_action(&action).await.unwrap().result);
+    assert_eq!(
+        standin.calls_of("sendChatAction")[0].params["action"],
+        "upload_photo"
+    );
 }
