@@ -117,7 +117,7 @@ pub struct OutboxMessage {
     pub action: OutboxAction,
 }
 
-/// The Bot API calls the outbox makes.
+/// The Bot API calls the outbox makes. Stored as JSON by every backend, tagged by `method`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "camelCase")]
 pub enum OutboxAction {
@@ -128,6 +128,48 @@ pub enum OutboxAction {
     },
     #[serde(rename_all = "camelCase")]
     DeleteMessage { message_id: i64 },
+    /// Any Bot API method, with its parameters as Telegram takes them (`chat_id` included when
+    /// the method has one): `sendPhoto`, `editMessageText`, `answerCallbackQuery`, …
+    #[serde(rename = "call")]
+    Call {
+        /// The method's name, as the Bot API spells it.
+        name: String,
+        params: Map<String, Value>,
+    },
+}
+
+impl OutboxAction {
+    /// A call of `name` with `params` (a JSON object).
+    pub fn call(name: impl Into<String>, params: Map<String, Value>) -> Self {
+        Self::Call {
+            name: name.into(),
+            params,
+        }
+    }
+
+    /// The Bot API method this action calls.
+    pub fn method(&self) -> &str {
+        match self {
+            Self::SendMessage { .. } => "sendMessage",
+            Self::DeleteMessage { .. } => "deleteMessage",
+            Self::Call { name, .. } => name,
+        }
+    }
+
+    /// Whether the call sends a message to its chat, and so counts against Telegram's limits
+    /// on messages per chat and per group (`send*`, `copyMessage(s)`, `forwardMessage(s)`);
+    /// other calls (edits, deletions, answers to queries) count only against the overall rate.
+    pub fn sends_message(&self) -> bool {
+        let method = self.method();
+        let lower = |prefix: &str| {
+            method
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        (lower("send") && !method.eq_ignore_ascii_case("sendChatAction"))
+            || lower("copyMessage")
+            || lower("forwardMessage")
+    }
 }
 
 /// `/register <username> <token>` as the store must check it: the token only as its digest.
@@ -698,5 +740,40 @@ mod tests {
             records.redacted_raw.unwrap(),
             body.replace("s3cr3t-T0ken", REDACTED)
         );
+    }
+
+    #[test]
+    fn any_call_is_stored_by_its_method_and_read_back() {
+        let mut params = Map::new();
+        params.insert("chat_id".into(), Value::from(7));
+        params.insert("photo".into(), Value::from("AgACAgIAAxkBAAIB"));
+        let call = OutboxAction::call("sendPhoto", params);
+        let json = serde_json::to_string(&call).unwrap();
+        assert_eq!(
+            json,
+            r#"{"method":"call","name":"sendPhoto","params":{"chat_id":7,"photo":"AgACAgIAAxkBAAIB"}}"#
+        );
+        assert_eq!(serde_json::from_str::<OutboxAction>(&json).unwrap(), call);
+        // What older builds stored still reads.
+        let old: OutboxAction =
+            serde_json::from_str(r#"{"method":"deleteMessage","messageId":3}"#).unwrap();
+        assert_eq!(old, OutboxAction::DeleteMessage { message_id: 3 });
+        assert!(call.sends_message());
+        assert_eq!(call.method(), "sendPhoto");
+        for (name, sends) in [
+            ("sendMessage", true),
+            ("copyMessage", true),
+            ("forwardMessages", true),
+            ("sendChatAction", false),
+            ("editMessageText", false),
+            ("answerCallbackQuery", false),
+            ("deleteMessage", false),
+        ] {
+            assert_eq!(
+                OutboxAction::call(name, Map::new()).sends_message(),
+                sends,
+                "{name}"
+            );
+        }
     }
 }

@@ -54,6 +54,7 @@ macro_rules! backend_suite {
             sessions_expire,
             a_registration_token_is_redeemed_once,
             outbox_calls_go_out_once_in_order_per_chat,
+            any_bot_api_call_is_kept_as_written,
         );
     };
     (@tests $factory:path, $config:path; $($name:ident),* $(,)?) => {
@@ -809,6 +810,10 @@ fn sent_text(action: &OutboxAction) -> &str {
     match action {
         OutboxAction::SendMessage { text, .. } => text,
         OutboxAction::DeleteMessage { .. } => "",
+        OutboxAction::Call { params, .. } => params
+            .get("text")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default(),
     }
 }
 
@@ -982,4 +987,76 @@ pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(
     }
     let stats = backend.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.done, stats.failed), (0, 3, 1));
+}
+
+/// Any Bot API method in the outbox (a handler's effect): its name and parameters come back as
+/// written, nested objects, numbers beyond 2^53 and text in any script included, once however
+/// often the update is applied, in the order written within the chat.
+pub async fn any_bot_api_call_is_kept_as_written<B: Backend, F, Fut>(make: F, config: QueueConfig)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    enqueue(&backend, &message_update(400, 60, 1, "/menu")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    let mut records = build_records(&delivery.update, clock::now_ms()).expect("records");
+    let params = |value: serde_json::Value| match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("an object"),
+    };
+    let photo = OutboxAction::call(
+        "sendPhoto",
+        params(serde_json::json!({
+            "chat_id": 60,
+            "photo": "AgACAgIAAxkBAAIBZ2Z",
+            "caption": "Ответ ✓ «quoted» \"and\" \\ back\nslash",
+            "reply_markup": {"inline_keyboard": [[
+                {"text": "Yes", "callback_data": "yes:1"},
+                {"text": "No", "callback_data": "no:1"}
+            ]]},
+            "message_thread_id": 9_007_199_254_740_993_i64,
+        })),
+    );
+    let answer = OutboxAction::call(
+        "answerCallbackQuery",
+        params(serde_json::json!({"callback_query_id": "4382bfdwdsb323b2d9", "text": "Saved"})),
+    );
+    let entry = &delivery.update.entry_id;
+    records.outbox = vec![
+        crate::OutboxMessage {
+            outbox_id: format!("{entry}:1"),
+            chat_id: 60,
+            action: photo.clone(),
+        },
+        crate::OutboxMessage {
+            outbox_id: format!("{entry}:2"),
+            chat_id: 60,
+            action: answer.clone(),
+        },
+    ];
+    backend.apply(&delivery, &records).await.expect("apply");
+    backend
+        .apply(&delivery, &records)
+        .await
+        .expect("apply again");
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 2);
+
+    let lease = Duration::from_secs(60);
+    let first = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(first.len(), 1, "one call of the chat at a time");
+    assert_eq!(first[0].call.action, photo);
+    backend
+        .call_done(&first[0].call.outbox_id, Some(12))
+        .await
+        .unwrap();
+    let second = backend.due_calls(10, lease).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].call.action, answer);
+    backend
+        .call_done(&second[0].call.outbox_id, None)
+        .await
+        .unwrap();
+    let stats = backend.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.done), (0, 2));
 }

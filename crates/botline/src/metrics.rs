@@ -11,7 +11,7 @@
 //! | `botline_processing_failures_total` | counter | | attempts that failed |
 //! | `botline_dead_lettered_total` | counter | | updates that ran out of attempts |
 //! | `botline_updates_processed_total` | counter | `outcome` | written, or already_done (a retry that changed nothing) |
-//! | `botline_telegram_calls_total` | counter | `method`, `outcome` | Bot API calls made by the sender: sent, retry (429, 5xx, network), refused (400/403, final) |
+//! | `botline_telegram_calls_total` | counter | `method`, `outcome` | Bot API calls made by the sender (`method`: the Bot API's name for the common methods, `other` for the rest): sent, retry (429, 5xx, network), refused (400/403/404, final) |
 //! | `botline_update_to_reply_seconds` | histogram | | an outbox call written to Telegram accepting it |
 //! | `botline_outbox_depth` | gauge | `state` | outbox calls pending or failed for good (read at scrape time) |
 //! | `botline_edge_refused_total` | counter | `reason` | requests the edge guard refused: allowlist (403), rate_limited (429), bad_forwarding (400) |

@@ -9,7 +9,13 @@
 //!   and when several chats are refused at once the whole sender pauses;
 //! - 5xx, network errors, answers that are not Telegram's, a refused token: retried with
 //!   exponential backoff;
-//! - 400/403 (chat not found, bot blocked, message gone): failed for good, with the reason.
+//! - 400/403 (chat not found, bot blocked, message gone): failed for good, with the reason; so
+//!   is a 404 for a method of [`OutboxAction::Call`] (the Bot API has no such method).
+//!
+//! Besides the replies of `/register` the outbox holds any Bot API method
+//! ([`OutboxAction::Call`]); the methods that send a message (`send*`, `copyMessage`,
+//! `forwardMessage`) count against the per-chat and per-group limits, the others only against
+//! the overall one.
 //!
 //! Outgoing calls stay under Telegram's published limits: about 30 messages per second overall,
 //! one per second in a chat, and 20 per minute in a group (here one every 3 s per group, which
@@ -247,11 +253,10 @@ impl Sender {
     async fn make(&self, entry: OutboxEntry, flood: &Mutex<Flood>) {
         let call = &entry.call;
         let chat_id = call.chat_id;
-        let (method, sends_message) = match &call.action {
-            OutboxAction::SendMessage { .. } => ("sendMessage", true),
-            OutboxAction::DeleteMessage { .. } => ("deleteMessage", false),
-        };
-        self.limits.until_ready(chat_id, sends_message).await;
+        let method = metric_method(call.action.method());
+        self.limits
+            .until_ready(chat_id, call.action.sends_message())
+            .await;
         let started = Instant::now();
         let result = match &call.action {
             OutboxAction::SendMessage {
@@ -267,6 +272,7 @@ impl Sender {
                 .delete_message(chat_id, *message_id)
                 .await
                 .map(|()| None),
+            OutboxAction::Call { name, params } => self.telegram.call(name, params).await,
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let outcome = match &result {
@@ -285,7 +291,7 @@ impl Sender {
                     outbox_id = %call.outbox_id,
                     update_id = entry.update_id.0,
                     chat_id,
-                    method,
+                    method = call.action.method(),
                     attempt = entry.attempt,
                     latency_ms,
                     outcome,
@@ -312,7 +318,7 @@ impl Sender {
                     outbox_id = %call.outbox_id,
                     update_id = entry.update_id.0,
                     chat_id,
-                    method,
+                    method = call.action.method(),
                     attempt = entry.attempt,
                     latency_ms,
                     outcome,
@@ -336,6 +342,43 @@ impl Sender {
 fn backoff(attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// The `method` label of a call: the Bot API's name for the methods Telegram documents (as
+/// of this build) that an outbox is likely to hold, `other` for the rest, so a handler's
+/// unusual method names cannot grow the metric's label set without bound.
+fn metric_method(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "sendMessage",
+        "deleteMessage",
+        "sendPhoto",
+        "sendDocument",
+        "sendVideo",
+        "sendAudio",
+        "sendVoice",
+        "sendAnimation",
+        "sendSticker",
+        "sendLocation",
+        "sendPoll",
+        "sendMediaGroup",
+        "sendChatAction",
+        "copyMessage",
+        "forwardMessage",
+        "editMessageText",
+        "editMessageCaption",
+        "editMessageReplyMarkup",
+        "answerCallbackQuery",
+        "answerInlineQuery",
+        "setMessageReaction",
+        "pinChatMessage",
+        "banChatMember",
+        "restrictChatMember",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .copied()
+        .unwrap_or("other")
 }
 
 #[cfg(test)]

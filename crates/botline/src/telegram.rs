@@ -277,6 +277,28 @@ impl Telegram {
         Ok(i64::from(sent.message_id))
     }
 
+    /// Any Bot API method with its parameters as Telegram takes them; the id of the message it
+    /// sent or edited, when its result is a message.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<i64>, CallError> {
+        match self.ask::<_, serde_json::Value>(method, params).await {
+            Ok(result) => Ok(result.get("message_id").and_then(serde_json::Value::as_i64)),
+            // A well-formed token that Telegram does not know is 401; 404 is a method it does
+            // not have (a typo, or one this bot's Telegram does not offer yet): final, as a 400.
+            Err(CallError::Unauthorized {
+                code: 404,
+                description,
+            }) => Err(CallError::Refused {
+                code: 404,
+                description: format!("the Bot API has no method {method:?}: {description}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// deleteMessage.
     pub async fn delete_message(&self, chat_id: i64, message_id: i64) -> Result<(), CallError> {
         let message_id = i32::try_from(message_id).map_err(|_| CallError::Refused {
