@@ -85,7 +85,9 @@
 //! later while leased or waiting out a `retry_after`), `createdAt` N, `seq` S, `chatSeq` S
 //! (`<chatId>#<seq>`), `finishedAt` N, `telegramMessageId` N, `lastError` S. `seq` is the update
 //! id (20 digits) and the call's place among that update's calls: one chat's updates are applied
-//! one at a time in `update_id` order, so this is the order the calls were written in.
+//! one at a time in `update_id` order, so this is the order the calls were written in. A delayed
+//! call (a reminder) has `chatSeq` `<chatId>#~<time>.<seq>` and `dueAt` and `createdAt` at its
+//! time: it sorts after the chat's calls due at once, and holds up none of them while it waits.
 //! `pendingShard` S is `"0"` exactly while the call is pending: `PendingIndex` lists the pending
 //! calls of every chat, by chat and in order.
 //!

@@ -26,6 +26,12 @@ const FINISHED_TTL_SECONDS: i64 = 30 * 24 * 3600;
 /// The `Put` of a new call, the `index`-th that update `update_id` asked for. `seq` orders a
 /// chat's calls: updates of a chat are applied one at a time in `update_id` order, so
 /// (`update_id`, index) is the order the calls were written in.
+///
+/// A delayed call (a reminder) is written due at its time, with `chatSeq` `<chat>#~<time>.<seq>`:
+/// `~` sorts after every digit, so the chat's calls due at once go before it, and delayed calls
+/// go in the order of their times. Its `dueAt` still equals the time in its `chatSeq` until it
+/// is first leased, which is how [`Outbox::due_calls`] tells a call waiting for its time (that
+/// holds up nothing) from one leased or waiting out a retry (that holds up its chat).
 pub(crate) fn outbox_put(
     table: &str,
     call: &OutboxMessage,
@@ -36,6 +42,10 @@ pub(crate) fn outbox_put(
     let action = serde_json::to_string(&call.action)
         .map_err(|e| BackendError::Corrupt(format!("outbox call {}: {e}", call.outbox_id)))?;
     let seq = format!("{:020}.{index:03}", update_id.0.max(0));
+    let (due, chat_seq) = match call.send_at_ms.filter(|at| *at > now) {
+        Some(at) => (at, format!("{}#{SCHEDULED}{at:015}.{seq}", call.chat_id)),
+        None => (now, format!("{}#{seq}", call.chat_id)),
+    };
     let item = Item::from([
         ("outboxId".to_owned(), s(&call.outbox_id)),
         ("updateId".to_owned(), n(update_id.0)),
@@ -43,10 +53,10 @@ pub(crate) fn outbox_put(
         ("action".to_owned(), s(action)),
         ("state".to_owned(), s(PENDING)),
         ("attempts".to_owned(), n(0)),
-        ("dueAt".to_owned(), n(now)),
-        ("createdAt".to_owned(), n(now)),
+        ("dueAt".to_owned(), n(due)),
+        ("createdAt".to_owned(), n(due)),
         ("seq".to_owned(), s(&seq)),
-        ("chatSeq".to_owned(), s(format!("{}#{seq}", call.chat_id))),
+        ("chatSeq".to_owned(), s(chat_seq)),
         ("pendingShard".to_owned(), s(PENDING_SHARD)),
     ]);
     let condition = "attribute_not_exists(#outboxId)";
@@ -69,6 +79,7 @@ fn entry(item: &Item) -> Result<OutboxEntry, BackendError> {
                 .map_err(|e| BackendError::Corrupt(format!("outbox call {outbox_id}: {e}")))?,
             chat_id: req_n(item, "chatId", what)?,
             outbox_id,
+            send_at_ms: None,
         },
         update_id: UpdateId(req_n(item, "updateId", what)?),
         attempt: req_n(item, "attempts", what)?,
@@ -76,12 +87,28 @@ fn entry(item: &Item) -> Result<OutboxEntry, BackendError> {
     })
 }
 
+/// What starts the `seq` part of a delayed call's `chatSeq`.
+const SCHEDULED: char = '~';
+
 /// A pending call as the index shows it.
 struct Pending {
     outbox_id: String,
     chat_id: i64,
     chat_seq: String,
     due_at: i64,
+}
+
+impl Pending {
+    /// A delayed call not leased yet, waiting for its time: it holds up nothing.
+    fn waits_for_its_time(&self, now: i64) -> bool {
+        let scheduled = self
+            .chat_seq
+            .split_once('#')
+            .and_then(|(_, seq)| seq.strip_prefix(SCHEDULED))
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(at, _)| at.parse::<i64>().ok());
+        self.due_at > now && scheduled == Some(self.due_at)
+    }
 }
 
 impl AwsBackend {
@@ -198,12 +225,19 @@ impl Outbox for AwsBackend {
             return Ok(Vec::new());
         }
         let now = clock::now_ms();
+        // A chat whose calls are all due, or waiting for their time, and whose first call is
+        // due: a call leased or waiting out a retry holds up its chat.
         let mut heads: Vec<Pending> = self
             .pending_calls()
             .await?
             .into_values()
-            .filter(|calls| calls.iter().all(|call| call.due_at <= now))
+            .filter(|calls| {
+                calls
+                    .iter()
+                    .all(|call| call.due_at <= now || call.waits_for_its_time(now))
+            })
             .filter_map(|calls| calls.into_iter().next())
+            .filter(|head| head.due_at <= now)
             .collect();
         heads.sort_by(|a, b| (a.due_at, &a.chat_seq).cmp(&(b.due_at, &b.chat_seq)));
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);

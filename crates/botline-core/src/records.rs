@@ -115,6 +115,37 @@ pub struct OutboxMessage {
     pub outbox_id: String,
     pub chat_id: i64,
     pub action: OutboxAction,
+    /// Not before this time, unix milliseconds (a reminder); `None`: as soon as the chat's
+    /// turn comes. A delayed call never holds up the calls of its chat that are due before it;
+    /// once due, it goes out in its chat's order. Backends give calls back without it: a call
+    /// handed out is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at_ms: Option<i64>,
+}
+
+impl OutboxMessage {
+    /// A call to make as soon as its chat's turn comes.
+    pub fn new(outbox_id: impl Into<String>, chat_id: i64, action: OutboxAction) -> Self {
+        Self {
+            outbox_id: outbox_id.into(),
+            chat_id,
+            action,
+            send_at_ms: None,
+        }
+    }
+
+    /// The same call, not before `send_at_ms` (unix milliseconds).
+    pub fn at(self, send_at_ms: i64) -> Self {
+        Self {
+            send_at_ms: Some(send_at_ms),
+            ..self
+        }
+    }
+
+    /// When the call may go out first, given the time it is written: `now_ms`, or later.
+    pub fn due_from(&self, now_ms: i64) -> i64 {
+        self.send_at_ms.map_or(now_ms, |at| at.max(now_ms))
+    }
 }
 
 /// The Bot API calls the outbox makes. Stored as JSON by every backend, tagged by `method`.
@@ -203,6 +234,7 @@ impl RegistrationAttempt {
                 text,
                 reply_to_message_id: Some(self.message_id),
             },
+            send_at_ms: None,
         }
     }
 }
@@ -321,6 +353,7 @@ impl RegisterCommand {
                     .to_owned(),
                     reply_to_message_id: Some(self.message_id),
                 },
+                send_at_ms: None,
             }),
         }
         if self.in_group && self.has_args {
@@ -330,6 +363,7 @@ impl RegisterCommand {
                 action: OutboxAction::DeleteMessage {
                     message_id: self.message_id,
                 },
+                send_at_ms: None,
             });
         }
     }
@@ -648,6 +682,7 @@ mod tests {
                 outbox_id: "entry-1:2".into(),
                 chat_id: -100,
                 action: OutboxAction::DeleteMessage { message_id: 17 },
+                send_at_ms: None,
             }]
         );
     }

@@ -55,6 +55,7 @@ macro_rules! backend_suite {
             a_registration_token_is_redeemed_once,
             outbox_calls_go_out_once_in_order_per_chat,
             any_bot_api_call_is_kept_as_written,
+            a_delayed_call_waits_for_its_time_and_holds_up_nothing,
         );
     };
     (@tests $factory:path, $config:path; $($name:ident),* $(,)?) => {
@@ -1028,11 +1029,13 @@ where
             outbox_id: format!("{entry}:1"),
             chat_id: 60,
             action: photo.clone(),
+            send_at_ms: None,
         },
         crate::OutboxMessage {
             outbox_id: format!("{entry}:2"),
             chat_id: 60,
             action: answer.clone(),
+            send_at_ms: None,
         },
     ];
     backend.apply(&delivery, &records).await.expect("apply");
@@ -1059,4 +1062,72 @@ where
         .unwrap();
     let stats = backend.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.done), (0, 2));
+}
+
+/// A call due later (a reminder) is not handed out before its time, and the chat's calls that
+/// are due before it go out meanwhile; once due, it goes out.
+pub async fn a_delayed_call_waits_for_its_time_and_holds_up_nothing<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    enqueue(&backend, &message_update(500, 70, 1, "/remind 2 tea")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    let mut records = build_records(&delivery.update, clock::now_ms()).expect("records");
+    let entry = &delivery.update.entry_id;
+    let say = |text: &str| OutboxAction::SendMessage {
+        text: text.to_owned(),
+        reply_to_message_id: None,
+    };
+    let send_at = clock::now_ms() + 2_000;
+    records.outbox = vec![
+        crate::OutboxMessage::new(format!("{entry}:1"), 70, say("I'll remind you in 2 s.")),
+        crate::OutboxMessage::new(format!("{entry}:2"), 70, say("Reminder: tea")).at(send_at),
+        crate::OutboxMessage::new(format!("{entry}:3"), 70, say("Anything else?")),
+    ];
+    backend.apply(&delivery, &records).await.expect("apply");
+    backend
+        .apply(&delivery, &records)
+        .await
+        .expect("apply again");
+
+    let lease = Duration::from_secs(60);
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let calls = backend.due_calls(10, lease).await.unwrap();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        sent.push(sent_text(&calls[0].call.action).to_owned());
+        backend
+            .call_done(&calls[0].call.outbox_id, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(sent, ["I'll remind you in 2 s.", "Anything else?"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let reminder = loop {
+        let mut calls = backend.due_calls(10, lease).await.unwrap();
+        if let Some(call) = calls.pop() {
+            assert!(
+                clock::now_ms() >= send_at,
+                "handed out {} ms before its time",
+                send_at - clock::now_ms()
+            );
+            break call;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reminder never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sent_text(&reminder.call.action), "Reminder: tea");
+    backend
+        .call_done(&reminder.call.outbox_id, None)
+        .await
+        .unwrap();
+    let stats = backend.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.done), (0, 3));
 }

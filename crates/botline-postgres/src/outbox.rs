@@ -1,5 +1,6 @@
 //! The outbox: Bot API calls handed out under a lease, one per chat at a time, in the order they
-//! were written; across instances as the queue does it (see the crate docs).
+//! were written (a delayed call in the order of its time); across instances as the queue does it
+//! (see the crate docs).
 
 use crate::queue::ORDER_KEY_LOCKS;
 use crate::{Fault, PostgresBackend, count, millis, sql_limit, text};
@@ -11,13 +12,17 @@ use std::time::Duration;
 /// The advisory-lock namespace of outbox chats, next to the queue's.
 const CHAT_LOCKS: i32 = ORDER_KEY_LOCKS + 1;
 
-/// Pending calls that could go out now, as `o`: the oldest pending of their chat, due, and with
-/// no call of their chat leased or waiting (one that was written late, behind a leased one).
+/// Pending calls that could go out now, as `o`: the oldest pending of their chat by
+/// (`created_at`, `seq`), due, and with no call of their chat leased or waiting out a retry (one
+/// that was written late, behind a leased one). A delayed call not tried yet (`attempts` 0, its
+/// `created_at` its time) holds up nothing before its time.
 const HEADS: &str = "o.state = 0 AND o.due_at <= botline_now_ms()
     AND NOT EXISTS (SELECT 1 FROM outbox AS p
-                    WHERE p.state = 0 AND p.chat_id = o.chat_id AND p.seq < o.seq)
+                    WHERE p.state = 0 AND p.chat_id = o.chat_id
+                      AND (p.created_at, p.seq) < (o.created_at, o.seq))
     AND NOT EXISTS (SELECT 1 FROM outbox AS p
-                    WHERE p.state = 0 AND p.chat_id = o.chat_id AND p.due_at > botline_now_ms())";
+                    WHERE p.state = 0 AND p.chat_id = o.chat_id AND p.attempts > 0
+                      AND p.due_at > botline_now_ms())";
 
 /// Step 1: the chats of up to $1 due calls, each locked for this transaction.
 static CLAIM_CHATS_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -60,6 +65,7 @@ fn outbox_entry(
                 .map_err(|e| BackendError::Corrupt(format!("outbox call {outbox_id}: {e}")))?,
             chat_id,
             outbox_id,
+            send_at_ms: None,
         },
         update_id: UpdateId(update_id),
         attempt: u32::try_from(attempts)

@@ -276,19 +276,22 @@ async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(),
         calls.push(attempt.reply(registered));
     }
     calls.extend(records.outbox.iter().cloned());
-    // One at a time, in order: `seq` orders a chat's calls.
+    // One at a time, in order: (`created_at`, `seq`) orders a chat's calls. A delayed call is
+    // written as made at its time, so it holds up none that are due before it.
     for call in calls {
         let action = serde_json::to_string(&call.action)
             .map_err(|e| BackendError::Corrupt(format!("outbox call {}: {e}", call.outbox_id)))?;
         sqlx::query(
             "INSERT INTO outbox (outbox_id, update_id, chat_id, action, due_at, created_at)
-             VALUES ($1, $2, $3, $4::json, botline_now_ms(), botline_now_ms())
+             VALUES ($1, $2, $3, $4::json, greatest(botline_now_ms(), $5),
+                     greatest(botline_now_ms(), $5))
              ON CONFLICT DO NOTHING",
         )
         .bind(text(&call.outbox_id))
         .bind(records.update_id.0)
         .bind(call.chat_id)
         .bind(action)
+        .bind(call.send_at_ms)
         .execute(&mut *conn)
         .await?;
     }

@@ -902,6 +902,8 @@ fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
     for call in calls {
         let action = serde_json::to_string(&call.action)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        // A delayed call is written as made at its time: a chat's calls go out in the order of
+        // `created_at`, so it holds up none that are due before it.
         conn.prepare_cached(
             "INSERT INTO outbox (outbox_id, update_id, chat_id, action, due_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
@@ -911,7 +913,7 @@ fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
             records.update_id.0,
             call.chat_id,
             action,
-            now
+            call.due_from(now)
         ])?;
     }
     Ok(())
@@ -926,6 +928,7 @@ fn outbox_entry(row: &Row<'_>) -> rusqlite::Result<OutboxEntry> {
             action: serde_json::from_str(&action).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
             })?,
+            send_at_ms: None,
         },
         update_id: UpdateId(row.get(1)?),
         attempt: row.get(4)?,

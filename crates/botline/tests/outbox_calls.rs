@@ -45,11 +45,13 @@ async fn any_method_goes_out_once_with_its_parameters() {
                     "reply_parameters": {"message_id": 5},
                 })),
             ),
+            send_at_ms: None,
         },
         OutboxMessage {
             outbox_id: format!("{entry}:2"),
             chat_id: 42,
             action: OutboxAction::call("sendTelepathy", params(json!({"chat_id": 42}))),
+            send_at_ms: None,
         },
     ];
     backend.apply(&delivery, &records).await.unwrap();
