@@ -221,16 +221,32 @@
 //!
 //! # Apply, and why each update is written once
 //!
-//! `apply` is one `TransactWriteItems` of at most 7 items (far below the limit of 100 items and
-//! 4 MB): the update's item to `done` (condition: not done yet; its body removed), the message
-//! (condition: no message with its key: the first write wins), the user (an upsert keeping
-//! `createdAt` with `if_not_exists`, the other fields following the latest update), the event,
-//! the token's redemption (condition: issued to this username, unused, unexpired) and the outbox
-//! calls (condition: not written yet; ids from the records). When the update's own condition
-//! fails, it was applied before: [`Applied::AlreadyDone`], nothing written. When only the
-//! message's, a call's or the token's fails, the transaction is tried again without that message
-//! or call, or with the registration answered as refused: the conditions are decided by the
-//! transaction that commits, so a token is redeemed once and answered accordingly.
+//! `apply` is one `TransactWriteItems`: the update's item to `done` (condition: not done yet;
+//! its body removed), the message (condition: no message with its key: the first write wins),
+//! the user (an upsert keeping `createdAt` with `if_not_exists`, the other fields following the
+//! latest update), the event, the token's redemption (condition: issued to this username,
+//! unused, unexpired), the outbox calls (condition: not written yet; ids from the records) and
+//! the sessions the handler wrote ([`Records::sessions`](botline_core::Records), the last
+//! change of each session): a put is an `UpdateItem` of every attribute, a delete a
+//! `DeleteItem`. A put keeps the `createdAt` of a live session: it assumes the session is live
+//! (condition: it exists and `expiresAt` is after now, in seconds; `createdAt` left as stored)
+//! unless the try before found it was not, and then writes it whole (condition: no session, or
+//! an expired one). When the update's own condition fails, it was applied before:
+//! [`Applied::AlreadyDone`], nothing written. When only the message's, a call's, the token's or
+//! a session's fails, the transaction is tried again without that message or call, with the
+//! registration answered as refused, or with the session assumed the other way: the conditions
+//! are decided by the transaction that commits, so a token is redeemed once and answered
+//! accordingly, and a session's `createdAt` is kept exactly when it was live.
+//!
+//! That is 4 items, one more for a token, and one per outbox call (the registration's answer
+//! included) and per session written. DynamoDB takes at most 100 items (and 4 MB) in one
+//! transaction: an update whose effects need more is refused before anything is sent
+//! ([`BackendError::Unavailable`], saying so; retried, it is refused again and dead-lettered),
+//! never split over two transactions, which would break "all or nothing".
+//!
+//! The worker's role needs `dynamodb:UpdateItem` and `dynamodb:DeleteItem` on the `sessions`
+//! table for the sessions `apply` writes (DynamoDB authorizes each item of a transaction by the
+//! action of its kind, on its table).
 //!
 //! Exactly once, then: every record of an update commits in the transaction that marks it done,
 //! and that transaction commits at most once per update; a retried, redelivered or concurrently

@@ -7,10 +7,12 @@ use crate::queue::{DONE, Receipt};
 use crate::{AwsBackend, is_condition_failed, unavailable};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
 use botline_core::{
     Applied, BackendError, Delivery, EventRecord, MessageQuery, MessageRecord, OutboxMessage,
-    Records, RegistrationTokens, SessionRecord, Sessions, Store, UserRecord, clock,
+    Records, RegistrationTokens, SessionChange, SessionRecord, Sessions, Store, UserRecord, clock,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -19,9 +21,12 @@ use std::time::Duration;
 pub(crate) const USER_ID_INDEX: &str = "UserIdIndex";
 
 /// Transactions `apply` tries before it reports the store unavailable: a condition that failed
-/// on a message or an outbox call, a token that cannot be redeemed, or a conflict with another
-/// transaction each take one more.
+/// on a message or an outbox call, a token that cannot be redeemed, a session that did (or did
+/// not) exist as the try assumed, or a conflict with another transaction each take one more.
 const APPLY_TRIES: usize = 6;
+
+/// The most items DynamoDB takes in one `TransactWriteItems`.
+pub(crate) const MAX_TRANSACTION_ITEMS: usize = 100;
 
 /// What each item of an apply transaction is, to read its cancellation reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +37,10 @@ enum Part {
     Event,
     Token,
     Outbox(String),
+    /// A session put, whose condition says whether the session was live.
+    Session(String),
+    /// A session deleted (no condition).
+    SessionDeleted,
 }
 
 /// What an apply transaction leaves out after a try was cancelled.
@@ -43,6 +52,9 @@ struct Leave {
     token: bool,
     /// Outbox calls that exist already.
     outbox: HashSet<String>,
+    /// Sessions put that were not live at the last try (absent or expired): written whole,
+    /// `createdAt` included. The others are assumed live and keep their `createdAt`.
+    new_sessions: HashSet<String>,
 }
 
 fn built<T, E: std::fmt::Display>(value: Result<T, E>) -> Result<T, BackendError> {
@@ -247,17 +259,109 @@ impl AwsBackend {
             );
             parts.push(Part::Outbox(call.outbox_id.clone()));
         }
+
+        // A session is live while `expiresAt` (unix seconds) is after `:cut`.
+        let cut = n(now.div_euclid(1000));
+        for change in records.session_writes() {
+            match change {
+                SessionChange::Put(session) => {
+                    let new = leave.new_sessions.contains(&session.session_id);
+                    items.push(
+                        TransactWriteItem::builder()
+                            .update(session_put(&t.sessions, session, new, cut.clone())?)
+                            .build(),
+                    );
+                    parts.push(Part::Session(session.session_id.clone()));
+                }
+                SessionChange::Delete { session_id } => {
+                    items.push(
+                        TransactWriteItem::builder()
+                            .delete(built(
+                                Delete::builder()
+                                    .table_name(&t.sessions)
+                                    .set_key(Some(key("sessionId", s(session_id))))
+                                    .build(),
+                            )?)
+                            .build(),
+                    );
+                    parts.push(Part::SessionDeleted);
+                }
+            }
+        }
+
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(BackendError::Unavailable(format!(
+                "update {} cannot be applied: its records, {} outbox calls and {} session \
+                 changes make {} items, more than the {MAX_TRANSACTION_ITEMS} one DynamoDB \
+                 transaction takes",
+                update.update_id,
+                records.outbox.len() + usize::from(records.registration.is_some()),
+                records.session_writes().len(),
+                items.len()
+            )));
+        }
         Ok((items, parts))
     }
+}
+
+/// A session put as one item of `apply`'s transaction: every attribute as
+/// [`Sessions::put_session`] writes them. When the session is assumed live (`new` false), the
+/// stored `createdAt` is kept and the condition is that the session exists and has not expired
+/// at `cut` (unix seconds); when it is assumed `new`, `createdAt` is the record's and the
+/// condition is that there is no session or only an expired one. A condition that fails cancels
+/// the try, and the next assumes the other.
+fn session_put(
+    table: &str,
+    session: &SessionRecord,
+    new: bool,
+    cut: AttributeValue,
+) -> Result<Update, BackendError> {
+    let data = serde_json::Value::Object(session.data.clone()).to_string();
+    let (update, condition) = if new {
+        (
+            "SET #userId = :userId, #chatId = :chatId, #state = :state, #data = :data, \
+             #createdAt = :createdAt, #updatedAt = :updatedAt, #expiresAt = :expiresAt",
+            "attribute_not_exists(#sessionId) OR #expiresAt <= :cut",
+        )
+    } else {
+        (
+            "SET #userId = :userId, #chatId = :chatId, #state = :state, #data = :data, \
+             #createdAt = if_not_exists(#createdAt, :createdAt), #updatedAt = :updatedAt, \
+             #expiresAt = :expiresAt",
+            "attribute_exists(#sessionId) AND #expiresAt > :cut",
+        )
+    };
+    built(
+        Update::builder()
+            .table_name(table)
+            .set_key(Some(key("sessionId", s(&session.session_id))))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(names([update, condition]))
+            .set_expression_attribute_values(values([
+                (":userId", s(&session.user_id)),
+                (":chatId", n(session.chat_id)),
+                (":state", s(&session.state)),
+                (":data", s(data)),
+                (":createdAt", s(&session.created_at)),
+                (":updatedAt", s(&session.updated_at)),
+                (":expiresAt", n(session.expires_at)),
+                (":cut", cut),
+            ]))
+            .build(),
+    )
 }
 
 #[async_trait]
 impl Store for AwsBackend {
     /// One `TransactWriteItems`: the update's item marked done (unless it is done already), the
-    /// message (unless one with its key exists), the user, the event, the token's redemption
-    /// and the outbox calls. A condition that fails on the message, the token or an outbox call
-    /// cancels the try; the next try leaves that item out (or answers the registration with a
-    /// refusal). Then the message is deleted from SQS.
+    /// message (unless one with its key exists), the user, the event, the token's redemption,
+    /// the outbox calls and the sessions put or deleted. A condition that fails on the message,
+    /// the token or an outbox call cancels the try; the next try leaves that item out (or
+    /// answers the registration with a refusal); one that fails on a session put makes the next
+    /// try assume the session was the other way (live, or absent or expired). More than the
+    /// 100 items DynamoDB takes in one transaction is an error, before anything is sent. Then
+    /// the message is deleted from SQS.
     async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError> {
         let now = clock::now_ms();
         let mut leave = Leave::default();
@@ -302,7 +406,13 @@ impl Store for AwsBackend {
                     Part::Outbox(id) => {
                         leave.outbox.insert(id.clone());
                     }
-                    Part::Update | Part::User | Part::Event => {}
+                    // The session was not as assumed: assume the other next time.
+                    Part::Session(id) => {
+                        if !leave.new_sessions.remove(id) {
+                            leave.new_sessions.insert(id.clone());
+                        }
+                    }
+                    Part::Update | Part::User | Part::Event | Part::SessionDeleted => {}
                 }
             }
             if failed("TransactionConflict").next().is_some() {

@@ -12,8 +12,9 @@ use botline_aws::{
 };
 use botline_core::testsuite::{message_update, register_update};
 use botline_core::{
-    Applied, BackendError, DeadLetters, Delivery, Enqueued, Failed, Handling, InboundUpdate, Queue,
-    QueueConfig, Store, build_records, clock,
+    Applied, BackendError, DeadLetters, Delivery, Enqueued, Failed, Handling, InboundUpdate,
+    Outbox, OutboxAction, OutboxMessage, Queue, QueueConfig, Records, SessionChange, SessionRecord,
+    Sessions, Store, build_records, clock,
 };
 use std::time::{Duration, Instant};
 
@@ -897,4 +898,104 @@ async fn moto_enforces_what_the_backend_relies_on() {
         .await
         .unwrap();
     assert_eq!(indexed.items().len(), 1);
+}
+
+/// The session of chat 5, live for an hour.
+fn chat_session(state: &str) -> SessionRecord {
+    SessionRecord {
+        session_id: "chat:5".into(),
+        user_id: "telegram_1005".into(),
+        chat_id: 5,
+        state: state.into(),
+        data: serde_json::Map::new(),
+        created_at: clock::iso8601(clock::now_ms()),
+        updated_at: clock::iso8601(clock::now_ms()),
+        expires_at: clock::now_ms() / 1000 + 3600,
+    }
+}
+
+/// `delivery`'s records with `calls` replies and a put of `session`.
+fn with_effects(delivery: &Delivery, calls: usize, session: &SessionRecord) -> Records {
+    let mut records = build_records(&delivery.update, clock::now_ms()).unwrap();
+    records.outbox = (0..calls)
+        .map(|n| {
+            OutboxMessage::new(
+                format!("{}:{n}", delivery.update.entry_id),
+                5,
+                OutboxAction::SendMessage {
+                    text: format!("reply {n}"),
+                    reply_to_message_id: None,
+                },
+            )
+        })
+        .collect();
+    records.sessions = vec![SessionChange::Put(session.clone())];
+    records
+}
+
+/// A transaction DynamoDB refuses (here: the message's item is over 400 KB) writes nothing of
+/// the update, its session included; applied again once it can commit, it writes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_fails_leaves_no_session() {
+    let backend = common::standard_backend(config()).await;
+    backend
+        .enqueue(&message_update(1, 5, 1, "x"))
+        .await
+        .unwrap();
+    let delivery = backend.receive(1).await.unwrap().remove(0);
+    let session = chat_session("asked");
+    let mut records = with_effects(&delivery, 1, &session);
+    let fits = records.clone();
+    if let Some(message) = records.message.as_mut() {
+        message.raw = "x".repeat(410 * 1024);
+    }
+    let failed = backend.apply(&delivery, &records).await;
+    assert!(
+        matches!(&failed, Err(BackendError::Unavailable(why)) if why.contains("size")),
+        "{failed:?}"
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), None);
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 0);
+    assert_eq!(backend.user("telegram_1005").await.unwrap(), None);
+    assert_ne!(
+        update_item(&backend, 1).await.unwrap().get("state"),
+        Some(&AttributeValue::S("done".into()))
+    );
+
+    assert_eq!(
+        backend.apply(&delivery, &fits).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), Some(session));
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
+}
+
+/// An update whose effects need more items than one transaction takes (100) is refused whole,
+/// with an error that says so, before anything is written; 100 items are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_beyond_one_transaction_are_refused_whole() {
+    let backend = common::standard_backend(config()).await;
+    backend
+        .enqueue(&message_update(1, 5, 1, "x"))
+        .await
+        .unwrap();
+    let delivery = backend.receive(1).await.unwrap().remove(0);
+    let session = chat_session("many");
+    // The update, the message, the user and the event, 96 calls and the session: 101 items.
+    let too_many = with_effects(&delivery, 96, &session);
+    let refused = backend.apply(&delivery, &too_many).await;
+    let Err(BackendError::Unavailable(why)) = &refused else {
+        panic!("{refused:?}");
+    };
+    assert!(why.contains("101 items") && why.contains("100"), "{why}");
+    assert_eq!(backend.session("chat:5").await.unwrap(), None);
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 0);
+
+    let most = with_effects(&delivery, 95, &session);
+    assert_eq!(
+        backend.apply(&delivery, &most).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), Some(session));
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 95);
 }

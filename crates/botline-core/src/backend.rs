@@ -9,6 +9,8 @@
 //! - [`Sessions`]: conversation state with a time to live.
 
 use crate::ids::UpdateId;
+#[cfg(doc)]
+use crate::records::SessionChange;
 use crate::records::{
     EventRecord, MessageRecord, OutboxMessage, Records, SessionRecord, UserRecord,
 };
@@ -244,6 +246,13 @@ pub trait Store: Send + Sync {
     /// answer and the other outbox calls, and replaces the queue's copy of the body with its
     /// redacted form.
     ///
+    /// The same transaction puts or deletes the sessions of [`Records::sessions`]: of several
+    /// changes to one session in one update the last one wins ([`Records::session_writes`]); a
+    /// [`SessionChange::Put`] keeps the `createdAt` of a live session it replaces. Since an
+    /// update found done writes nothing, a session change is never applied twice, and a retried
+    /// update never writes its session over the one a later update of the same chat wrote; an
+    /// attempt that fails before its apply commits leaves no session change behind.
+    ///
     /// Where queue and store share a database the mark is the queue's own, so this also
     /// acknowledges the delivery and a later [`Queue::ack`] changes nothing.
     async fn apply(&self, delivery: &Delivery, records: &Records) -> Result<Applied, BackendError>;
@@ -269,7 +278,8 @@ pub trait Store: Send + Sync {
 /// Conversation state with a time to live.
 #[async_trait]
 pub trait Sessions: Send + Sync {
-    /// Creates or replaces a session.
+    /// Creates or replaces a session, as given: `createdAt` included (unlike a
+    /// [`SessionChange::Put`] written by [`Store::apply`], which keeps a live session's).
     async fn put_session(&self, session: &SessionRecord) -> Result<(), BackendError>;
 
     /// The session, unless it does not exist or has expired.

@@ -105,6 +105,49 @@ pub struct Records {
     /// The update's body with the secrets a user typed replaced, when it held any: it replaces
     /// the queue's copy of the body when the update is marked done.
     pub redacted_raw: Option<String>,
+    /// Sessions the update's handler writes, in the transaction that marks it done: in the
+    /// order written, and of several changes to one session the last one wins
+    /// ([`Records::session_writes`]).
+    pub sessions: Vec<SessionChange>,
+}
+
+impl Records {
+    /// The session changes a backend writes: the last change of each session, in the order
+    /// those last changes were made. Earlier changes of the same session are dropped, not
+    /// written one after the other (so a `Put` after a `Delete` in one update creates the
+    /// session afresh only if it did not exist before the update).
+    pub fn session_writes(&self) -> Vec<&SessionChange> {
+        let mut writes: Vec<&SessionChange> = Vec::with_capacity(self.sessions.len());
+        for change in &self.sessions {
+            writes.retain(|earlier| earlier.session_id() != change.session_id());
+            writes.push(change);
+        }
+        writes
+    }
+}
+
+/// A session written with an update's other effects, in the transaction that marks it done.
+///
+/// Written once: [`Store::apply`](crate::Store::apply) of an update found done writes nothing,
+/// so a retried update never writes its session over one a later update of the chat wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionChange {
+    /// Creates the session, or replaces a live one with the same `session_id` keeping that
+    /// one's `created_at` (every other field is the record's). A session that has expired but
+    /// is still stored does not exist: it is replaced whole, `created_at` included.
+    Put(SessionRecord),
+    /// Deletes the session if it exists.
+    Delete { session_id: String },
+}
+
+impl SessionChange {
+    /// The session this change writes.
+    pub fn session_id(&self) -> &str {
+        match self {
+            Self::Put(session) => &session.session_id,
+            Self::Delete { session_id } => session_id,
+        }
+    }
 }
 
 /// A Bot API call to make once, after the update that asked for it is stored.
@@ -407,6 +450,7 @@ fn records_of(update: &QueuedUpdate, body: &Map<String, Value>, raw: &str, now_m
         outbox: Vec::new(),
         registration: None,
         redacted_raw: None,
+        sessions: Vec::new(),
     }
 }
 
@@ -555,6 +599,39 @@ mod tests {
         };
         assert!(!session.is_expired(99_999));
         assert!(session.is_expired(100_000));
+    }
+
+    #[test]
+    fn of_several_changes_to_a_session_the_last_is_written() {
+        let body =
+            r#"{"update_id":15,"message":{"message_id":1,"date":1,"chat":{"id":1},"text":"x"}}"#;
+        let mut records = build_records(&queued(body), 0).unwrap();
+        assert!(records.sessions.is_empty() && records.session_writes().is_empty());
+        let put = |id: &str, state: &str| {
+            SessionChange::Put(SessionRecord {
+                session_id: id.into(),
+                user_id: "telegram_1".into(),
+                chat_id: 1,
+                state: state.into(),
+                data: Map::new(),
+                created_at: String::new(),
+                updated_at: String::new(),
+                expires_at: 100,
+            })
+        };
+        let delete = |id: &str| SessionChange::Delete {
+            session_id: id.into(),
+        };
+        records.sessions = vec![
+            put("a", "1"),
+            put("b", "1"),
+            delete("a"),
+            put("c", "1"),
+            put("b", "2"),
+        ];
+        let writes: Vec<SessionChange> = records.session_writes().into_iter().cloned().collect();
+        assert_eq!(writes, vec![delete("a"), put("c", "1"), put("b", "2")]);
+        assert_eq!(writes[2].session_id(), "b");
     }
 
     fn register_update(chat: i64, chat_type: &str, text: &str) -> QueuedUpdate {

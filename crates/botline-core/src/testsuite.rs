@@ -18,7 +18,9 @@
 
 use crate::backend::{Applied, Backend, BackendError, Enqueued, Failed, MessageQuery, QueueConfig};
 use crate::commands::{replies, token_digest};
-use crate::records::{Handling, OutboxAction, Records, SessionRecord, build_records};
+use crate::records::{
+    Handling, OutboxAction, OutboxMessage, Records, SessionChange, SessionRecord, build_records,
+};
 use crate::{Delivery, InboundUpdate, RetryPolicy, UpdateId, clock};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -56,6 +58,7 @@ macro_rules! backend_suite {
             outbox_calls_go_out_once_in_order_per_chat,
             any_bot_api_call_is_kept_as_written,
             a_delayed_call_waits_for_its_time_and_holds_up_nothing,
+            sessions_are_written_with_the_effects_once,
         );
     };
     (@tests $factory:path, $config:path; $($name:ident),* $(,)?) => {
@@ -1130,4 +1133,219 @@ pub async fn a_delayed_call_waits_for_its_time_and_holds_up_nothing<B: Backend, 
         .unwrap();
     let stats = backend.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.done), (0, 3));
+}
+
+/// A handler's session is written with its effects (here a reply), in the transaction that marks
+/// the update done: readable once applied, by its id and by its user; never written twice (the
+/// same delivery applied again, its handler run again with a newer session, changes nothing);
+/// replaced by a later update of the chat keeping its `createdAt`; gone once an update deletes
+/// it. A retry of an earlier update, found done, does not write its older session over a later
+/// update's. Of several changes to one session in one update the last wins. An expired session
+/// still stored does not exist: a put replaces it whole.
+///
+/// An attempt that fails leaves no session: no backend makes `apply` fail on demand (it takes
+/// no receipt, so a lost lease does not refuse it), so the failed attempt here is one whose
+/// handler failed after building its records: they are never applied, the update is reported
+/// failed, and its next attempt writes its own.
+pub async fn sessions_are_written_with_the_effects_once<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    const CHAT: i64 = 80;
+    let backend = fresh(&make, config).await;
+    let user = "telegram_1080";
+    let id = "chat:80";
+    let expires_at = clock::now_ms() / 1000 + 3600;
+    let session = |state: &str, step: i64| SessionRecord {
+        session_id: id.into(),
+        user_id: user.into(),
+        chat_id: CHAT,
+        state: state.into(),
+        data: serde_json::json!({"step": step, "name": "Zoë ✓", "answers": [1, {"a": null}]})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        created_at: clock::iso8601(clock::now_ms()),
+        updated_at: clock::iso8601(clock::now_ms()),
+        expires_at,
+    };
+    let reply = |delivery: &Delivery, n: &str, text: &str| {
+        OutboxMessage::new(
+            format!("{}:{n}", delivery.update.entry_id),
+            CHAT,
+            OutboxAction::SendMessage {
+                text: text.to_owned(),
+                reply_to_message_id: None,
+            },
+        )
+    };
+    let records_with = |delivery: &Delivery, outbox: Vec<OutboxMessage>, sessions| {
+        let mut records = build_records(&delivery.update, clock::now_ms()).expect("records");
+        records.outbox = outbox;
+        records.sessions = sessions;
+        records
+    };
+    let next = |update_id: i64, message_id: i64, text: &'static str| {
+        let backend = &backend;
+        async move {
+            enqueue(backend, &message_update(update_id, CHAT, message_id, text)).await;
+            receive(backend, 1).await.remove(0)
+        }
+    };
+
+    // An expired session under the same id, not purged yet.
+    let mut expired = session("expired", 0);
+    expired.created_at = "2000-01-01T00:00:00.000Z".into();
+    expired.expires_at = clock::now_ms() / 1000 - 60;
+    backend.put_session(&expired).await.unwrap();
+
+    // Update 600 creates the session with its reply.
+    let first = next(600, 1, "/start").await;
+    let asked_name = session("asked_name", 1);
+    let first_records = records_with(
+        &first,
+        vec![reply(&first, "1", "What is your name?")],
+        vec![SessionChange::Put(asked_name.clone())],
+    );
+    assert_eq!(
+        backend.apply(&first, &first_records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(
+        backend.session(id).await.unwrap(),
+        Some(asked_name.clone()),
+        "written whole over the expired session, createdAt included"
+    );
+    assert_eq!(
+        backend.sessions_by_user(user).await.unwrap(),
+        vec![asked_name.clone()]
+    );
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
+
+    // The same delivery again, its handler run again (a newer `updatedAt`): nothing changes.
+    let mut newer = session("asked_name", 1);
+    newer.updated_at = clock::iso8601(clock::now_ms() + 1000);
+    let rerun = records_with(
+        &first,
+        vec![reply(&first, "1", "What is your name?")],
+        vec![SessionChange::Put(newer)],
+    );
+    assert_eq!(
+        backend.apply(&first, &rerun).await.unwrap(),
+        Applied::AlreadyDone
+    );
+    assert_eq!(
+        backend.session(id).await.unwrap(),
+        Some(asked_name.clone()),
+        "a retry writes no session: updatedAt unchanged"
+    );
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
+
+    // Update 601: the first attempt's handler fails after building its records, which are
+    // never applied; the update is retried.
+    let failing = next(601, 2, "Ann").await;
+    let _never_applied = records_with(
+        &failing,
+        vec![reply(&failing, "failed", "never sent")],
+        vec![SessionChange::Put(session("never", 9))],
+    );
+    let failed = backend.fail(&failing, "handler failed").await.unwrap();
+    assert!(matches!(failed, Failed::Retrying { .. }), "{failed:?}");
+    assert_eq!(
+        backend.session(id).await.unwrap(),
+        Some(asked_name.clone()),
+        "a failed attempt leaves no session"
+    );
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        let mut deliveries = receive(&backend, 1).await;
+        deliveries.retain(|d| d.update.update_id == UpdateId(601));
+        if let Some(delivery) = deliveries.pop() {
+            break delivery;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "update 601 was not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(second.attempt, 2);
+
+    // Its second attempt replaces the session: the new state, the original `createdAt`.
+    let mut asked_age = session("asked_age", 2);
+    asked_age.expires_at = expires_at + 60;
+    assert_ne!(asked_age.created_at, asked_name.created_at);
+    let second_records = records_with(
+        &second,
+        vec![reply(&second, "1", "How old are you, Ann?")],
+        vec![SessionChange::Put(asked_age.clone())],
+    );
+    assert_eq!(
+        backend.apply(&second, &second_records).await.unwrap(),
+        Applied::Written
+    );
+    let kept = SessionRecord {
+        created_at: asked_name.created_at.clone(),
+        ..asked_age.clone()
+    };
+    assert_eq!(backend.session(id).await.unwrap(), Some(kept.clone()));
+    assert_eq!(
+        backend.sessions_by_user(user).await.unwrap(),
+        vec![kept.clone()]
+    );
+
+    // Update 600 retried now (its worker lost its lease and came back): found done, it does not
+    // write its older session over update 601's.
+    assert_eq!(
+        backend.apply(&first, &first_records).await.unwrap(),
+        Applied::AlreadyDone
+    );
+    assert_eq!(backend.session(id).await.unwrap(), Some(kept));
+
+    // Update 602 puts the session and then deletes it: the last change wins.
+    let third = next(602, 3, "42").await;
+    let third_records = records_with(
+        &third,
+        Vec::new(),
+        vec![
+            SessionChange::Put(session("done", 3)),
+            SessionChange::Delete {
+                session_id: id.into(),
+            },
+        ],
+    );
+    assert_eq!(
+        backend.apply(&third, &third_records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session(id).await.unwrap(), None);
+    assert!(backend.sessions_by_user(user).await.unwrap().is_empty());
+
+    // Update 603 deletes it (there is none) and puts it again: a new session, as written.
+    let fourth = next(603, 4, "/start").await;
+    let restarted = session("restarted", 1);
+    let fourth_records = records_with(
+        &fourth,
+        Vec::new(),
+        vec![
+            SessionChange::Delete {
+                session_id: id.into(),
+            },
+            SessionChange::Put(restarted.clone()),
+        ],
+    );
+    assert_eq!(
+        backend.apply(&fourth, &fourth_records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session(id).await.unwrap(), Some(restarted));
+    assert_eq!(
+        backend.outbox_stats().await.unwrap().pending,
+        2,
+        "the replies of updates 600 and 601, each once; none of the failed attempt"
+    );
 }

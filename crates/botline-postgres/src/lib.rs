@@ -10,10 +10,10 @@
 //!   update at once store it once. It returns after `COMMIT`, which Postgres makes durable
 //!   (`synchronous_commit`; a warning is logged at connect when the server has it `off`).
 //! - **Apply** writes an update's records and its outcome (the redacted body, a redeemed
-//!   registration token, the registration, the outbox calls) and marks the update done, in one
-//!   transaction that first locks the update's row: a retried or concurrent apply of the same
-//!   update waits, then finds it done and writes nothing ([`Applied::AlreadyDone`]). So
-//!   [`Store::apply_acknowledges`] is true.
+//!   registration token, the registration, the outbox calls, the sessions its handler wrote)
+//!   and marks the update done, in one transaction that first locks the update's row: a
+//!   retried or concurrent apply of the same update waits, then finds it done and writes
+//!   nothing ([`Applied::AlreadyDone`]). So [`Store::apply_acknowledges`] is true.
 //! - **Retries**: a failed attempt waits out an exponential backoff; an expired lease counts as an
 //!   attempt; after [`RetryPolicy::max_attempts`] the update is a dead letter, listed, shown and
 //!   redriven by [`DeadLetters`].

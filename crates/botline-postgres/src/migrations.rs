@@ -14,11 +14,18 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// Version, description (the file name's words) and SQL of every migration, oldest first.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "queue and store",
-    include_str!("../migrations/0001_queue_and_store.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "queue and store",
+        include_str!("../migrations/0001_queue_and_store.sql"),
+    ),
+    (
+        2,
+        "outbox delayed calls",
+        include_str!("../migrations/0002_outbox_delayed_calls.sql"),
+    ),
+];
 
 /// [`MIGRATIONS`] as sqlx's migrator takes them.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use botline_core::backend::{Applied, MessageQuery};
 use botline_core::{
     BackendError, Delivery, EventRecord, MessageRecord, OutboxMessage, Records, RegistrationTokens,
-    SessionRecord, Sessions, Store, UserRecord, clock,
+    SessionChange, SessionRecord, Sessions, Store, UserRecord, clock,
 };
 use sqlx::PgConnection;
 
@@ -228,7 +228,7 @@ async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(),
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed
-/// registration token and the registration, the outbox calls.
+/// registration token and the registration, the outbox calls, the sessions.
 async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(), Fault> {
     let now = clock::now_ms();
     if let Some(raw) = &records.redacted_raw {
@@ -294,6 +294,53 @@ async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(),
         .bind(call.send_at_ms)
         .execute(&mut *conn)
         .await?;
+    }
+    write_sessions(conn, records, now).await?;
+    Ok(())
+}
+
+/// The sessions the update's handler wrote, the last change of each: a put as
+/// [`Sessions::put_session`] writes it, but keeping the `created_at` of a live session it
+/// replaces (`now_ms`, the caller's clock, decides which is live, as [`Sessions::session`]
+/// does); a delete as [`Sessions::delete_session`].
+async fn write_sessions(
+    conn: &mut PgConnection,
+    records: &Records,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    for change in records.session_writes() {
+        match change {
+            SessionChange::Put(s) => {
+                let data = serde_json::Value::Object(s.data.clone()).to_string();
+                sqlx::query(
+                    "INSERT INTO sessions (session_id, user_id, chat_id, state, data, created_at,
+                                           updated_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8)
+                     ON CONFLICT (session_id) DO UPDATE SET user_id = excluded.user_id,
+                         chat_id = excluded.chat_id, state = excluded.state, data = excluded.data,
+                         created_at = CASE WHEN sessions.expires_at > $9
+                                           THEN sessions.created_at ELSE excluded.created_at END,
+                         updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+                )
+                .bind(text(&s.session_id))
+                .bind(text(&s.user_id))
+                .bind(s.chat_id)
+                .bind(text(&s.state))
+                .bind(&data)
+                .bind(text(&s.created_at))
+                .bind(text(&s.updated_at))
+                .bind(s.expires_at)
+                .bind(expired_by(now_ms))
+                .execute(&mut *conn)
+                .await?;
+            }
+            SessionChange::Delete { session_id } => {
+                sqlx::query("DELETE FROM sessions WHERE session_id = $1")
+                    .bind(text(session_id))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
     }
     Ok(())
 }

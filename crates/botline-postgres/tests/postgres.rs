@@ -6,8 +6,9 @@ mod common;
 
 use botline_core::testsuite::{message_update, register_update, suite_config};
 use botline_core::{
-    Applied, BackendError, Enqueued, Failed, Handling, Outbox, Queue, QueueConfig, Sessions, Store,
-    build_records, clock, commands::token_digest,
+    Applied, BackendError, Enqueued, Failed, Handling, Outbox, OutboxAction, OutboxMessage, Queue,
+    QueueConfig, SessionChange, SessionRecord, Sessions, Store, build_records, clock,
+    commands::token_digest,
 };
 use botline_core::{DeadLetters, RegistrationTokens};
 use botline_postgres::{PostgresBackend, PostgresOptions};
@@ -86,7 +87,7 @@ async fn migrations_run_once_however_many_instances_start() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, vec![(1, true)]);
+    assert_eq!(applied, vec![(1, true), (2, true)]);
     assert_eq!(
         again.receive(10).await.unwrap().len(),
         1,
@@ -549,4 +550,63 @@ async fn an_outbox_chat_another_instance_is_sending_from_is_skipped() {
         .unwrap();
     let chats: Vec<i64> = calls.iter().map(|c| c.call.chat_id).collect();
     assert_eq!(chats, vec![-50]);
+}
+
+/// An apply whose transaction fails after the session was written (here its last statement, the
+/// done mark, refused by a trigger) leaves no session, no call and no record; applied again once
+/// it can commit, it writes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_fails_leaves_no_session() {
+    let db = TestDb::new().await;
+    let backend = db.backend(suite_config()).await;
+    backend
+        .enqueue(&message_update(1, 5, 1, "x"))
+        .await
+        .unwrap();
+    let delivery = backend.receive(1).await.unwrap().remove(0);
+    let session = SessionRecord {
+        session_id: "chat:5".into(),
+        user_id: "telegram_1005".into(),
+        chat_id: 5,
+        state: "asked".into(),
+        data: serde_json::Map::new(),
+        created_at: clock::iso8601(clock::now_ms()),
+        updated_at: clock::iso8601(clock::now_ms()),
+        expires_at: clock::now_ms() / 1000 + 3600,
+    };
+    let mut records = build_records(&delivery.update, clock::now_ms()).unwrap();
+    records.outbox = vec![OutboxMessage::new(
+        "x:1",
+        5,
+        OutboxAction::SendMessage {
+            text: "hi".into(),
+            reply_to_message_id: None,
+        },
+    )];
+    records.sessions = vec![SessionChange::Put(session.clone())];
+
+    let mut conn = db.conn().await;
+    conn.execute(
+        "CREATE FUNCTION refuse_done() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+         CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON updates
+             FOR EACH ROW WHEN (NEW.state = 1) EXECUTE FUNCTION refuse_done();",
+    )
+    .await
+    .unwrap();
+    let failed = backend.apply(&delivery, &records).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(backend.session("chat:5").await.unwrap(), None);
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 0);
+    assert_eq!(backend.user("telegram_1005").await.unwrap(), None);
+
+    conn.execute("DROP TRIGGER refuse_done ON updates")
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.apply(&delivery, &records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), Some(session));
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
 }

@@ -13,7 +13,8 @@ use botline_core::backend::{Applied, DeadLetter, Enqueued, Failed, MessageQuery,
 use botline_core::{
     BackendError, DeadLetters, Delivery, EventRecord, InboundUpdate, MessageRecord, OrderKey,
     Outbox, OutboxEntry, OutboxMessage, OutboxStats, Queue, QueueConfig, QueuedUpdate, Records,
-    RegistrationTokens, SessionRecord, Sessions, Store, UpdateId, UpdateKind, UserRecord, clock,
+    RegistrationTokens, SessionChange, SessionRecord, Sessions, Store, UpdateId, UpdateKind,
+    UserRecord, clock,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -865,7 +866,7 @@ fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed
-/// registration token, the outbox calls.
+/// registration token, the outbox calls, the sessions.
 fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
     let now = clock::now_ms();
     if let Some(raw) = &records.redacted_raw {
@@ -915,6 +916,45 @@ fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
             action,
             call.due_from(now)
         ])?;
+    }
+    write_sessions(conn, records, now)
+}
+
+/// The sessions the update's handler wrote, the last change of each: a put as
+/// [`Sessions::put_session`] writes it, but keeping the `created_at` of a live session it
+/// replaces (`now_ms` decides which is live, as [`Sessions::session`] does); a delete as
+/// [`Sessions::delete_session`].
+fn write_sessions(conn: &Connection, records: &Records, now_ms: i64) -> rusqlite::Result<()> {
+    for change in records.session_writes() {
+        match change {
+            SessionChange::Put(s) => {
+                let data = serde_json::Value::Object(s.data.clone()).to_string();
+                conn.prepare_cached(&format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (session_id) DO UPDATE SET
+                         user_id = excluded.user_id, chat_id = excluded.chat_id,
+                         state = excluded.state, data = excluded.data,
+                         created_at = CASE WHEN sessions.expires_at * 1000 > ?9
+                                           THEN sessions.created_at ELSE excluded.created_at END,
+                         updated_at = excluded.updated_at, expires_at = excluded.expires_at"
+                ))?
+                .execute(params![
+                    s.session_id,
+                    s.user_id,
+                    s.chat_id,
+                    s.state,
+                    data,
+                    s.created_at,
+                    s.updated_at,
+                    s.expires_at,
+                    now_ms
+                ])?;
+            }
+            SessionChange::Delete { session_id } => {
+                conn.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?
+                    .execute(params![session_id])?;
+            }
+        }
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Behaviours of the embedded backend beyond the shared suite: forgetting old ids, reopening.
 
 use botline_core::testsuite::{message_update, suite_config};
-use botline_core::{BackendError, Enqueued, Queue, QueueConfig, Store, build_records, clock};
+use botline_core::{
+    Applied, BackendError, Enqueued, Outbox, OutboxAction, OutboxMessage, Queue, QueueConfig,
+    SessionChange, SessionRecord, Sessions, Store, build_records, clock,
+};
 use botline_sqlite::SqliteBackend;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,4 +164,62 @@ async fn close_waits_for_every_connection_and_leaves_no_wal() {
 
     let reopened = SqliteBackend::open_existing(dir.path(), suite_config()).unwrap();
     assert_eq!(reopened.stats().await.unwrap().pending, 50);
+}
+
+/// An apply whose transaction fails after the session was written (here its last statement, the
+/// done mark, refused by a trigger) leaves no session, no call and no record; applied again once
+/// it can commit, it writes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_fails_leaves_no_session() {
+    let dir = dir();
+    let backend = SqliteBackend::open(dir.path(), suite_config()).unwrap();
+    backend
+        .enqueue(&message_update(1, 5, 1, "x"))
+        .await
+        .unwrap();
+    let delivery = backend.receive(1).await.unwrap().remove(0);
+    let session = SessionRecord {
+        session_id: "chat:5".into(),
+        user_id: "telegram_1005".into(),
+        chat_id: 5,
+        state: "asked".into(),
+        data: serde_json::Map::new(),
+        created_at: clock::iso8601(clock::now_ms()),
+        updated_at: clock::iso8601(clock::now_ms()),
+        expires_at: clock::now_ms() / 1000 + 3600,
+    };
+    let mut records = build_records(&delivery.update, clock::now_ms()).unwrap();
+    records.outbox = vec![OutboxMessage::new(
+        "x:1",
+        5,
+        OutboxAction::SendMessage {
+            text: "hi".into(),
+            reply_to_message_id: None,
+        },
+    )];
+    records.sessions = vec![SessionChange::Put(session.clone())];
+
+    let other = rusqlite::Connection::open(dir.path().join(botline_sqlite::DB_FILE)).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON updates WHEN NEW.state = 1
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+    let failed = backend.apply(&delivery, &records).await;
+    assert!(
+        matches!(&failed, Err(BackendError::Unavailable(why)) if why.contains("refused")),
+        "{failed:?}"
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), None);
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 0);
+    assert_eq!(backend.user("telegram_1005").await.unwrap(), None);
+
+    other.execute_batch("DROP TRIGGER refuse_done").unwrap();
+    assert_eq!(
+        backend.apply(&delivery, &records).await.unwrap(),
+        Applied::Written
+    );
+    assert_eq!(backend.session("chat:5").await.unwrap(), Some(session));
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
 }
