@@ -237,8 +237,9 @@ export class BotlineStack extends Stack {
     // apply acknowledges) and sends the replies (botline::sender::Sender::drain: the Outbox
     // trait). TransactWriteItems has no action of its own: DynamoDB authorizes each item of
     // Store::apply's transaction by PutItem or UpdateItem on its table. Nothing on the worker's
-    // path scans, deletes items, reads `sessions` or the `UserIdIndex`es (DynamoDB's TTL is
-    // the AWS backend's housekeeping): those are the operator commands', below, or nobody's.
+    // path scans, reads the `UserIdIndex`es or deletes items but sessions a handler cleared
+    // (DynamoDB's TTL is the AWS backend's housekeeping): those are the operator commands',
+    // below, or nobody's.
     const tables = this.tables;
     const pendingIndex = (name: 'updates' | 'outbox') =>
       `${tables[name].tableArn}/index/${TABLE_INDEXES[name]!.indexName}`;
@@ -315,6 +316,15 @@ export class BotlineStack extends Stack {
           // for call_failed with retry_after).
           actions: ['dynamodb:UpdateItem'],
           resources: [tables.users.tableArn, tables.tokens.tableArn, tables.outbox.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'HandlerSessions',
+          // A bot's handlers (botline::handler): Context::session reads the chat and sender's
+          // session (Sessions::session, GetItem); Store::apply's transaction writes what a
+          // handler saved (a session put is an UpdateItem that keeps createdAt) or cleared
+          // (DeleteItem). The base table only: nothing on the worker's path reads UserIdIndex.
+          actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
+          resources: [tables.sessions.tableArn],
         }),
         new iam.PolicyStatement({
           sid: 'ReadBotToken',

@@ -138,6 +138,10 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         allow('dynamodb:UpdateItem', tableArn('tokens')),
         // The sender: due_calls, call_done, call_failed.
         allow('dynamodb:UpdateItem', tableArn('outbox')),
+        // A handler's session: read by Context::session, written or cleared by apply.
+        allow('dynamodb:GetItem', tableArn('sessions')),
+        allow('dynamodb:UpdateItem', tableArn('sessions')),
+        allow('dynamodb:DeleteItem', tableArn('sessions')),
         allow('secretsmanager:GetSecretValue', secretRef('bot-token')),
         allow('logs:CreateLogStream', logsArn('worker')),
         allow('logs:PutLogEvents', logsArn('worker')),
@@ -148,13 +152,14 @@ describe.each(VARIANTS)('%s', (_label, context) => {
 
   test('the worker holds none of the operator-only permissions', () => {
     const grants = grantsOfFunction('worker').grants;
-    // No Scan (dlq list, stats, messages export), no DeleteItem, no ConditionCheckItem: on any
-    // table or index.
-    expect(
-      grants.filter((g) =>
-        ['dynamodb:Scan', 'dynamodb:DeleteItem', 'dynamodb:ConditionCheckItem'].includes(g.action),
-      ),
-    ).toEqual([]);
+    // No Scan (dlq list, stats, messages export), no ConditionCheckItem, on any table or index;
+    // no DeleteItem but of the sessions a handler clears.
+    expect(grants.filter((g) => ['dynamodb:Scan', 'dynamodb:ConditionCheckItem'].includes(g.action))).toEqual(
+      [],
+    );
+    expect(grants.filter((g) => g.action === 'dynamodb:DeleteItem')).toEqual([
+      allow('dynamodb:DeleteItem', tableArn('sessions')),
+    ]);
     // On the DLQ it only sends copies: no receive, delete, visibility change or attributes
     // (those clean the DLQ after a redrive, an operator's command).
     expect(grants.filter((g) => g.resource === dlqArn()).map((g) => g.action)).toEqual(['sqs:SendMessage']);
@@ -175,8 +180,7 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         ),
       ).toEqual([]);
     }
-    // Sessions and the UserIdIndexes are on no path of the worker.
-    expect(grants.filter((g) => g.resource.startsWith(tableArn('sessions')))).toEqual([]);
+    // Sessions only item by item (a handler's): the UserIdIndexes are on no path of the worker.
     expect(grants.filter((g) => g.resource.includes('/index/UserIdIndex'))).toEqual([]);
   });
 

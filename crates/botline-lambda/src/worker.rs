@@ -21,6 +21,7 @@
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use botline::config::{ConfigError, Settings};
+use botline::handler::Bot;
 use botline::sender::Sender;
 use botline::telegram::Telegram;
 use botline::worker::process;
@@ -50,6 +51,8 @@ pub struct Worker {
     /// What the bot knows of itself, once known (configured, or from getMe).
     handling: Mutex<Option<Handling>>,
     configured_username: Option<String>,
+    /// The bot's own handlers (none: Botline's records and `/register` only).
+    bot: Bot,
 }
 
 impl Worker {
@@ -75,7 +78,14 @@ impl Worker {
             sender,
             handling: Mutex::new(known),
             configured_username: settings.bot_username.clone(),
+            bot: Bot::new(),
         })
+    }
+
+    /// Runs `bot`'s handlers on every update, as `serve` does with them.
+    pub fn with_bot(mut self, bot: Bot) -> Self {
+        self.bot = bot;
+        self
     }
 
     /// Replaces the registration backend of the settings (tests, or a backend of one's own).
@@ -208,6 +218,7 @@ impl Worker {
             backend: Arc::clone(&self.backend),
             registrar: self.registrar.clone(),
             handling,
+            bot: self.bot.clone(),
         }
     }
 }
@@ -218,6 +229,7 @@ struct Lane {
     backend: Arc<dyn Backend>,
     registrar: Option<Arc<dyn Registrar>>,
     handling: Handling,
+    bot: Bot,
 }
 
 impl Lane {
@@ -242,9 +254,11 @@ impl Lane {
         for delivery in deliveries {
             let (backend, registrar) = (Arc::clone(&self.backend), self.registrar.clone());
             let handling = self.handling.clone();
+            let bot = self.bot.clone();
             running.spawn(async move {
                 let message_id = message_id(&delivery);
-                let processed = process(&*backend, &handling, registrar.as_deref(), delivery).await;
+                let processed =
+                    process(&backend, &handling, registrar.as_deref(), &bot, delivery).await;
                 (message_id, processed.stored)
             });
         }
@@ -319,4 +333,45 @@ fn batch_failures(ids: Vec<String>) -> SqsBatchResponse {
         })
         .collect();
     response
+}
+
+/// The worker function's `main` with `bot`'s handlers: reads the settings and secrets, opens the
+/// backend, and serves Lambda's invocations until the environment ends. The `botline-worker`
+/// binary is this with no handlers; a bot's own worker function is one line:
+///
+/// ```no_run
+/// # async fn handlers() -> Result<(), lambda_runtime::Error> {
+/// botline_lambda::worker::run(botline::handler::Bot::new() /* .command("start", start) */).await
+/// # }
+/// ```
+pub async fn run(bot: Bot) -> Result<(), lambda_runtime::Error> {
+    crate::init_logging();
+    let metrics = crate::init_metrics()?;
+    let mut settings = crate::settings()?;
+    if let Some(store) = botline::aws::SecretStore::from_env().await {
+        store.fill(&mut settings).await?;
+    }
+    let backend = botline::aws::open_backend(settings.queue_config()).await?;
+    let worker = Arc::new(Worker::new(&settings, backend)?.with_bot(bot));
+    tracing::info!(version = botline::version(), "worker function ready");
+    metrics_cloudwatch_embedded::lambda::handler::run(
+        metrics,
+        move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
+            let worker = Arc::clone(&worker);
+            async move {
+                let deadline = invocation_deadline(event.context.deadline);
+                Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, deadline).await)
+            }
+        },
+    )
+    .await
+}
+
+/// The invocation's deadline (unix milliseconds) on this process's monotonic clock.
+fn invocation_deadline(unix_ms: u64) -> Option<Instant> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    Some(Instant::now() + Duration::from_millis(unix_ms.checked_sub(now_ms)?))
 }

@@ -17,11 +17,13 @@
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod handler;
 pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod ops;
 pub mod poll;
+pub mod runner;
 pub mod secret;
 pub mod sender;
 pub mod serve;

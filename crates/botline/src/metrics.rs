@@ -15,6 +15,7 @@
 //! | `botline_update_to_reply_seconds` | histogram | | an outbox call written to Telegram accepting it |
 //! | `botline_outbox_depth` | gauge | `state` | outbox calls pending or failed for good (read at scrape time) |
 //! | `botline_edge_refused_total` | counter | `reason` | requests the edge guard refused: allowlist (403), rate_limited (429), bad_forwarding (400) |
+//! | `botline_handler_failures_total` | counter | | attempts the bot's handler failed (an error or a panic) |
 //! | `botline_http_connections` | gauge | | connections `botline serve` has open |
 //! | `botline_http_connections_refused_total` | counter | | connections closed on arrival: `max_connections` were open |
 //! | `botline_http_timeouts_total` | counter | `phase` | requests whose headers (connection closed) or body (408) did not arrive in time |
@@ -35,6 +36,7 @@ pub const UPDATES_PROCESSED: &str = "botline_updates_processed_total";
 pub const TELEGRAM_CALLS: &str = "botline_telegram_calls_total";
 pub const UPDATE_TO_REPLY_SECONDS: &str = "botline_update_to_reply_seconds";
 pub const OUTBOX_DEPTH: &str = "botline_outbox_depth";
+pub const HANDLER_FAILURES: &str = "botline_handler_failures_total";
 pub const HTTP_CONNECTIONS: &str = "botline_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "botline_http_connections_refused_total";
 pub const HTTP_TIMEOUTS: &str = "botline_http_timeouts_total";
@@ -113,6 +115,10 @@ pub fn describe() {
         "Time from an outbox call being written to Telegram accepting it"
     );
     describe_gauge!(OUTBOX_DEPTH, "Outbox calls pending or failed for good");
+    describe_counter!(
+        HANDLER_FAILURES,
+        "Attempts the bot's handler failed (an error or a panic)"
+    );
     describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open");
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,

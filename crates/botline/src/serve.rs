@@ -2,6 +2,7 @@
 //! housekeeping in one process, on one backend.
 
 use crate::config::{BackendKind, ConfigError, Settings};
+use crate::handler::Bot;
 use crate::http::{App, router, status_router};
 use crate::poll::{PollError, Poller};
 use crate::secret::WebhookSecret;
@@ -142,18 +143,37 @@ pub async fn serve(
     settings: Settings,
     metrics: Option<PrometheusHandle>,
 ) -> Result<(), ServeError> {
-    run(settings, metrics, Intake::Webhook).await
+    run(settings, metrics, Intake::Webhook, Bot::new()).await
 }
 
 /// `botline poll`: as `serve`, with updates fetched by long polling instead of a webhook.
 pub async fn poll(settings: Settings, metrics: Option<PrometheusHandle>) -> Result<(), ServeError> {
-    run(settings, metrics, Intake::Poll).await
+    run(settings, metrics, Intake::Poll, Bot::new()).await
+}
+
+/// [`serve`] with `bot`'s handlers.
+pub async fn serve_bot(
+    settings: Settings,
+    metrics: Option<PrometheusHandle>,
+    bot: Bot,
+) -> Result<(), ServeError> {
+    run(settings, metrics, Intake::Webhook, bot).await
+}
+
+/// [`poll`] with `bot`'s handlers.
+pub async fn poll_bot(
+    settings: Settings,
+    metrics: Option<PrometheusHandle>,
+    bot: Bot,
+) -> Result<(), ServeError> {
+    run(settings, metrics, Intake::Poll, bot).await
 }
 
 async fn run(
     settings: Settings,
     metrics: Option<PrometheusHandle>,
     intake: Intake,
+    bot: Bot,
 ) -> Result<(), ServeError> {
     #[cfg(feature = "aws")]
     let settings = {
@@ -221,6 +241,7 @@ async fn run(
             handling,
             outbox: Arc::clone(&outbox),
             registrar: registrar.clone(),
+            bot,
         }
         .run(shutdown.clone()),
     );

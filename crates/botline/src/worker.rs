@@ -6,6 +6,7 @@
 //! `concurrency` at once. A failed attempt is reported back and retried after a backoff; after
 //! the last attempt the update is a dead letter.
 
+use crate::handler::Bot;
 use crate::metrics as names;
 use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
 use botline_registrar::{Registrar, RegistrationRequest};
@@ -35,6 +36,8 @@ pub struct Worker {
     pub outbox: Arc<Notify>,
     /// Decides `/register` outside the store (a database function), when configured.
     pub registrar: Option<Arc<dyn Registrar>>,
+    /// The bot's own handlers.
+    pub bot: Bot,
 }
 
 impl Worker {
@@ -69,9 +72,11 @@ impl Worker {
                         let handling = self.handling.borrow().clone().unwrap_or_default();
                         let outbox = Arc::clone(&self.outbox);
                         let registrar = self.registrar.clone();
+                        let bot = self.bot.clone();
                         in_hand.spawn(async move {
                             let processed =
-                                process(&*backend, &handling, registrar.as_deref(), delivery).await;
+                                process(&backend, &handling, registrar.as_deref(), &bot, delivery)
+                                    .await;
                             if processed.wrote_calls {
                                 outbox.notify_one();
                             }
@@ -155,6 +160,48 @@ async fn decide_registration(
     Ok(())
 }
 
+/// Runs the bot's handler for the update, if one takes it, and adds its effects to the records.
+/// An update that is already done is not handled again: its effects were committed once.
+async fn run_handlers(
+    bot: &Bot,
+    backend: &Arc<dyn Backend>,
+    handling: &Handling,
+    delivery: &Delivery,
+    records: &mut Records,
+) -> Result<(), BackendError> {
+    if bot.is_empty() {
+        return Ok(());
+    }
+    let update = &delivery.update;
+    // The handler reads the body as stored: with `/register` tokens redacted.
+    let redacted;
+    let seen = match &records.redacted_raw {
+        Some(raw) => {
+            redacted = botline_core::QueuedUpdate {
+                raw: raw.clone(),
+                ..update.clone()
+            };
+            &redacted
+        }
+        None => update,
+    };
+    match bot
+        .handle(seen, handling.bot_username.as_deref(), Arc::clone(backend))
+        .await
+    {
+        Ok(effects) => {
+            effects.into_records(&update.entry_id, records);
+            Ok(())
+        }
+        Err(e) => {
+            metrics::counter!(names::HANDLER_FAILURES).increment(1);
+            Err(BackendError::Unavailable(format!(
+                "the handler failed: {e}"
+            )))
+        }
+    }
+}
+
 /// Forgets dedupe ids past their window and purges expired sessions, now and every ten minutes,
 /// until `shutdown`.
 pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken) {
@@ -183,9 +230,10 @@ pub struct Processed {
 /// One attempt at one update: its records are stored and the delivery acknowledged, or the
 /// failure is reported to the queue (retried after a backoff, or dead-lettered).
 pub async fn process(
-    backend: &dyn Backend,
+    backend: &Arc<dyn Backend>,
     handling: &Handling,
     registrar: Option<&dyn Registrar>,
+    bot: &Bot,
     delivery: Delivery,
 ) -> Processed {
     metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
@@ -194,10 +242,13 @@ pub async fn process(
     let mut calls = false;
     let result = match handling.records(update, clock::now_ms()) {
         Ok(mut records) => match decide_registration(registrar, &mut records).await {
-            Ok(()) => {
-                calls = !records.outbox.is_empty() || records.registration.is_some();
-                backend.apply(&delivery, &records).await
-            }
+            Ok(()) => match run_handlers(bot, backend, handling, &delivery, &mut records).await {
+                Ok(()) => {
+                    calls = !records.outbox.is_empty() || records.registration.is_some();
+                    backend.apply(&delivery, &records).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
