@@ -74,6 +74,18 @@ static LEASE_SQL: LazyLock<String> = LazyLock::new(|| {
 const UPDATE_COLUMNS: &str = "u.update_id, u.entry_id, u.order_key, u.kind, b.raw, u.received_at";
 
 type UpdateRow = (i64, String, String, String, String, i64);
+/// What [`LEASE_SQL`] returns: an update's columns, its attempts and its receipt; no receipt
+/// for an update the statement dead-lettered.
+type LeaseRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i32,
+    Option<String>,
+);
 type DeadRow = (
     i64,
     String,
@@ -191,16 +203,7 @@ impl Queue for PostgresBackend {
                 tx.rollback().await?;
                 return Ok(Vec::new());
             }
-            let mut rows: Vec<(
-                i64,
-                String,
-                String,
-                String,
-                String,
-                i64,
-                i32,
-                Option<String>,
-            )> = sqlx::query_as(&LEASE_SQL)
+            let mut rows: Vec<LeaseRow> = sqlx::query_as(&LEASE_SQL)
                 .bind(&keys)
                 .bind(sql_limit(max))
                 .bind(millis(config.lease))

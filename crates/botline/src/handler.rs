@@ -484,10 +484,11 @@ impl Context {
     }
 
     /// Any Bot API method, with its parameters as Telegram takes them (a JSON object):
-    /// `cx.call("sendPhoto", json!({"chat_id": id, "photo": file_id}))`. The call is ordered
-    /// with its chat's (`params.chat_id`, else the update's chat).
-    pub fn call(&self, method: &str, params: Value) {
-        self.call_at(method, params, None);
+    /// `cx.call("sendPhoto", json!({"chat_id": id, "photo": file_id}))?`. The call is ordered
+    /// with its chat's (`params.chat_id`, else the update's chat). Parameters that are not an
+    /// object are an error.
+    pub fn call(&self, method: &str, params: Value) -> HandlerResult {
+        self.call_at(method, params, None)
     }
 
     /// `text` to `chat_id`, no earlier than `delay` from now (a reminder); it survives
@@ -511,14 +512,9 @@ impl Context {
     }
 
     /// Any Bot API method, no earlier than `at_ms` (unix milliseconds) when given.
-    pub fn call_at(&self, method: &str, params: Value, at_ms: Option<i64>) {
-        let params = match params {
-            Value::Object(map) => map,
-            other => {
-                let mut map = Map::new();
-                map.insert("value".into(), other);
-                map
-            }
+    pub fn call_at(&self, method: &str, params: Value, at_ms: Option<i64>) -> HandlerResult {
+        let Value::Object(params) = params else {
+            return Err(format!("the parameters of {method} are not a JSON object").into());
         };
         let chat_id = params
             .get("chat_id")
@@ -526,6 +522,7 @@ impl Context {
             .or(self.chat_id())
             .unwrap_or_default();
         self.push(OutboxAction::call(method, params), chat_id, at_ms);
+        Ok(())
     }
 
     fn push(&self, action: OutboxAction, chat_id: i64, at_ms: Option<i64>) {

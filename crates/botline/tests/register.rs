@@ -3,15 +3,7 @@
 
 mod common;
 
-use common::{Server, message, post};
-
-fn register(update_id: i64, chat: i64, text: &str) -> Vec<u8> {
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&message(update_id, chat, update_id, text)).unwrap();
-    body["message"]["entities"] =
-        serde_json::json!([{"type": "bot_command", "offset": 0, "length": 9}]);
-    body.to_string().into_bytes()
-}
+use common::{Server, post, register};
 
 fn outbox(server: &Server) -> Vec<(String, String)> {
     let db = rusqlite::Connection::open(server.data_dir.join("botline.db")).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{BIN, Server, free_port, get, message, post, temp_dir};
+use common::{BIN, Server, free_port, get, message, post, register, temp_dir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -15,15 +15,6 @@ use std::time::{Duration, Instant};
 
 /// Long enough for any loaded machine: only a server that never closes waits this out.
 const GIVE_UP: Duration = Duration::from_secs(60);
-
-/// A `/register` with `text`, as Telegram sends it.
-fn register(update_id: i64, chat: i64, text: &str) -> Vec<u8> {
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&message(update_id, chat, update_id, text)).unwrap();
-    body["message"]["entities"] =
-        serde_json::json!([{"type": "bot_command", "offset": 0, "length": 9}]);
-    body.to_string().into_bytes()
-}
 
 /// Whether the server closed `stream`: a read returns end of file or a reset, rather than
 /// blocking until [`GIVE_UP`].

@@ -441,6 +441,15 @@ pub fn message(update_id: i64, chat: i64, message_id: i64, text: &str) -> Vec<u8
     .into_bytes()
 }
 
+/// A `/register` message with `text`, as Telegram sends it (with its `bot_command` entity).
+pub fn register(update_id: i64, chat: i64, text: &str) -> Vec<u8> {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&message(update_id, chat, update_id, text)).unwrap();
+    body["message"]["entities"] =
+        serde_json::json!([{"type": "bot_command", "offset": 0, "length": 9}]);
+    body.to_string().into_bytes()
+}
+
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
 }
