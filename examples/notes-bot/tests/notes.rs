@@ -18,6 +18,8 @@ struct NotesBot {
     data_dir: PathBuf,
     log: PathBuf,
     api: String,
+    /// Settings beyond the defaults (the backend).
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -28,25 +30,26 @@ fn free_port() -> u16 {
 }
 
 impl NotesBot {
-    fn start(standin: &StandIn) -> Self {
+    fn start(standin: &StandIn, env: &[(String, String)]) -> Self {
         let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap()
             .keep();
         let log = data_dir.with_extension("log");
         let (port, api) = (free_port(), standin.base_url());
         let mut bot = Self {
-            child: spawn(&data_dir, port, &log, &api),
+            child: spawn(&data_dir, port, &log, &api, env),
             port,
             data_dir,
             log,
             api,
+            env: env.to_vec(),
         };
         bot.wait_healthy();
         bot
     }
 
     fn restart(&mut self) {
-        self.child = spawn(&self.data_dir, self.port, &self.log, &self.api);
+        self.child = spawn(&self.data_dir, self.port, &self.log, &self.api, &self.env);
         self.wait_healthy();
     }
 
@@ -90,7 +93,7 @@ impl Drop for NotesBot {
     }
 }
 
-fn spawn(data_dir: &Path, port: u16, log: &Path, api: &str) -> Child {
+fn spawn(data_dir: &Path, port: u16, log: &Path, api: &str, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -104,6 +107,7 @@ fn spawn(data_dir: &Path, port: u16, log: &Path, api: &str) -> Child {
         .env("BOTLINE_TELEGRAM_API_URL", api)
         .env("BOTLINE_LOG", "info")
         .env_remove("BOTLINE_WEBHOOK_SECRET")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -174,6 +178,45 @@ fn wait_for_replies(standin: &StandIn, chat: i64, n: usize) -> Vec<String> {
 
 #[test]
 fn notes_and_reminders_are_answered_exactly_once() {
+    notes_and_reminders(&[]);
+}
+
+/// The same on the Postgres backend (127.0.0.1:5432 runs here; the test fails without it).
+#[test]
+fn notes_and_reminders_on_postgres() {
+    let database = format!("notes_bot_{}", std::process::id());
+    psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    );
+    psql("postgres", &format!("CREATE DATABASE {database}"));
+    notes_and_reminders(&[
+        ("BOTLINE_BACKEND".into(), "postgres".into()),
+        (
+            "BOTLINE_DATABASE_URL".into(),
+            format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        ),
+    ]);
+    psql(
+        "postgres",
+        &format!("DROP DATABASE {database} WITH (FORCE)"),
+    );
+}
+
+fn psql(database: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database])
+        .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
+        .output()
+        .expect("psql runs: this test needs the Postgres client and server on 127.0.0.1:5432");
+    assert!(
+        out.status.success(),
+        "psql failed (is Postgres running on 127.0.0.1:5432?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn notes_and_reminders(env: &[(String, String)]) {
     let standin = StandIn::start(StandInSettings {
         token: TOKEN.into(),
         username: BOT.into(),
@@ -184,7 +227,7 @@ fn notes_and_reminders_are_answered_exactly_once() {
         1,
         Fault::TooManyRequests { retry_after: 1 },
     );
-    let mut bot = NotesBot::start(&standin);
+    let mut bot = NotesBot::start(&standin, env);
     let chat = 4242;
     bot.deliver(&message(1, chat, 7, "/start"));
     bot.deliver(&message(2, chat, 7, "/notes"));
@@ -223,6 +266,7 @@ fn notes_and_reminders_are_answered_exactly_once() {
     let out = Command::new(BIN)
         .args(["stats", "--json", "--data-dir"])
         .arg(&bot.data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
