@@ -270,11 +270,13 @@ impl Bot {
         let Ok(raw) = serde_json::from_str::<Value>(&update.raw) else {
             return Ok(Effects::default());
         };
-        let incoming = Incoming::read(update, raw);
+        let mut incoming = Incoming::read(update, raw);
         let Some(route) = self.handler_for(&incoming, bot_username) else {
             return Ok(Effects::default());
         };
         let handler = Arc::clone(&route.handler);
+        // Typed only for an update a handler takes: most updates of a busy bot match none.
+        incoming.typed = Incoming::typed(&incoming.raw);
         let effects = Arc::new(Mutex::new(Effects::default()));
         let cx = Context {
             inner: Arc::new(Inner {
@@ -344,6 +346,13 @@ struct Incoming {
 }
 
 impl Incoming {
+    /// The update as frankenstein's types read it; `None` for a kind or field they do not know.
+    fn typed(raw: &Value) -> Option<frankenstein::updates::Update> {
+        serde_json::from_value(raw.clone()).ok()
+    }
+
+    /// What routing needs of an update; [`Incoming::typed`] is filled in once a handler takes
+    /// it.
     fn read(update: &QueuedUpdate, raw: Value) -> Self {
         let kind = update.kind.as_str().to_owned();
         let payload = raw.get(&kind).cloned().unwrap_or(Value::Null);
@@ -375,7 +384,7 @@ impl Incoming {
                 .and_then(|c| c.get("type")?.as_str())
                 .map(str::to_owned),
             message_id: message.and_then(|m| m.get("message_id")?.as_i64()),
-            typed: serde_json::from_value(raw.clone()).ok(),
+            typed: None,
             sender,
             text,
             command,
@@ -728,7 +737,11 @@ mod tests {
         assert_eq!(callback.sender.as_ref().map(|u| u.id), Some(7));
         let future = incoming(serde_json::json!({"update_id": 3, "future_kind": {"x": 1}}));
         assert_eq!(taken_by(&bot, &future, None), Some(2));
-        assert!(future.typed.is_none() && future.raw["future_kind"]["x"] == 1);
+        assert!(Incoming::typed(&future.raw).is_none() && future.raw["future_kind"]["x"] == 1);
+        assert!(
+            Incoming::typed(&callback.raw).is_some(),
+            "a known kind reads typed"
+        );
         let edited = incoming(serde_json::json!({
             "update_id": 4,
             "edited_message": {"message_id": 3, "date": 1, "edit_date": 2,
