@@ -1332,6 +1332,45 @@ impl Queue for AwsBackend {
         }
     }
 
+    /// The item's `leaseUntil` moves on by the lease (in whole seconds, as SQS counts), under
+    /// the lease's own receipt; then the message is hidden as long. Should hiding it fail, the
+    /// message shows early and the claim step holds it back until the lease ends.
+    async fn extend(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let id = delivery.update.update_id;
+        let lease_ms = i64::try_from(self.config().lease.as_millis()).unwrap_or(i64::MAX);
+        let hidden = whole_seconds(lease_ms).max(1);
+        let update = "SET #leaseUntil = :until";
+        let condition = "#state = :leased AND #receipt = :receipt";
+        let extended = self
+            .dynamodb()
+            .update_item()
+            .table_name(&self.tables().updates)
+            .set_key(Some(key("updateId", n(id.0))))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(names([update, condition]))
+            .set_expression_attribute_values(values([
+                (":leased", s(LEASED)),
+                (":receipt", s(Receipt::lease_of(&delivery.receipt))),
+                (
+                    ":until",
+                    n(clock::now_ms().saturating_add(i64::from(hidden) * 1000)),
+                ),
+            ]))
+            .send()
+            .await;
+        match extended {
+            Ok(_) => {}
+            Err(e) if is_condition_failed(&e) => return Err(BackendError::LeaseLost(id)),
+            Err(e) => return Err(unavailable("UpdateItem updates", e)),
+        }
+        if let Some(receipt) = Receipt::parse(&delivery.receipt) {
+            self.change_visibility(&receipt.receipt_handle, hidden)
+                .await;
+        }
+        Ok(())
+    }
+
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let id = delivery.update.update_id;
         if !self

@@ -197,6 +197,11 @@ pub trait Queue: Send + Sync {
     /// one chat's updates go out one at a time in `update_id` order.
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BackendError>;
 
+    /// Holds a delivery's lease for another [`QueueConfig::lease`] from now, while its worker is
+    /// still at it (a slow handler). [`BackendError::LeaseLost`] once the update was handed out
+    /// again or finished: the worker then stops, as its ack would be refused.
+    async fn extend(&self, delivery: &Delivery) -> Result<(), BackendError>;
+
     /// Marks a delivered update done.
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError>;
 

@@ -41,6 +41,7 @@ macro_rules! backend_suite {
             keeps_the_body_byte_for_byte,
             an_acked_update_is_not_delivered_again,
             an_expired_lease_is_delivered_again,
+            an_extended_lease_is_kept_until_it_ends,
             failures_back_off_then_dead_letter,
             expired_leases_count_as_attempts,
             dead_letters_can_be_redriven,
@@ -232,6 +233,54 @@ where
         Err(BackendError::LeaseLost(_))
     ));
     backend.ack(&second).await.unwrap();
+}
+
+pub async fn an_extended_lease_is_kept_until_it_ends<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    enqueue(&backend, &message_update(40, 10, 1, "a slow handler")).await;
+    let slow = receive(&backend, 1).await.remove(0);
+    // Extended every quarter lease, the lease outlives three of its own lengths.
+    let every = config.lease / 4;
+    for _ in 0..12 {
+        tokio::time::sleep(every).await;
+        backend.extend(&slow).await.expect("extend a live lease");
+        assert!(
+            receive(&backend, 10).await.is_empty(),
+            "an extended lease is not handed out again"
+        );
+    }
+    assert_eq!(
+        apply(&backend, &slow, 1_714_564_900_000).await,
+        Applied::Written
+    );
+    if !backend.apply_acknowledges() {
+        backend.ack(&slow).await.unwrap();
+    }
+    assert!(matches!(
+        backend.extend(&slow).await,
+        Err(BackendError::LeaseLost(UpdateId(40)))
+    ));
+
+    // Not extended, the lease ends; the next delivery holds the update, not the first.
+    enqueue(&backend, &message_update(41, 11, 1, "a stalled worker")).await;
+    let stalled = receive(&backend, 1).await.remove(0);
+    wait_past(config.lease).await;
+    let again = receive(&backend, 1).await.remove(0);
+    assert_eq!(again.update.update_id, UpdateId(41));
+    assert_eq!(again.attempt, 2);
+    assert!(matches!(
+        backend.extend(&stalled).await,
+        Err(BackendError::LeaseLost(UpdateId(41)))
+    ));
+    backend.extend(&again).await.expect("the new lease is live");
+    backend.ack(&again).await.unwrap();
+    assert_eq!(backend.stats().await.unwrap().pending, 0);
 }
 
 pub async fn failures_back_off_then_dead_letter<B: Backend, F, Fut>(make: F, config: QueueConfig)

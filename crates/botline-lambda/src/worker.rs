@@ -24,7 +24,7 @@ use botline::config::{ConfigError, Settings};
 use botline::handler::Bot;
 use botline::sender::Sender;
 use botline::telegram::Telegram;
-use botline::worker::process;
+use botline::worker::Processor;
 use botline_aws::{AwsBackend, Claimed, QueueMessage, Receipt};
 use botline_core::{Backend, Delivery, Handling};
 use botline_registrar::Registrar;
@@ -44,15 +44,13 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Worker {
     aws: AwsBackend,
-    backend: Arc<dyn Backend>,
-    registrar: Option<Arc<dyn Registrar>>,
+    /// The backend, the handlers, the registration backend, the lease and the timeouts.
+    processor: Processor,
     telegram: Option<Telegram>,
     sender: Option<Sender>,
     /// What the bot knows of itself, once known (configured, or from getMe).
     handling: Mutex<Option<Handling>>,
     configured_username: Option<String>,
-    /// The bot's own handlers (none: Botline's records and `/register` only).
-    bot: Bot,
 }
 
 impl Worker {
@@ -72,25 +70,23 @@ impl Worker {
         });
         Ok(Self {
             aws: backend,
-            backend: shared,
-            registrar: settings.registrar()?,
+            processor: Processor::new(shared, settings).with_registrar(settings.registrar()?),
             telegram,
             sender,
             handling: Mutex::new(known),
             configured_username: settings.bot_username.clone(),
-            bot: Bot::new(),
         })
     }
 
     /// Runs `bot`'s handlers on every update, as `serve` does with them.
     pub fn with_bot(mut self, bot: Bot) -> Self {
-        self.bot = bot;
+        self.processor = self.processor.with_bot(bot);
         self
     }
 
     /// Replaces the registration backend of the settings (tests, or a backend of one's own).
     pub fn with_registrar(mut self, registrar: Option<Arc<dyn Registrar>>) -> Self {
-        self.registrar = registrar;
+        self.processor = self.processor.with_registrar(registrar);
         self
     }
 
@@ -215,10 +211,8 @@ impl Worker {
     fn lane(&self, handling: Handling) -> Lane {
         Lane {
             aws: self.aws.clone(),
-            backend: Arc::clone(&self.backend),
-            registrar: self.registrar.clone(),
+            processor: self.processor.clone(),
             handling,
-            bot: self.bot.clone(),
         }
     }
 }
@@ -226,10 +220,8 @@ impl Worker {
 /// What a lane needs, owned, to run on its own task.
 struct Lane {
     aws: AwsBackend,
-    backend: Arc<dyn Backend>,
-    registrar: Option<Arc<dyn Registrar>>,
+    processor: Processor,
     handling: Handling,
-    bot: Bot,
 }
 
 impl Lane {
@@ -252,13 +244,11 @@ impl Lane {
         }
         let mut running = JoinSet::new();
         for delivery in deliveries {
-            let (backend, registrar) = (Arc::clone(&self.backend), self.registrar.clone());
+            let processor = self.processor.clone();
             let handling = self.handling.clone();
-            let bot = self.bot.clone();
             running.spawn(async move {
                 let message_id = message_id(&delivery);
-                let processed =
-                    process(&backend, &handling, registrar.as_deref(), &bot, delivery).await;
+                let processed = processor.process(&handling, delivery).await;
                 (message_id, processed.stored)
             });
         }

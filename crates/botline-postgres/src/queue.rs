@@ -251,6 +251,29 @@ impl Queue for PostgresBackend {
         .await
     }
 
+    async fn extend(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let id = delivery.update.update_id;
+        let lease = self.config().lease;
+        self.run(async {
+            let extended = sqlx::query(
+                "UPDATE updates SET visible_at = botline_now_ms() + $3
+                 WHERE update_id = $1 AND receipt = $2 AND state = 0",
+            )
+            .bind(id.0)
+            .bind(&delivery.receipt)
+            .bind(millis(lease))
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            if extended == 1 {
+                Ok(())
+            } else {
+                Err(Fault::Backend(BackendError::LeaseLost(id)))
+            }
+        })
+        .await
+    }
+
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let id = delivery.update.update_id;
         self.run(async {

@@ -379,6 +379,33 @@ impl Queue for SqliteBackend {
         .await
     }
 
+    async fn extend(&self, delivery: &Delivery) -> Result<(), BackendError> {
+        let id = delivery.update.update_id;
+        let receipt = delivery.receipt.clone();
+        let lease = self.inner.config.lease;
+        self.write(move |conn| {
+            let extended = conn
+                .prepare_cached(
+                    "UPDATE updates SET visible_at = ?3
+                     WHERE update_id = ?1 AND receipt = ?2 AND state = 0",
+                )
+                .and_then(|mut extend| {
+                    extend.execute(params![
+                        id.0,
+                        receipt,
+                        clock::now_ms().saturating_add(millis(lease))
+                    ])
+                })
+                .map_err(unavailable)?;
+            if extended == 1 {
+                Ok(())
+            } else {
+                Err(BackendError::LeaseLost(id))
+            }
+        })
+        .await
+    }
+
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let id = delivery.update.update_id;
         let receipt = delivery.receipt.clone();

@@ -73,6 +73,10 @@ pub struct Settings {
     pub dedupe_window: Duration,
     /// Updates processed at once (of different chats).
     pub worker_concurrency: usize,
+    /// The longest the bot's handler may take at one update; the lease is extended while it
+    /// runs. A slower handler is stopped and its attempt fails (retried, then dead-lettered).
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
     /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
     pub log_format: LogFormat,
     /// The bot's username, so that `/command@otherbot` is left alone. Unset: only commands
@@ -160,6 +164,7 @@ impl Default for Settings {
             backoff_max: queue.retry.backoff_max,
             dedupe_window: queue.dedupe_window,
             worker_concurrency: 64,
+            handler_timeout: Duration::from_secs(30),
             log_format: LogFormat::Auto,
             bot_username: None,
             telegram_api_url: crate::telegram::DEFAULT_API_URL.to_owned(),
@@ -208,6 +213,7 @@ const ENV_SETTINGS: &[&str] = &[
     "backoff_max",
     "dedupe_window",
     "worker_concurrency",
+    "handler_timeout",
     "log_format",
     "bot_username",
     "telegram_api_url",
@@ -260,6 +266,9 @@ impl Settings {
         }
         if self.worker_concurrency == 0 {
             return invalid("worker_concurrency must be at least 1");
+        }
+        if self.handler_timeout.is_zero() || self.handler_timeout > Duration::from_secs(900) {
+            return invalid("handler_timeout must be more than 0 and at most 15m");
         }
         if !(2..=1000).contains(&self.database_pool_size) {
             return invalid("database_pool_size must be between 2 and 1000");
@@ -477,6 +486,30 @@ mod tests {
             jail.set_env("BOTLINE_MAX_ATTEMPTS", "5");
             let settings = Settings::load(None, &NoFlags {}).map_err(|e| e.to_string())?;
             assert_eq!(settings.max_attempts, 5);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_handler_timeout_is_a_setting_within_bounds() {
+        Jail::expect_with(|jail| {
+            assert_eq!(
+                load(None, &Flags::default())?.handler_timeout,
+                Duration::from_secs(30)
+            );
+            jail.set_env("BOTLINE_HANDLER_TIMEOUT", "90s");
+            assert_eq!(
+                load(None, &Flags::default())?.handler_timeout,
+                Duration::from_secs(90)
+            );
+            for refused in ["0s", "16m"] {
+                jail.set_env("BOTLINE_HANDLER_TIMEOUT", refused);
+                let error = load(None, &Flags::default()).unwrap_err();
+                assert!(
+                    error.contains("handler_timeout must be"),
+                    "{refused}: {error}"
+                );
+            }
             Ok(())
         });
     }

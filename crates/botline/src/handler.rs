@@ -35,6 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What a handler returns: an error fails the attempt (retried after a backoff, dead-lettered
 /// after the last one), and none of its effects are written.
@@ -289,7 +290,8 @@ impl Bot {
             effects: Arc::clone(&effects),
         };
         // A panic fails the attempt like an error: the worker goes on.
-        let outcome = tokio::spawn(handler.call(cx)).await;
+        // Stopped with the attempt when it is given up (a timeout, a lost lease).
+        let outcome = AbortOnDropHandle::new(tokio::spawn(handler.call(cx))).await;
         match outcome {
             Ok(Ok(())) => Ok(std::mem::take(&mut *lock(&effects))),
             Ok(Err(e)) => Err(e),

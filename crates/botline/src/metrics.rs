@@ -37,6 +37,7 @@ pub const TELEGRAM_CALLS: &str = "botline_telegram_calls_total";
 pub const UPDATE_TO_REPLY_SECONDS: &str = "botline_update_to_reply_seconds";
 pub const OUTBOX_DEPTH: &str = "botline_outbox_depth";
 pub const HANDLER_FAILURES: &str = "botline_handler_failures_total";
+pub const LEASE_EXTENSIONS: &str = "botline_lease_extensions_total";
 pub const HTTP_CONNECTIONS: &str = "botline_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "botline_http_connections_refused_total";
 pub const HTTP_TIMEOUTS: &str = "botline_http_timeouts_total";
@@ -117,7 +118,11 @@ pub fn describe() {
     describe_gauge!(OUTBOX_DEPTH, "Outbox calls pending or failed for good");
     describe_counter!(
         HANDLER_FAILURES,
-        "Attempts the bot's handler failed (an error or a panic)"
+        "Attempts the bot's handler failed, by reason: error (an error or a panic) or timeout"
+    );
+    describe_counter!(
+        LEASE_EXTENSIONS,
+        "Leases extended while a slow attempt (a slow handler) was still running"
     );
     describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open");
     describe_counter!(

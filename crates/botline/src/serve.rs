@@ -8,7 +8,7 @@ use crate::poll::{PollError, Poller};
 use crate::secret::WebhookSecret;
 use crate::sender::Sender;
 use crate::telegram::{CallError, Telegram};
-use crate::worker::{Worker, housekeeping};
+use crate::worker::{Processor, Worker, housekeeping};
 use botline_core::{Backend, BackendError, Handling};
 use botline_edge::{EdgeLayer, WebAppAuth};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -235,13 +235,13 @@ async fn run(
     let outbox = Arc::new(Notify::new());
     tasks.spawn(
         Worker {
-            backend: Arc::clone(&backend),
+            processor: Processor::new(Arc::clone(&backend), &settings)
+                .with_bot(bot)
+                .with_registrar(registrar.clone()),
             concurrency: settings.worker_concurrency,
             wake: Arc::clone(&wake),
             handling,
             outbox: Arc::clone(&outbox),
-            registrar: registrar.clone(),
-            bot,
         }
         .run(shutdown.clone()),
     );

@@ -24,7 +24,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub backend: Arc<dyn Backend>,
+    /// How each update is processed: the backend, the handlers, the lease and the timeouts.
+    pub processor: Processor,
     /// Updates processed at once.
     pub concurrency: usize,
     /// Notified when there may be new work.
@@ -34,10 +35,48 @@ pub struct Worker {
     pub handling: watch::Receiver<Option<Handling>>,
     /// Notified when processing wrote outbox calls.
     pub outbox: Arc<Notify>,
+}
+
+/// Everything one attempt at an update needs besides the update and the bot's identity: the
+/// same for `serve`'s worker and the worker Lambda function.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    pub backend: Arc<dyn Backend>,
     /// Decides `/register` outside the store (a database function), when configured.
     pub registrar: Option<Arc<dyn Registrar>>,
     /// The bot's own handlers.
     pub bot: Bot,
+    /// The queue's lease ([`QueueConfig::lease`](botline_core::QueueConfig)): an attempt
+    /// extends it every third of it for as long as it runs.
+    pub lease: Duration,
+    /// The longest the bot's handler may take at one update: a slower one is stopped and its
+    /// attempt fails (retried, then dead-lettered), its effects dropped.
+    pub handler_timeout: Duration,
+}
+
+impl Processor {
+    /// A processor without handlers of its own, with the lease and timeouts of `settings`.
+    pub fn new(backend: Arc<dyn Backend>, settings: &crate::config::Settings) -> Self {
+        Self {
+            backend,
+            registrar: None,
+            bot: Bot::new(),
+            lease: settings.lease,
+            handler_timeout: settings.handler_timeout,
+        }
+    }
+
+    /// Runs `bot`'s handlers on every update.
+    pub fn with_bot(mut self, bot: Bot) -> Self {
+        self.bot = bot;
+        self
+    }
+
+    /// Asks `registrar` about `/register` attempts instead of the store.
+    pub fn with_registrar(mut self, registrar: Option<Arc<dyn Registrar>>) -> Self {
+        self.registrar = registrar;
+        self
+    }
 }
 
 impl Worker {
@@ -58,7 +97,7 @@ impl Worker {
             let received = if free == 0 {
                 Ok(Vec::new())
             } else {
-                self.backend.receive(free).await
+                self.processor.backend.receive(free).await
             };
             let idle = match received {
                 Ok(deliveries) => {
@@ -68,15 +107,12 @@ impl Worker {
                         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                             break;
                         };
-                        let (backend, wake) = (Arc::clone(&self.backend), Arc::clone(&self.wake));
+                        let processor = self.processor.clone();
+                        let wake = Arc::clone(&self.wake);
                         let handling = self.handling.borrow().clone().unwrap_or_default();
                         let outbox = Arc::clone(&self.outbox);
-                        let registrar = self.registrar.clone();
-                        let bot = self.bot.clone();
                         in_hand.spawn(async move {
-                            let processed =
-                                process(&backend, &handling, registrar.as_deref(), &bot, delivery)
-                                    .await;
+                            let processed = processor.process(&handling, delivery).await;
                             if processed.wrote_calls {
                                 outbox.notify_one();
                             }
@@ -160,48 +196,6 @@ async fn decide_registration(
     Ok(())
 }
 
-/// Runs the bot's handler for the update, if one takes it, and adds its effects to the records.
-/// An update that is already done is not handled again: its effects were committed once.
-async fn run_handlers(
-    bot: &Bot,
-    backend: &Arc<dyn Backend>,
-    handling: &Handling,
-    delivery: &Delivery,
-    records: &mut Records,
-) -> Result<(), BackendError> {
-    if bot.is_empty() {
-        return Ok(());
-    }
-    let update = &delivery.update;
-    // The handler reads the body as stored: with `/register` tokens redacted.
-    let redacted;
-    let seen = match &records.redacted_raw {
-        Some(raw) => {
-            redacted = botline_core::QueuedUpdate {
-                raw: raw.clone(),
-                ..update.clone()
-            };
-            &redacted
-        }
-        None => update,
-    };
-    match bot
-        .handle(seen, handling.bot_username.as_deref(), Arc::clone(backend))
-        .await
-    {
-        Ok(effects) => {
-            effects.into_records(&update.entry_id, records);
-            Ok(())
-        }
-        Err(e) => {
-            metrics::counter!(names::HANDLER_FAILURES).increment(1);
-            Err(BackendError::Unavailable(format!(
-                "the handler failed: {e}"
-            )))
-        }
-    }
-}
-
 /// Forgets dedupe ids past their window and purges expired sessions, now and every ten minutes,
 /// until `shutdown`.
 pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken) {
@@ -218,6 +212,17 @@ pub async fn housekeeping(backend: Arc<dyn Backend>, shutdown: CancellationToken
     }
 }
 
+/// Why an attempt failed: the text is the reason the queue keeps (and the DLQ shows).
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the handler failed: {0}")]
+    Handler(crate::handler::HandlerError),
+    #[error("the handler did not finish within {0}")]
+    Timeout(humantime::FormattedDuration),
+}
+
 /// How one attempt at one update ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Processed {
@@ -227,89 +232,168 @@ pub struct Processed {
     pub wrote_calls: bool,
 }
 
-/// One attempt at one update: its records are stored and the delivery acknowledged, or the
-/// failure is reported to the queue (retried after a backoff, or dead-lettered).
-pub async fn process(
-    backend: &Arc<dyn Backend>,
-    handling: &Handling,
-    registrar: Option<&dyn Registrar>,
-    bot: &Bot,
-    delivery: Delivery,
-) -> Processed {
-    metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
-    let update = &delivery.update;
-    let started = std::time::Instant::now();
-    let mut calls = false;
-    let result = match handling.records(update, clock::now_ms()) {
-        Ok(mut records) => match decide_registration(registrar, &mut records).await {
-            Ok(()) => match run_handlers(bot, backend, handling, &delivery, &mut records).await {
-                Ok(()) => {
-                    calls = !records.outbox.is_empty() || records.registration.is_some();
-                    backend.apply(&delivery, &records).await
+impl Processor {
+    /// One attempt at one update: its records are stored and the delivery acknowledged, or
+    /// the failure is reported to the queue (retried after a backoff, or dead-lettered). The
+    /// lease is extended while the attempt runs; should it be lost all the same (the backend
+    /// was away for a whole lease), the attempt stops and leaves the update to its next holder.
+    pub async fn process(&self, handling: &Handling, delivery: Delivery) -> Processed {
+        metrics::counter!(names::PROCESSING_ATTEMPTS).increment(1);
+        let backend = &self.backend;
+        let update = &delivery.update;
+        let started = std::time::Instant::now();
+        let mut calls = false;
+        let attempt = async {
+            let mut records = handling
+                .records(update, clock::now_ms())
+                .map_err(|corrupt| BackendError::Corrupt(corrupt.to_string()))?;
+            decide_registration(self.registrar.as_deref(), &mut records).await?;
+            self.run_handlers(handling, &delivery, &mut records).await?;
+            calls = !records.outbox.is_empty() || records.registration.is_some();
+            let applied = backend.apply(&delivery, &records).await?;
+            if !backend.apply_acknowledges() {
+                backend.ack(&delivery).await?;
+            }
+            Ok::<_, AttemptError>(applied)
+        };
+        let result = self.holding_lease(&delivery, attempt).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(applied) => {
+                let outcome = match applied {
+                    Applied::Written => "written",
+                    Applied::AlreadyDone => "already_done",
+                };
+                let stored_after_ms = clock::now_ms().saturating_sub(update.received_at_ms);
+                metrics::counter!(names::UPDATES_PROCESSED, "outcome" => outcome).increment(1);
+                metrics::histogram!(names::RECEIPT_TO_STORED_SECONDS)
+                    .record(stored_after_ms as f64 / 1000.0);
+                tracing::info!(
+                    update_id = update.update_id.0,
+                    kind = %update.kind,
+                    chat_id = update.order_key.chat().map(|c| c.0),
+                    attempt = delivery.attempt,
+                    outcome,
+                    latency_ms,
+                    stored_after_ms,
+                    "processed"
+                );
+                Processed {
+                    stored: true,
+                    wrote_calls: calls,
                 }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        Err(corrupt) => Err(BackendError::Corrupt(corrupt.to_string())),
-    };
-    let result = match result {
-        Ok(applied) if !backend.apply_acknowledges() => {
-            backend.ack(&delivery).await.map(|()| applied)
-        }
-        other => other,
-    };
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match result {
-        Ok(applied) => {
-            let outcome = match applied {
-                Applied::Written => "written",
-                Applied::AlreadyDone => "already_done",
-            };
-            let stored_after_ms = clock::now_ms().saturating_sub(update.received_at_ms);
-            metrics::counter!(names::UPDATES_PROCESSED, "outcome" => outcome).increment(1);
-            metrics::histogram!(names::RECEIPT_TO_STORED_SECONDS)
-                .record(stored_after_ms as f64 / 1000.0);
-            tracing::info!(
-                update_id = update.update_id.0,
-                kind = %update.kind,
-                chat_id = update.order_key.chat().map(|c| c.0),
-                attempt = delivery.attempt,
-                outcome,
-                latency_ms,
-                stored_after_ms,
-                "processed"
-            );
-            Processed {
-                stored: true,
-                wrote_calls: calls,
+            }
+            Err(e) => {
+                metrics::counter!(names::PROCESSING_FAILURES).increment(1);
+                let failed = match &e {
+                    // Its next holder has it: a failure report would be refused as well.
+                    AttemptError::Backend(BackendError::LeaseLost(_)) => Err(e.to_string()),
+                    _ => backend
+                        .fail(&delivery, &e.to_string())
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                let outcome = match &failed {
+                    Ok(Failed::Retrying { .. }) => "retrying",
+                    Ok(Failed::DeadLettered) => {
+                        metrics::counter!(names::DEAD_LETTERED).increment(1);
+                        "dead_lettered"
+                    }
+                    // The lease will expire and the update will be handed out again.
+                    Err(_) => "lease_left_to_expire",
+                };
+                tracing::warn!(
+                    update_id = update.update_id.0,
+                    kind = %update.kind,
+                    chat_id = update.order_key.chat().map(|c| c.0),
+                    attempt = delivery.attempt,
+                    outcome,
+                    latency_ms,
+                    error = %e,
+                    "processing failed"
+                );
+                Processed {
+                    stored: false,
+                    wrote_calls: false,
+                }
             }
         }
-        Err(e) => {
-            metrics::counter!(names::PROCESSING_FAILURES).increment(1);
-            let failed = backend.fail(&delivery, &e.to_string()).await;
-            let outcome = match &failed {
-                Ok(Failed::Retrying { .. }) => "retrying",
-                Ok(Failed::DeadLettered) => {
-                    metrics::counter!(names::DEAD_LETTERED).increment(1);
-                    "dead_lettered"
+    }
+
+    /// Runs `attempt`, extending the delivery's lease every third of a lease until it ends. A
+    /// lease that is lost all the same stops the attempt: its effects are not committed.
+    async fn holding_lease<T>(
+        &self,
+        delivery: &Delivery,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
+    ) -> Result<T, AttemptError> {
+        let every = (self.lease / 3).max(Duration::from_millis(100));
+        let keeper = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.backend.extend(delivery).await {
+                    Ok(()) => metrics::counter!(names::LEASE_EXTENSIONS).increment(1),
+                    Err(lost @ BackendError::LeaseLost(_)) => return lost,
+                    // Tried again at the next turn; the lease holds a while yet.
+                    Err(e) => tracing::warn!(
+                        update_id = delivery.update.update_id.0,
+                        error = %e,
+                        "could not extend a lease"
+                    ),
                 }
-                // The lease will expire and the update will be handed out again.
-                Err(_) => "lease_left_to_expire",
-            };
-            tracing::warn!(
-                update_id = update.update_id.0,
-                kind = %update.kind,
-                chat_id = update.order_key.chat().map(|c| c.0),
-                attempt = delivery.attempt,
-                outcome,
-                latency_ms,
-                error = %e,
-                "processing failed"
-            );
-            Processed {
-                stored: false,
-                wrote_calls: false,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = attempt => result,
+            lost = keeper => Err(lost.into()),
+        }
+    }
+
+    /// Runs the bot's handler for the update, if one takes it, within the handler timeout, and
+    /// adds its effects to the records. An update that is already done is not handled again:
+    /// its effects were committed once.
+    async fn run_handlers(
+        &self,
+        handling: &Handling,
+        delivery: &Delivery,
+        records: &mut Records,
+    ) -> Result<(), AttemptError> {
+        if self.bot.is_empty() {
+            return Ok(());
+        }
+        let update = &delivery.update;
+        // The handler reads the body as stored: with `/register` tokens redacted.
+        let redacted;
+        let seen = match &records.redacted_raw {
+            Some(raw) => {
+                redacted = botline_core::QueuedUpdate {
+                    raw: raw.clone(),
+                    ..update.clone()
+                };
+                &redacted
+            }
+            None => update,
+        };
+        let handled = self.bot.handle(
+            seen,
+            handling.bot_username.as_deref(),
+            Arc::clone(&self.backend),
+        );
+        match tokio::time::timeout(self.handler_timeout, handled).await {
+            Ok(Ok(effects)) => {
+                effects.into_records(&update.entry_id, records);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(names::HANDLER_FAILURES, "reason" => "error").increment(1);
+                Err(AttemptError::Handler(e))
+            }
+            Err(_) => {
+                metrics::counter!(names::HANDLER_FAILURES, "reason" => "timeout").increment(1);
+                Err(AttemptError::Timeout(humantime::format_duration(
+                    self.handler_timeout,
+                )))
             }
         }
     }

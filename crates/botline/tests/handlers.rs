@@ -3,7 +3,7 @@
 //! effects, while its chat's next update goes on and the worker lives.
 
 use botline::handler::{Bot, Context, HandlerResult};
-use botline::worker::Worker;
+use botline::worker::{Processor, Worker};
 use botline_core::{
     Backend, Handling, InboundUpdate, OutboxAction, QueueConfig, RetryPolicy, UpdateId,
 };
@@ -68,29 +68,19 @@ async fn a_failing_handler_is_dead_lettered_with_no_effect_and_its_chat_goes_on(
     let (_known, handling) = watch::channel(Some(Handling::default()));
     let stop = CancellationToken::new();
     let worker = tokio::spawn(
-        Worker {
-            backend: Arc::clone(&backend),
-            concurrency: 4,
-            wake: Arc::new(Notify::new()),
-            handling,
-            outbox: Arc::new(Notify::new()),
-            registrar: None,
-            bot: Bot::new()
+        worker(
+            &backend,
+            Bot::new()
                 .command("boom", boom)
                 .command("fail", fails)
                 .command("echo", echo),
-        }
+            handling,
+            config.lease,
+            Duration::from_secs(30),
+        )
         .run(stop.clone()),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = backend.stats().await.unwrap();
-        if stats.pending == 0 && stats.in_flight == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drained(backend.as_ref()).await;
     stop.cancel();
     worker.await.expect("the worker did not die of the panic");
 
@@ -115,6 +105,49 @@ async fn a_failing_handler_is_dead_lettered_with_no_effect_and_its_chat_goes_on(
     );
 
     // Only the echoes are in the outbox: a failed attempt leaves no effect.
+    assert_eq!(
+        sent_texts(backend.as_ref()).await,
+        ["echo: after the error", "echo: after the panic"]
+    );
+}
+
+fn worker(
+    backend: &Arc<dyn Backend>,
+    bot: Bot,
+    handling: watch::Receiver<Option<Handling>>,
+    lease: Duration,
+    handler_timeout: Duration,
+) -> Worker {
+    Worker {
+        processor: Processor {
+            backend: Arc::clone(backend),
+            registrar: None,
+            bot,
+            lease,
+            handler_timeout,
+        },
+        concurrency: 4,
+        wake: Arc::new(Notify::new()),
+        handling,
+        outbox: Arc::new(Notify::new()),
+    }
+}
+
+/// Waits until nothing is pending or in flight.
+async fn drained(backend: &dyn Backend) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = backend.stats().await.unwrap();
+        if stats.pending == 0 && stats.in_flight == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never drained: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The texts of the outbox's sendMessage calls, sorted, each marked sent.
+async fn sent_texts(backend: &dyn Backend) -> Vec<String> {
     let mut texts = Vec::new();
     loop {
         let calls = backend
@@ -132,5 +165,88 @@ async fn a_failing_handler_is_dead_lettered_with_no_effect_and_its_chat_goes_on(
         }
     }
     texts.sort();
-    assert_eq!(texts, ["echo: after the error", "echo: after the panic"]);
+    texts
+}
+
+static SLOW_RUNS: AtomicU32 = AtomicU32::new(0);
+static HANGS_STOPPED: AtomicU32 = AtomicU32::new(0);
+
+/// Takes three leases' time (the test's lease is 1 s).
+async fn slow(cx: Context) -> HandlerResult {
+    SLOW_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    cx.reply(format!("slow, attempt of update {}", cx.update_id()));
+    Ok(())
+}
+
+/// Never finishes; counts being stopped.
+async fn hangs(_cx: Context) -> HandlerResult {
+    struct Stopped;
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            HANGS_STOPPED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let _stopped = Stopped;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_lease_and_a_hung_one_is_stopped_at_the_timeout() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let config = QueueConfig {
+        lease: Duration::from_secs(1),
+        retry: RetryPolicy {
+            max_attempts: 2,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(100),
+        },
+        ..QueueConfig::default()
+    };
+    let backend: Arc<dyn Backend> = Arc::new(SqliteBackend::open(dir.path(), config).unwrap());
+    for update in [
+        message(1, 20, "/slow"),
+        message(2, 21, "/hang"),
+        message(3, 21, "/echo after the hang"),
+    ] {
+        backend.enqueue(&update).await.unwrap();
+    }
+    let (_known, handling) = watch::channel(Some(Handling::default()));
+    let stop = CancellationToken::new();
+    let bot = Bot::new()
+        .command("slow", slow)
+        .command("hang", hangs)
+        .command("echo", echo);
+    // The timeout is above the slow handler's time and far below forever.
+    let worker = tokio::spawn(
+        worker(
+            &backend,
+            bot,
+            handling,
+            config.lease,
+            Duration::from_secs(6),
+        )
+        .run(stop.clone()),
+    );
+    drained(backend.as_ref()).await;
+    stop.cancel();
+    worker.await.unwrap();
+
+    // The slow handler ran once, on its first attempt: its lease never ran out under it.
+    assert_eq!(SLOW_RUNS.load(Ordering::SeqCst), 1);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.dead, stats.done), (1, 2), "{stats:?}");
+    // The hung handler was stopped at each of its two attempts, then dead-lettered.
+    let dead = backend.show(UpdateId(2)).await.unwrap().unwrap();
+    assert_eq!(dead.attempts, 2);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("the handler did not finish within 6s")
+    );
+    assert_eq!(HANGS_STOPPED.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        sent_texts(backend.as_ref()).await,
+        ["echo: after the hang", "slow, attempt of update 1"]
+    );
 }
