@@ -407,17 +407,14 @@ fn harness() -> &'static Harness {
             SqliteBackend::open(dir.path(), QueueConfig::default()).expect("the SQLite store"),
         );
         let app = |secret: Option<&str>| {
-            router(Arc::new(App {
-                backend: Arc::clone(&backend),
-                secret: secret.map(|s| WebhookSecret::new(s.to_owned()).expect("a valid secret")),
-                max_body_bytes: MAX_BODY_BYTES,
-                ack_timeout: Duration::from_secs(10),
-                read_timeout: Duration::from_secs(10),
-                new_update: Arc::default(),
-                metrics: None,
-                edge: None,
-                webapp: None,
-            }))
+            let mut app = App::new(Arc::clone(&backend)).with_secret(
+                secret.map(|s| WebhookSecret::new(s.to_owned()).expect("a valid secret")),
+            );
+            // A small limit, so that the fuzzer's inputs reach its edge from both sides.
+            app.max_body_bytes = MAX_BODY_BYTES;
+            app.ack_timeout = Duration::from_secs(10);
+            app.read_timeout = Duration::from_secs(10);
+            router(Arc::new(app))
         };
         Harness {
             runtime,

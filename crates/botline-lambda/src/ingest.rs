@@ -5,14 +5,12 @@ use botline::aws::SecretStore;
 use botline::config::{ConfigError, Settings};
 use botline::http::{App, router};
 use botline::secret::WebhookSecret;
-use botline::serve::edge_guards;
 use botline_core::Backend;
 use botline_edge::ClientAddr;
 use lambda_http::request::RequestContext;
 use lambda_http::{RequestExt, Response};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
 use tower::ServiceExt;
 
 /// The router and the webhook secret it checks; rebuilt when the secret store's value changed.
@@ -135,19 +133,12 @@ fn build(
     backend: &Arc<dyn Backend>,
     secret: Option<WebhookSecret>,
 ) -> Result<Router, ConfigError> {
-    let (edge, webapp) = edge_guards(settings, secret.as_ref())?;
-    Ok(router(Arc::new(App {
-        backend: Arc::clone(backend),
+    // Nothing in this process waits for new updates: the worker is another function.
+    Ok(router(Arc::new(App::from_settings(
+        settings,
+        Arc::clone(backend),
         secret,
-        max_body_bytes: settings.max_body_bytes,
-        ack_timeout: settings.ack_timeout,
-        read_timeout: settings.read_timeout,
-        // Nothing in this process waits for new updates: the worker is another function.
-        new_update: Arc::new(Notify::new()),
-        metrics: None,
-        edge,
-        webapp,
-    })))
+    )?)))
 }
 
 /// The client's address as API Gateway saw it (`requestContext.http.sourceIp`).

@@ -8,6 +8,7 @@
 //! cannot be made durable in time, so Telegram retries instead of losing it. Checks run
 //! cheapest first, and the body is not read before the secret matched.
 
+use crate::config::{ConfigError, Settings};
 use crate::metrics as names;
 use crate::secret::WebhookSecret;
 use axum::Router;
@@ -48,6 +49,97 @@ pub struct App {
     pub edge: Option<EdgeLayer>,
     /// The Mini App sign-in route, when enabled (it needs the bot token).
     pub webapp: Option<Arc<WebAppAuth>>,
+}
+
+impl App {
+    /// The webhook on `backend` with `secret` checked, and the limits, timeouts, edge guard and
+    /// Mini App route of `settings`: what `serve` and the ingest Lambda run.
+    pub fn from_settings(
+        settings: &Settings,
+        backend: Arc<dyn Backend>,
+        secret: Option<WebhookSecret>,
+    ) -> Result<Self, ConfigError> {
+        let (edge, webapp) = edge_guards(settings, secret.as_ref())?;
+        Ok(Self {
+            backend,
+            secret,
+            max_body_bytes: settings.max_body_bytes,
+            ack_timeout: settings.ack_timeout,
+            read_timeout: settings.read_timeout,
+            new_update: Arc::default(),
+            metrics: None,
+            edge,
+            webapp,
+        })
+    }
+
+    /// The webhook on `backend` with the default settings' limits and timeouts, no secret, no
+    /// edge guard and no metrics: for tests and fuzzing.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        let settings = Settings::default();
+        Self {
+            backend,
+            secret: None,
+            max_body_bytes: settings.max_body_bytes,
+            ack_timeout: settings.ack_timeout,
+            read_timeout: settings.read_timeout,
+            new_update: Arc::default(),
+            metrics: None,
+            edge: None,
+            webapp: None,
+        }
+    }
+
+    /// Checks `secret` on every webhook request.
+    pub fn with_secret(mut self, secret: Option<WebhookSecret>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Serves `/metrics` from `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<PrometheusHandle>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Wakes `worker` whenever an update was made durable.
+    pub fn waking(mut self, worker: Arc<Notify>) -> Self {
+        self.new_update = worker;
+        self
+    }
+}
+
+/// The edge guard's layer and the Mini App route, as configured.
+fn edge_guards(
+    settings: &Settings,
+    secret: Option<&WebhookSecret>,
+) -> Result<(Option<EdgeLayer>, Option<Arc<WebAppAuth>>), ConfigError> {
+    let config = &settings.edge;
+    let invalid = |e: botline_edge::ConfigError| ConfigError::Invalid(format!("edge: {e}"));
+    let edge = if config.allowlist.is_some() || config.rate_limit.enabled {
+        let secret = secret.map(|s| botline_edge::Secret::new(s.expose()));
+        Some(EdgeLayer::new(config, secret).map_err(invalid)?)
+    } else {
+        None
+    };
+    let webapp = if config.webapp.enabled {
+        let Some(token) = settings.bot_token()? else {
+            return Err(ConfigError::Invalid(
+                "edge.webapp.enabled needs the bot token (BOTLINE_BOT_TOKEN or bot_token_file)"
+                    .into(),
+            ));
+        };
+        let auth = WebAppAuth::new(
+            &config.webapp,
+            botline_edge::Secret::new(token.expose()),
+            None,
+        )
+        .map_err(invalid)?;
+        Some(Arc::new(auth))
+    } else {
+        None
+    };
+    Ok((edge, webapp))
 }
 
 /// The router of all of Botline's HTTP endpoints.

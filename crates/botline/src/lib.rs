@@ -15,6 +15,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+mod backoff;
 pub mod cli;
 pub mod config;
 pub mod handler;

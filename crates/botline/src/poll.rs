@@ -5,6 +5,7 @@
 //! moves only after every update of a batch is durable. A crash in between fetches the batch
 //! again, and the queue's dedupe drops what it already has.
 
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::telegram::{CallError, Telegram};
 use botline_core::{Backend, Enqueued, InboundUpdate};
 use serde_json::value::RawValue;
@@ -49,7 +50,7 @@ impl Poller {
     /// Polls until `shutdown`, or until Telegram says polling cannot work.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PollError> {
         let mut offset: Option<i64> = None;
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
         tracing::info!(api = self.telegram.base(), "polling Telegram for updates");
         loop {
             let batch = tokio::select! {
@@ -58,7 +59,7 @@ impl Poller {
             };
             match batch {
                 Ok(updates) => {
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     match self.make_durable(&updates, &shutdown).await {
                         Some(next) => offset = next.or(offset),
                         None => return Ok(()),
@@ -73,14 +74,13 @@ impl Poller {
                 }
                 Err(e @ CallError::Unauthorized { .. }) => return Err(PollError::Unauthorized(e)),
                 Err(e) => {
-                    backoff = match &e {
+                    let wait = match &e {
                         CallError::RetryAfter { after, .. } => *after,
-                        _ => (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF),
+                        _ => backoff.next(),
                     };
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "getUpdates failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => return Ok(()),
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "getUpdates failed");
+                    if !sleep_unless_stopped(wait, &shutdown).await {
+                        return Ok(());
                     }
                 }
             }
@@ -120,7 +120,7 @@ impl Poller {
     }
 
     async fn enqueue(&self, update: &InboundUpdate, shutdown: &CancellationToken) -> Option<()> {
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
         loop {
             let outcome =
                 tokio::time::timeout(self.ack_timeout, self.backend.enqueue(update)).await;
@@ -141,11 +141,10 @@ impl Poller {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("not durable within {:?}", self.ack_timeout),
             };
-            backoff = (backoff * 2).clamp(Duration::from_millis(200), MAX_BACKOFF);
-            tracing::warn!(update_id = update.id.0, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "cannot make a polled update durable; the offset waits");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return None,
+            let wait = backoff.next();
+            tracing::warn!(update_id = update.id.0, reason = %reason, retry_in_ms = wait.as_millis() as u64, "cannot make a polled update durable; the offset waits");
+            if !sleep_unless_stopped(wait, shutdown).await {
+                return None;
             }
         }
     }

@@ -25,9 +25,10 @@
 //! committed, the lease runs out and the call is made again. That one call may be sent twice;
 //! no other path repeats one.
 
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::metrics as names;
 use crate::telegram::{CallError, Telegram};
-use botline_core::{Backend, OutboxAction, OutboxEntry};
+use botline_core::{Backend, OutboxAction, OutboxEntry, RetryPolicy};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -43,9 +44,13 @@ pub const LEASE: Duration = Duration::from_secs(120);
 const CONCURRENCY: usize = 32;
 /// How often the outbox is read when nothing woke the sender (retries whose wait ended).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Backoff of a call that failed without a `retry_after`: `BASE × 2^(attempt-1)`, capped.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Backoff of a call that failed without a `retry_after`: 1 s × 2^(attempt-1), up to 5 min.
+/// Only the waits are used: a call is retried until it is made or refused for good.
+const CALL_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    backoff_base: Duration::from_secs(1),
+    backoff_max: Duration::from_secs(300),
+};
 /// 429s from this many different chats within `FLOOD_WINDOW` mean the bot as a whole is limited.
 const FLOOD_CHATS: usize = 2;
 const FLOOD_WINDOW: Duration = Duration::from_secs(1);
@@ -141,7 +146,7 @@ impl Sender {
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let flood = Arc::new(Mutex::new(Flood::default()));
         let mut in_flight = JoinSet::new();
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut shrunk = Instant::now();
         while !shutdown.is_cancelled() {
             let pause = flood.lock().map_or(None, |f| f.pause());
@@ -163,7 +168,7 @@ impl Sender {
             };
             let idle = match due {
                 Ok(calls) => {
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     let idle = calls.is_empty();
                     for entry in calls {
                         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -181,13 +186,9 @@ impl Sender {
                     idle
                 }
                 Err(e) => {
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read the outbox");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => {}
-                    }
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the outbox");
+                    sleep_unless_stopped(wait, &shutdown).await;
                     continue;
                 }
             };
@@ -307,7 +308,7 @@ impl Sender {
                         }
                         Some(*after)
                     }
-                    e if e.is_retryable() => Some(backoff(entry.attempt)),
+                    e if e.is_retryable() => Some(CALL_RETRY.backoff(entry.attempt)),
                     _ => None,
                 };
                 let log_level_warn = matches!(error, CallError::Unauthorized { .. });
@@ -336,12 +337,6 @@ impl Sender {
             tracing::warn!(outbox_id = %call.outbox_id, error = %e, "cannot record a call's outcome");
         }
     }
-}
-
-/// The wait before try `attempt + 1` of a call that failed without `retry_after`.
-fn backoff(attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
 /// The `method` label of a call: the Bot API's name for the methods Telegram documents (as
@@ -387,10 +382,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(40), BACKOFF_MAX);
+        assert_eq!(CALL_RETRY.backoff(1), Duration::from_secs(1));
+        assert_eq!(CALL_RETRY.backoff(2), Duration::from_secs(2));
+        assert_eq!(CALL_RETRY.backoff(4), Duration::from_secs(8));
+        assert_eq!(CALL_RETRY.backoff(40), Duration::from_secs(300));
     }
 
     #[test]

@@ -1,16 +1,15 @@
 //! `botline serve` and `botline poll`: intake (webhook or long polling), worker, sender and
 //! housekeeping in one process, on one backend.
 
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::config::{BackendKind, ConfigError, Settings};
 use crate::handler::Bot;
 use crate::http::{App, router, status_router};
 use crate::poll::{PollError, Poller};
-use crate::secret::WebhookSecret;
 use crate::sender::Sender;
 use crate::telegram::{CallError, Telegram};
 use crate::worker::{Processor, Worker, housekeeping};
 use botline_core::{Backend, BackendError, Handling};
-use botline_edge::{EdgeLayer, WebAppAuth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::Path;
 use std::sync::Arc;
@@ -199,7 +198,6 @@ async fn run(
         Intake::Poll => Some(settings.require_telegram()?),
     };
     let registrar = settings.registrar()?;
-    let (edge, webapp) = edge_guards(&settings, secret.as_ref())?;
     // Several instances may share a Postgres; one data directory has one server.
     let _lock = match settings.backend {
         BackendKind::Embedded => Some(lock_data_dir(&settings.data_dir)?),
@@ -216,17 +214,11 @@ async fn run(
         })?;
     let wake = Arc::new(Notify::new());
     let metrics_upkeep = metrics.clone();
-    let app = Arc::new(App {
-        backend: Arc::clone(&backend),
-        secret,
-        max_body_bytes: settings.max_body_bytes,
-        ack_timeout: settings.ack_timeout,
-        read_timeout: settings.read_timeout,
-        new_update: Arc::clone(&wake),
-        metrics,
-        edge,
-        webapp,
-    });
+    let app = Arc::new(
+        App::from_settings(&settings, Arc::clone(&backend), secret)?
+            .waking(Arc::clone(&wake))
+            .with_metrics(metrics),
+    );
     // Without a configured username, the bot's own is asked of Telegram before processing.
     let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
         bot_username: settings.bot_username.clone(),
@@ -365,39 +357,6 @@ fn warn_without_secret(settings: &Settings) {
     );
 }
 
-/// The edge guard's layer and the Mini App route, as configured.
-pub fn edge_guards(
-    settings: &Settings,
-    secret: Option<&WebhookSecret>,
-) -> Result<(Option<EdgeLayer>, Option<Arc<WebAppAuth>>), ConfigError> {
-    let config = &settings.edge;
-    let invalid = |e: botline_edge::ConfigError| ConfigError::Invalid(format!("edge: {e}"));
-    let edge = if config.allowlist.is_some() || config.rate_limit.enabled {
-        let secret = secret.map(|s| botline_edge::Secret::new(s.expose()));
-        Some(EdgeLayer::new(config, secret).map_err(invalid)?)
-    } else {
-        None
-    };
-    let webapp = if config.webapp.enabled {
-        let Some(token) = settings.bot_token()? else {
-            return Err(ConfigError::Invalid(
-                "edge.webapp.enabled needs the bot token (BOTLINE_BOT_TOKEN or bot_token_file)"
-                    .into(),
-            ));
-        };
-        let auth = WebAppAuth::new(
-            &config.webapp,
-            botline_edge::Secret::new(token.expose()),
-            None,
-        )
-        .map_err(invalid)?;
-        Some(Arc::new(auth))
-    } else {
-        None
-    };
-    Ok((edge, webapp))
-}
-
 /// Asks Telegram who the bot is (getMe) until it answers, and hands the username to the worker
 /// so `/command@otherbot` is left alone. A refused token ends the wait with the username unknown
 /// (only unaddressed commands are taken) rather than hold processing up forever.
@@ -407,7 +366,7 @@ async fn identify(
     configured: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let answer = tokio::select! {
             answer = telegram.get_me() => answer,
@@ -438,12 +397,11 @@ async fn identify(
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "getMe failed; commands addressed with @botname wait for it");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "getMe failed; commands addressed with @botname wait for it");
+                if !sleep_unless_stopped(wait, &shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
     }

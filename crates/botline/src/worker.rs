@@ -6,6 +6,7 @@
 //! `concurrency` at once. A failed attempt is reported back and retried after a backoff; after
 //! the last attempt the update is a dead letter.
 
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::handler::Bot;
 use crate::metrics as names;
 use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
@@ -91,7 +92,7 @@ impl Worker {
         }
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut in_hand = JoinSet::new();
-        let mut backoff = Duration::ZERO;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_cancelled() {
             let free = slots.available_permits();
             let received = if free == 0 {
@@ -101,7 +102,7 @@ impl Worker {
             };
             let idle = match received {
                 Ok(deliveries) => {
-                    backoff = Duration::ZERO;
+                    backoff.reset();
                     let idle = deliveries.is_empty();
                     for delivery in deliveries {
                         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -124,13 +125,9 @@ impl Worker {
                     idle
                 }
                 Err(e) => {
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot receive updates");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => {}
-                    }
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot receive updates");
+                    sleep_unless_stopped(wait, &shutdown).await;
                     continue;
                 }
             };

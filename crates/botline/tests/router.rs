@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tower::ServiceExt;
 
 const SECRET: &str = "s3cret_Token-value";
@@ -28,17 +27,9 @@ fn harness(secret: Option<&str>) -> Harness {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let backend: Arc<dyn Backend> =
         Arc::new(SqliteBackend::open(dir.path(), QueueConfig::default()).unwrap());
-    let app = App {
-        backend: Arc::clone(&backend),
-        secret: secret.map(|s| WebhookSecret::new(s.to_owned()).unwrap()),
-        max_body_bytes: LIMIT,
-        ack_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(5),
-        new_update: Arc::default(),
-        metrics: None,
-        edge: None,
-        webapp: None,
-    };
+    let mut app = App::new(Arc::clone(&backend))
+        .with_secret(secret.map(|s| WebhookSecret::new(s.to_owned()).unwrap()));
+    app.max_body_bytes = LIMIT;
     Harness {
         router: router(Arc::new(app)),
         backend,
