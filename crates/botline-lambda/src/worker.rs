@@ -51,11 +51,14 @@ pub struct Worker {
     /// What the bot knows of itself, once known (configured, or from getMe).
     handling: Mutex<Option<Handling>>,
     configured_username: Option<String>,
+    /// The bot's own webhook handler, when `BOTLINE_HANDLER_URL` is set: every update the
+    /// bot's Rust handlers leave goes there.
+    forward: Option<botline::forward::Forward>,
 }
 
 impl Worker {
-    /// The worker on `backend`, with the bot token, username, registration backend and call
-    /// rate of `settings`.
+    /// The worker on `backend`, with the bot token, username, registration backend, call rate
+    /// and handler URL of `settings`.
     pub fn new(settings: &Settings, backend: AwsBackend) -> Result<Self, ConfigError> {
         let telegram = settings.telegram()?;
         let shared: Arc<dyn Backend> = Arc::new(backend.clone());
@@ -68,18 +71,25 @@ impl Worker {
         let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
             bot_username: settings.bot_username.clone(),
         });
-        Ok(Self {
+        let worker = Self {
             aws: backend,
             processor: Processor::new(shared, settings).with_registrar(settings.registrar()?),
+            forward: settings.forward()?,
             telegram,
             sender,
             handling: Mutex::new(known),
             configured_username: settings.bot_username.clone(),
-        })
+        };
+        // No Rust handlers of its own: Botline's records, `/register`, and forwarding if set.
+        Ok(worker.with_bot(Bot::new()))
     }
 
     /// Runs `bot`'s handlers on every update, as `serve` does with them.
     pub fn with_bot(mut self, bot: Bot) -> Self {
+        let bot = match self.forward.clone() {
+            Some(forward) => bot.forward_to(forward),
+            None => bot,
+        };
         self.processor = self.processor.with_bot(bot);
         self
     }

@@ -77,6 +77,15 @@ pub struct Settings {
     /// runs. A slower handler is stopped and its attempt fails (retried, then dead-lettered).
     #[serde(with = "humantime_serde")]
     pub handler_timeout: Duration,
+    /// The bot's own webhook handler (a grammY, aiogram, … bot): every update no Rust handler
+    /// took is POSTed there once durable, and the call its answer carries is sent once.
+    pub handler_url: Option<String>,
+    /// A file holding the secret token sent to that handler as
+    /// `X-Telegram-Bot-Api-Secret-Token` (instead of `BOTLINE_HANDLER_SECRET_TOKEN`).
+    pub handler_secret_token_file: Option<PathBuf>,
+    /// A file holding the Standard Webhooks signing secret, `whsec_…` (instead of
+    /// `BOTLINE_HANDLER_SIGNING_SECRET`).
+    pub handler_signing_secret_file: Option<PathBuf>,
     /// `auto` (JSON unless stderr is a terminal), `json` or `text`.
     pub log_format: LogFormat,
     /// The bot's username, so that `/command@otherbot` is left alone. Unset: only commands
@@ -165,6 +174,9 @@ impl Default for Settings {
             dedupe_window: queue.dedupe_window,
             worker_concurrency: 64,
             handler_timeout: Duration::from_secs(30),
+            handler_url: None,
+            handler_secret_token_file: None,
+            handler_signing_secret_file: None,
             log_format: LogFormat::Auto,
             bot_username: None,
             telegram_api_url: crate::telegram::DEFAULT_API_URL.to_owned(),
@@ -214,6 +226,9 @@ const ENV_SETTINGS: &[&str] = &[
     "dedupe_window",
     "worker_concurrency",
     "handler_timeout",
+    "handler_url",
+    "handler_secret_token_file",
+    "handler_signing_secret_file",
     "log_format",
     "bot_username",
     "telegram_api_url",
@@ -371,6 +386,36 @@ impl Settings {
         BotToken::from_env_or_file(self.bot_token_file.as_deref()).map_err(ConfigError::Invalid)
     }
 
+    /// Forwarding to the bot's own handler, when `handler_url` is set: with the secret token
+    /// (`BOTLINE_HANDLER_SECRET_TOKEN` or its file) and the signing secret
+    /// (`BOTLINE_HANDLER_SIGNING_SECRET` or its file) when set.
+    pub fn forward(&self) -> Result<Option<crate::forward::Forward>, ConfigError> {
+        let Some(url) = &self.handler_url else {
+            return Ok(None);
+        };
+        let invalid = |e: crate::forward::ForwardError| {
+            ConfigError::Invalid(format!("BOTLINE_HANDLER_URL: {e}"))
+        };
+        let mut forward = crate::forward::Forward::new(url).map_err(invalid)?;
+        if let Some(token) = secret_from_env_or_file(
+            "BOTLINE_HANDLER_SECRET_TOKEN",
+            self.handler_secret_token_file.as_deref(),
+        )? {
+            let token = WebhookSecret::new(token)
+                .map_err(|e| ConfigError::Invalid(format!("the handler's secret token: {e}")))?;
+            forward = forward.secret_token(token);
+        }
+        if let Some(secret) = secret_from_env_or_file(
+            "BOTLINE_HANDLER_SIGNING_SECRET",
+            self.handler_signing_secret_file.as_deref(),
+        )? {
+            forward = forward.signing_secret(&secret).map_err(|e| {
+                ConfigError::Invalid(format!("BOTLINE_HANDLER_SIGNING_SECRET: {e}"))
+            })?;
+        }
+        Ok(Some(forward))
+    }
+
     /// A Bot API client, when a bot token is configured.
     pub fn telegram(&self) -> Result<Option<Telegram>, ConfigError> {
         let Some(token) = self.bot_token()? else {
@@ -464,6 +509,27 @@ impl Settings {
     }
 }
 
+/// A secret from the variable `name`, else from `file` (its trailing newline dropped); never
+/// both.
+fn secret_from_env_or_file(name: &str, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    if let Ok(value) = std::env::var(name) {
+        if file.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "set {name} or its file, not both"
+            )));
+        }
+        return Ok(Some(value));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's `Jail` closures return its large error type.
 mod tests {
@@ -510,6 +576,44 @@ mod tests {
                     "{refused}: {error}"
                 );
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn forwarding_is_set_up_from_the_variables_and_bad_values_are_refused_unshown() {
+        Jail::expect_with(|jail| {
+            assert!(load(None, &Flags::default())?.forward().unwrap().is_none());
+            jail.set_env("BOTLINE_HANDLER_URL", "http://127.0.0.1:3000/bot");
+            jail.set_env("BOTLINE_HANDLER_SECRET_TOKEN", "tok-s3cret");
+            let forward = load(None, &Flags::default())?.forward().unwrap().unwrap();
+            assert!(!format!("{forward:?}").contains("s3cret"));
+            jail.set_env("BOTLINE_HANDLER_SIGNING_SECRET", "not-whsec-s3cret");
+            let error = load(None, &Flags::default())?
+                .forward()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("whsec_") && !error.contains("s3cret"),
+                "{error}"
+            );
+            jail.set_env(
+                "BOTLINE_HANDLER_SIGNING_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            );
+            jail.create_file("token", "tok-s3cret\n")?;
+            jail.set_env("BOTLINE_HANDLER_SECRET_TOKEN_FILE", "token");
+            let error = load(None, &Flags::default())?
+                .forward()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("not both"), "{error}");
+            jail.set_env("BOTLINE_HANDLER_URL", "ftp://example.org/bot");
+            let error = load(None, &Flags::default())?
+                .forward()
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("BOTLINE_HANDLER_URL"), "{error}");
             Ok(())
         });
     }

@@ -168,6 +168,15 @@ impl Default for Bot {
 }
 
 impl Bot {
+    /// Forwards every update no handler added before took to the bot's own webhook handler
+    /// (`BOTLINE_HANDLER_URL`; see [`crate::forward`]).
+    pub fn forward_to(self, forward: crate::forward::Forward) -> Self {
+        self.on_any(move |cx: Context| {
+            let forward = forward.clone();
+            async move { forward.deliver(&cx).await }
+        })
+    }
+
     /// How long a session lives after its last write, unless the bot says otherwise.
     pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -265,6 +274,7 @@ impl Bot {
     pub(crate) async fn handle(
         &self,
         update: &QueuedUpdate,
+        attempt: u32,
         bot_username: Option<&str>,
         sessions: Arc<dyn botline_core::Backend>,
     ) -> Result<Effects, HandlerError> {
@@ -282,6 +292,8 @@ impl Bot {
         let cx = Context {
             inner: Arc::new(Inner {
                 incoming,
+                body: update.raw.clone(),
+                attempt,
                 bot_username: bot_username.map(str::to_owned),
                 entry_id: update.entry_id.clone(),
                 session_ttl: self.session_ttl,
@@ -400,6 +412,9 @@ impl Incoming {
 #[derive(Debug)]
 struct Inner {
     incoming: Incoming,
+    /// The update's JSON as stored.
+    body: String,
+    attempt: u32,
     bot_username: Option<String>,
     entry_id: String,
     session_ttl: Duration,
@@ -415,6 +430,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// The update's JSON text as stored, byte for byte (`/register` tokens redacted).
+    pub fn body(&self) -> &str {
+        &self.inner.body
+    }
+
+    /// Which attempt at the update this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
     /// The update's id: stable across every attempt and redelivery, the idempotency key for
     /// what the handler does elsewhere.
     pub fn update_id(&self) -> i64 {

@@ -18,6 +18,7 @@ pub mod aws;
 mod backoff;
 pub mod cli;
 pub mod config;
+pub mod forward;
 pub mod handler;
 pub mod http;
 pub mod listen;

@@ -198,6 +198,13 @@ async fn run(
         Intake::Poll => Some(settings.require_telegram()?),
     };
     let registrar = settings.registrar()?;
+    let bot = match settings.forward()? {
+        Some(forward) => {
+            tracing::info!(handler = ?forward, "forwarding every update to the bot's own handler");
+            bot.forward_to(forward)
+        }
+        None => bot,
+    };
     // Several instances may share a Postgres; one data directory has one server.
     let _lock = match settings.backend {
         BackendKind::Embedded => Some(lock_data_dir(&settings.data_dir)?),

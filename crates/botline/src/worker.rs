@@ -374,6 +374,7 @@ impl Processor {
         };
         let handled = self.bot.handle(
             seen,
+            delivery.attempt,
             handling.bot_username.as_deref(),
             Arc::clone(&self.backend),
         );

@@ -1,0 +1,546 @@
+//! Forwarding: each durable update is POSTed to the bot's own webhook handler — a bot written
+//! with grammY, Telegraf, aiogram, python-telegram-bot or teloxide, unchanged — one chat at a
+//! time, and the Bot API call its answer carries (Telegram's "reply in the webhook response")
+//! goes into the outbox in the transaction that marks the update done: sent once, within
+//! Telegram's limits, through 429s.
+//!
+//! Forwarding is one more handler ([`Bot::forward_to`](crate::handler::Bot::forward_to)): it
+//! takes every update no earlier handler took, so a failed answer fails the attempt like any
+//! handler's error (retried with backoff, dead-lettered after the last attempt, redrivable), and
+//! `BOTLINE_HANDLER_TIMEOUT` bounds the wait for the answer.
+//!
+//! The request: the update's stored JSON byte for byte (`/register` tokens redacted), with
+//! `Content-Type: application/json`, `X-Telegram-Bot-Api-Secret-Token` when a secret token is
+//! set (the framework's own check passes unchanged), the Standard Webhooks headers
+//! `webhook-id` (the update id), `webhook-timestamp` and, with a signing secret,
+//! `webhook-signature`, and `botline-attempt` (1 for the first attempt).
+//!
+//! The answer: any 2xx is done. An empty body, `{}` or `{"ok":true}` carries no call; a JSON
+//! object with a `method`, or the same form-encoded, is one call; a JSON array of such objects
+//! is several, sent in order. Anything else — another status, a body that is not a call, a
+//! method the Bot API does not have, more than 1 MiB — fails the attempt, and nothing is sent.
+
+use crate::handler::{Context, HandlerError, HandlerResult};
+use crate::http::SECRET_HEADER;
+use crate::secret::WebhookSecret;
+use botline_core::clock;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The header that numbers the attempt (1 for the first).
+pub const ATTEMPT_HEADER: &str = "botline-attempt";
+/// The largest answer read; a larger one fails the attempt.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why forwarding cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the handler URL must be an http:// or https:// URL")]
+    Url,
+    #[error("the signing secret must be whsec_ followed by base64 (Standard Webhooks)")]
+    SigningSecret,
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Where and how updates are forwarded.
+#[derive(Clone)]
+pub struct Forward {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    secret_token: Option<WebhookSecret>,
+    signing: Option<Arc<standardwebhooks::Webhook>>,
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("url", &self.shown())
+            .field("secret_token", &self.secret_token.is_some())
+            .field("signed", &self.signing.is_some())
+            .finish()
+    }
+}
+
+impl Forward {
+    /// Forwarding to `url` (`http://` or `https://`).
+    pub fn new(url: &str) -> Result<Self, ForwardError> {
+        let url = reqwest::Url::parse(url).map_err(|_| ForwardError::Url)?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ForwardError::Url);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // An answer is read as it is; a redirect is not followed with the update.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ForwardError::Client(e.to_string()))?;
+        Ok(Self {
+            url,
+            client,
+            secret_token: None,
+            signing: None,
+        })
+    }
+
+    /// Sends `secret` as `X-Telegram-Bot-Api-Secret-Token`, as Telegram would.
+    pub fn secret_token(mut self, secret: WebhookSecret) -> Self {
+        self.secret_token = Some(secret);
+        self
+    }
+
+    /// Signs every request the Standard Webhooks way with `secret` (`whsec_<base64>`).
+    pub fn signing_secret(mut self, secret: &str) -> Result<Self, ForwardError> {
+        let key = secret
+            .strip_prefix("whsec_")
+            .ok_or(ForwardError::SigningSecret)?;
+        if key.is_empty() {
+            return Err(ForwardError::SigningSecret);
+        }
+        let webhook =
+            standardwebhooks::Webhook::new(secret).map_err(|_| ForwardError::SigningSecret)?;
+        self.signing = Some(Arc::new(webhook));
+        Ok(self)
+    }
+
+    /// The URL without credentials or query, for logs and errors.
+    fn shown(&self) -> String {
+        let mut shown = self.url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        shown.to_string()
+    }
+
+    /// POSTs the update to the handler and records the calls its answer carries.
+    pub async fn deliver(&self, cx: &Context) -> HandlerResult {
+        let body = cx.body().to_owned();
+        let id = cx.update_id().to_string();
+        let timestamp = clock::now_ms() / 1000;
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(ATTEMPT_HEADER, cx.attempt())
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp);
+        if let Some(secret) = &self.secret_token {
+            request = request.header(SECRET_HEADER, secret.expose());
+        }
+        if let Some(signing) = &self.signing {
+            let signature = signing
+                .sign(&id, timestamp, body.as_bytes())
+                .map_err(|e| format!("cannot sign the update: {e}"))?;
+            request = request.header("webhook-signature", signature);
+        }
+        let mut response = request.body(body).send().await.map_err(|e| {
+            format!(
+                "cannot reach the handler at {}: {}",
+                self.shown(),
+                e.without_url()
+            )
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("the handler at {} answered {status}", self.shown()).into());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut answer = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("the handler's answer broke off: {}", e.without_url()))?
+        {
+            if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(format!(
+                    "the handler's answer is larger than {MAX_ANSWER_BYTES} bytes"
+                )
+                .into());
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        for (method, params) in calls_in_answer(content_type.as_deref(), &answer)? {
+            cx.call(&method, Value::Object(params))?;
+        }
+        Ok(())
+    }
+}
+
+/// A Bot API call: the method, named as Telegram names it, and its parameters.
+pub type Call = (String, Map<String, Value>);
+
+/// The Bot API calls an answer carries, in order.
+pub fn calls_in_answer(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Call>, HandlerError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let media_type = content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    match media_type.as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            let mut params = Map::new();
+            for (name, value) in form_urlencoded::parse(body) {
+                let value = match name.as_ref() {
+                    // Numbers stay numbers, so the call is ordered with its chat.
+                    "chat_id" | "message_id" | "reply_to_message_id" => value
+                        .parse::<i64>()
+                        .map_or_else(|_| Value::String(value.to_string()), Value::from),
+                    _ => Value::String(value.into_owned()),
+                };
+                params.insert(name.into_owned(), value);
+            }
+            Ok(vec![call(params)?])
+        }
+        Some("multipart/form-data") => {
+            Err("the handler answered multipart/form-data, which Botline does not read yet: answer JSON".into())
+        }
+        _ => {
+            let answer: Value = serde_json::from_slice(body)
+                .map_err(|e| format!("the handler's answer is not JSON: {e}"))?;
+            match answer {
+                Value::Object(object) if !object.contains_key("method") => {
+                    if object.keys().all(|key| key == "ok") {
+                        Ok(Vec::new())
+                    } else {
+                        Err("the handler's answer is neither a Bot API call (no \"method\") nor empty".into())
+                    }
+                }
+                Value::Object(object) => Ok(vec![call(object)?]),
+                Value::Array(calls) => calls
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::Object(object) => call(object),
+                        _ => Err("an item of the handler's answer is not a Bot API call".into()),
+                    })
+                    .collect(),
+                _ => Err("the handler's answer is not a Bot API call".into()),
+            }
+        }
+    }
+}
+
+/// One call: `method` (a method of the Bot API, named as Telegram names it) and the rest.
+fn call(mut params: Map<String, Value>) -> Result<Call, HandlerError> {
+    let Some(Value::String(method)) = params.remove("method") else {
+        return Err("a call in the handler's answer has no \"method\"".into());
+    };
+    let Some(known) = BOT_API_METHODS
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(&method))
+    else {
+        let shown: String = method.chars().take(64).collect();
+        return Err(
+            format!("the handler's answer calls {shown:?}, which is not a Bot API method").into(),
+        );
+    };
+    Ok(((*known).to_owned(), params))
+}
+
+/// The Bot API's methods, as frankenstein 0.52 (Bot API 9) has them.
+const BOT_API_METHODS: &[&str] = &[
+    "addStickerToSet",
+    "answerCallbackQuery",
+    "answerChatJoinRequestQuery",
+    "answerGuestQuery",
+    "answerInlineQuery",
+    "answerPreCheckoutQuery",
+    "answerShippingQuery",
+    "answerWebAppQuery",
+    "approveChatJoinRequest",
+    "approveSuggestedPost",
+    "banChatMember",
+    "banChatSenderChat",
+    "close",
+    "closeForumTopic",
+    "closeGeneralForumTopic",
+    "convertGiftToStars",
+    "copyMessage",
+    "copyMessages",
+    "createChatInviteLink",
+    "createChatSubscriptionInviteLink",
+    "createForumTopic",
+    "createInvoiceLink",
+    "createNewStickerSet",
+    "declineChatJoinRequest",
+    "declineSuggestedPost",
+    "deleteAllMessageReactions",
+    "deleteBusinessMessages",
+    "deleteChatPhoto",
+    "deleteChatStickerSet",
+    "deleteEphemeralMessage",
+    "deleteForumTopic",
+    "deleteMessage",
+    "deleteMessageReaction",
+    "deleteMessages",
+    "deleteMyCommands",
+    "deleteStickerFromSet",
+    "deleteStickerSet",
+    "deleteStory",
+    "deleteWebhook",
+    "editChatInviteLink",
+    "editChatSubscriptionInviteLink",
+    "editEphemeralMessageCaption",
+    "editEphemeralMessageMedia",
+    "editEphemeralMessageReplyMarkup",
+    "editForumTopic",
+    "editGeneralForumTopic",
+    "editMessageCaption",
+    "editMessageChecklist",
+    "editMessageLiveLocation",
+    "editMessageMedia",
+    "editMessageReplyMarkup",
+    "editMessageText",
+    "editStory",
+    "editUserStarSubscription",
+    "exportChatInviteLink",
+    "forwardMessage",
+    "forwardMessages",
+    "getAvailableGifts",
+    "getBusinessAccountGifts",
+    "getBusinessAccountStarBalance",
+    "getBusinessConnection",
+    "getChat",
+    "getChatAdministrators",
+    "getChatGifts",
+    "getChatMember",
+    "getChatMemberCount",
+    "getChatMenuButton",
+    "getCustomEmojiStickers",
+    "getFile",
+    "getForumTopicIconStickers",
+    "getGameHighScores",
+    "getManagedBotAccessSettings",
+    "getManagedBotToken",
+    "getMe",
+    "getMyCommands",
+    "getMyDefaultAdministratorRights",
+    "getMyDescription",
+    "getMyName",
+    "getMyShortDescription",
+    "getMyStarBalance",
+    "getStarTransactions",
+    "getStickerSet",
+    "getUpdates",
+    "getUserChatBoosts",
+    "getUserGifts",
+    "getUserPersonalChatMessages",
+    "getUserProfileAudios",
+    "getUserProfilePhotos",
+    "getWebhookInfo",
+    "giftPremiumSubscription",
+    "hideGeneralForumTopic",
+    "leaveChat",
+    "logOut",
+    "pinChatMessage",
+    "postStory",
+    "promoteChatMember",
+    "readBusinessMessage",
+    "refundStarPayment",
+    "removeBusinessAccountProfilePhoto",
+    "removeChatVerification",
+    "removeMyProfilePhoto",
+    "removeUserVerification",
+    "reopenForumTopic",
+    "reopenGeneralForumTopic",
+    "replaceManagedBotToken",
+    "replaceStickerInSet",
+    "repostStory",
+    "restrictChatMember",
+    "revokeChatInviteLink",
+    "savePreparedInlineMessage",
+    "savePreparedKeyboardButton",
+    "sendAnimation",
+    "sendAudio",
+    "sendChatAction",
+    "sendChatJoinRequestWebApp",
+    "sendChecklist",
+    "sendContact",
+    "sendDice",
+    "sendDocument",
+    "sendGame",
+    "sendGift",
+    "sendInvoice",
+    "sendLivePhoto",
+    "sendLocation",
+    "sendMediaGroup",
+    "sendMessage",
+    "sendMessageDraft",
+    "sendPaidMedia",
+    "sendPhoto",
+    "sendPoll",
+    "sendRichMessage",
+    "sendRichMessageDraft",
+    "sendSticker",
+    "sendVenue",
+    "sendVideo",
+    "sendVideoNote",
+    "sendVoice",
+    "setBusinessAccountBio",
+    "setBusinessAccountGiftSettings",
+    "setBusinessAccountName",
+    "setBusinessAccountProfilePhoto",
+    "setBusinessAccountUsername",
+    "setChatAdministratorCustomTitle",
+    "setChatDescription",
+    "setChatMemberTag",
+    "setChatMenuButton",
+    "setChatPermissions",
+    "setChatPhoto",
+    "setChatStickerSet",
+    "setChatTitle",
+    "setCustomEmojiStickerSetThumbnail",
+    "setGameScore",
+    "setManagedBotAccessSettings",
+    "setMessageReaction",
+    "setMyCommands",
+    "setMyDefaultAdministratorRights",
+    "setMyDescription",
+    "setMyName",
+    "setMyProfilePhoto",
+    "setMyShortDescription",
+    "setPassportDataErrors",
+    "setStickerEmojiList",
+    "setStickerKeywords",
+    "setStickerMaskPosition",
+    "setStickerPositionInSet",
+    "setStickerSetThumbnail",
+    "setStickerSetTitle",
+    "setUserEmojiStatus",
+    "setWebhook",
+    "stopMessageLiveLocation",
+    "stopPoll",
+    "transferBusinessAccountStars",
+    "transferGift",
+    "unbanChatMember",
+    "unbanChatSenderChat",
+    "unhideGeneralForumTopic",
+    "unpinAllChatMessages",
+    "unpinAllForumTopicMessages",
+    "unpinAllGeneralForumTopicMessages",
+    "unpinChatMessage",
+    "upgradeGift",
+    "verifyChat",
+    "verifyUser",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn calls(content_type: Option<&str>, body: &str) -> Result<Vec<Value>, String> {
+        calls_in_answer(content_type, body.as_bytes())
+            .map(|calls| {
+                calls
+                    .into_iter()
+                    .map(|(method, params)| json!({"method": method, "params": params}))
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_call_in_an_empty_or_ok_answer() {
+        for body in ["", "  \n", "{}", r#"{"ok":true}"#] {
+            assert_eq!(
+                calls(Some("application/json"), body),
+                Ok(vec![]),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_call_an_array_of_calls_and_a_form_encoded_one() {
+        assert_eq!(
+            calls(
+                Some("application/json; charset=utf-8"),
+                r#"{"method":"sendMessage","chat_id":7,"text":"hi"}"#
+            ),
+            Ok(vec![
+                json!({"method": "sendMessage", "params": {"chat_id": 7, "text": "hi"}})
+            ])
+        );
+        assert_eq!(
+            calls(
+                None,
+                r#"[{"method":"sendMessage","chat_id":7,"text":"a"},{"method":"sendchataction","chat_id":7,"action":"typing"}]"#
+            ),
+            Ok(vec![
+                json!({"method": "sendMessage", "params": {"chat_id": 7, "text": "a"}}),
+                json!({"method": "sendChatAction", "params": {"chat_id": 7, "action": "typing"}}),
+            ])
+        );
+        assert_eq!(
+            calls(
+                Some("application/x-www-form-urlencoded"),
+                "method=sendMessage&chat_id=-1001&text=caf%C3%A9+%2B1&reply_markup=%7B%7D"
+            ),
+            Ok(vec![json!({"method": "sendMessage", "params": {
+                "chat_id": -1001, "text": "café +1", "reply_markup": "{}"
+            }})])
+        );
+    }
+
+    #[test]
+    fn bad_answers_are_refused_with_a_reason() {
+        for (content_type, body, reason) in [
+            (None, "<html>", "not JSON"),
+            (None, r#"{"text":"hi"}"#, "neither a Bot API call"),
+            (
+                None,
+                r#"{"method":"sendMesage","chat_id":1}"#,
+                "not a Bot API method",
+            ),
+            (
+                None,
+                r#"[{"method":"sendMessage"}, 5]"#,
+                "not a Bot API call",
+            ),
+            (None, r#""sendMessage""#, "not a Bot API call"),
+            (
+                Some("application/x-www-form-urlencoded"),
+                "chat_id=1",
+                "no \"method\"",
+            ),
+            (
+                Some("multipart/form-data; boundary=x"),
+                "--x--",
+                "multipart",
+            ),
+        ] {
+            let error = calls(content_type, body).unwrap_err();
+            assert!(error.contains(reason), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn only_http_urls_and_whsec_secrets() {
+        assert!(Forward::new("http://127.0.0.1:3000/bot").is_ok());
+        assert!(matches!(Forward::new("ftp://x/"), Err(ForwardError::Url)));
+        assert!(matches!(Forward::new("not a url"), Err(ForwardError::Url)));
+        let forward = Forward::new("https://user:pa55@bot.example/hook?key=s3cret").unwrap();
+        let shown = format!("{forward:?}");
+        assert!(
+            !shown.contains("pa55") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            forward
+                .clone()
+                .signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .is_ok()
+        );
+        for bad in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_!!!"] {
+            assert!(forward.clone().signing_secret(bad).is_err(), "{bad}");
+        }
+    }
+}
