@@ -30,5 +30,7 @@ echo "== infra (CDK app: jest, cdk synth, cfn-lint)"
 infra/scripts/test.sh
 echo "== moto (local AWS emulator for crates/botline-aws)"
 scripts/moto.sh
+echo "== examples/grammy-handler (npm ci, tsc): a grammY bot the tests put behind Botline"
+(cd examples/grammy-handler && npm ci --no-audit --no-fund && npm run build)
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast

@@ -16,7 +16,8 @@
 //! `webhook-signature`, and `botline-attempt` (1 for the first attempt).
 //!
 //! The answer: any 2xx is done. An empty body, `{}` or `{"ok":true}` carries no call; a JSON
-//! object with a `method`, or the same form-encoded, is one call; a JSON array of such objects
+//! object with a `method`, or the same form-encoded or as multipart/form-data (aiogram), is one
+//! call; a JSON array of such objects
 //! is several, sent in order. Anything else — another status, a body that is not a call, a
 //! method the Bot API does not have, more than 1 MiB — fails the attempt, and nothing is sent.
 
@@ -24,6 +25,7 @@ use crate::handler::{Context, HandlerError, HandlerResult};
 use crate::http::SECRET_HEADER;
 use crate::secret::WebhookSecret;
 use botline_core::clock;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
@@ -166,7 +168,7 @@ impl Forward {
             }
             answer.extend_from_slice(&chunk);
         }
-        for (method, params) in calls_in_answer(content_type.as_deref(), &answer)? {
+        for (method, params) in calls_in_answer(content_type.as_deref(), answer.into()).await? {
             cx.call(&method, Value::Object(params))?;
         }
         Ok(())
@@ -177,7 +179,10 @@ impl Forward {
 pub type Call = (String, Map<String, Value>);
 
 /// The Bot API calls an answer carries, in order.
-pub fn calls_in_answer(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Call>, HandlerError> {
+pub async fn calls_in_answer(
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<Vec<Call>, HandlerError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
@@ -187,23 +192,14 @@ pub fn calls_in_answer(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Ca
     match media_type.as_deref() {
         Some("application/x-www-form-urlencoded") => {
             let mut params = Map::new();
-            for (name, value) in form_urlencoded::parse(body) {
-                let value = match name.as_ref() {
-                    // Numbers stay numbers, so the call is ordered with its chat.
-                    "chat_id" | "message_id" | "reply_to_message_id" => value
-                        .parse::<i64>()
-                        .map_or_else(|_| Value::String(value.to_string()), Value::from),
-                    _ => Value::String(value.into_owned()),
-                };
-                params.insert(name.into_owned(), value);
+            for (name, value) in form_urlencoded::parse(&body) {
+                params.insert(name.to_string(), form_value(&name, value.into_owned()));
             }
             Ok(vec![call(params)?])
         }
-        Some("multipart/form-data") => {
-            Err("the handler answered multipart/form-data, which Botline does not read yet: answer JSON".into())
-        }
+        Some("multipart/form-data") => multipart_call(content_type.unwrap_or_default(), body).await,
         _ => {
-            let answer: Value = serde_json::from_slice(body)
+            let answer: Value = serde_json::from_slice(&body)
                 .map_err(|e| format!("the handler's answer is not JSON: {e}"))?;
             match answer {
                 Value::Object(object) if !object.contains_key("method") => {
@@ -224,6 +220,50 @@ pub fn calls_in_answer(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Ca
                 _ => Err("the handler's answer is not a Bot API call".into()),
             }
         }
+    }
+}
+
+/// A call written as multipart/form-data, as aiogram answers (`method` and each parameter a
+/// part); no part at all is no call. A part that uploads a file is refused: the outbox keeps
+/// calls, not files (send it by `file_id` or URL).
+async fn multipart_call(content_type: &str, body: Bytes) -> Result<Vec<Call>, HandlerError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| format!("the handler's multipart answer: {e}"))?;
+    let stream = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(body)));
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut params = Map::new();
+    while let Some(part) = parts
+        .next_field()
+        .await
+        .map_err(|e| format!("the handler's multipart answer: {e}"))?
+    {
+        let name = part.name().unwrap_or_default().to_owned();
+        if part.file_name().is_some() {
+            return Err(format!(
+                "the handler's answer uploads a file ({name}), which Botline cannot keep in the outbox: send it by file_id or URL"
+            )
+            .into());
+        }
+        let value = part
+            .text()
+            .await
+            .map_err(|e| format!("the handler's multipart answer: {e}"))?;
+        params.insert(name.clone(), form_value(&name, value));
+    }
+    if params.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![call(params)?])
+}
+
+/// A form field's value as a call parameter: a string, but a chat or message id as a number,
+/// so that the call is ordered with its chat.
+fn form_value(name: &str, value: String) -> Value {
+    match name {
+        "chat_id" | "message_id" | "reply_to_message_id" => value
+            .parse::<i64>()
+            .map_or_else(|_| Value::String(value), Value::from),
+        _ => Value::String(value),
     }
 }
 
@@ -436,8 +476,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn calls(content_type: Option<&str>, body: &str) -> Result<Vec<Value>, String> {
-        calls_in_answer(content_type, body.as_bytes())
+    async fn calls(content_type: Option<&str>, body: &str) -> Result<Vec<Value>, String> {
+        calls_in_answer(content_type, Bytes::from(body.to_owned()))
+            .await
             .map(|calls| {
                 calls
                     .into_iter()
@@ -447,24 +488,25 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    #[test]
-    fn no_call_in_an_empty_or_ok_answer() {
+    #[tokio::test]
+    async fn no_call_in_an_empty_or_ok_answer() {
         for body in ["", "  \n", "{}", r#"{"ok":true}"#] {
             assert_eq!(
-                calls(Some("application/json"), body),
+                calls(Some("application/json"), body).await,
                 Ok(vec![]),
                 "{body:?}"
             );
         }
     }
 
-    #[test]
-    fn a_json_call_an_array_of_calls_and_a_form_encoded_one() {
+    #[tokio::test]
+    async fn a_json_call_an_array_of_calls_and_a_form_encoded_one() {
         assert_eq!(
             calls(
                 Some("application/json; charset=utf-8"),
                 r#"{"method":"sendMessage","chat_id":7,"text":"hi"}"#
-            ),
+            )
+            .await,
             Ok(vec![
                 json!({"method": "sendMessage", "params": {"chat_id": 7, "text": "hi"}})
             ])
@@ -473,7 +515,7 @@ mod tests {
             calls(
                 None,
                 r#"[{"method":"sendMessage","chat_id":7,"text":"a"},{"method":"sendchataction","chat_id":7,"action":"typing"}]"#
-            ),
+            ).await,
             Ok(vec![
                 json!({"method": "sendMessage", "params": {"chat_id": 7, "text": "a"}}),
                 json!({"method": "sendChatAction", "params": {"chat_id": 7, "action": "typing"}}),
@@ -483,15 +525,16 @@ mod tests {
             calls(
                 Some("application/x-www-form-urlencoded"),
                 "method=sendMessage&chat_id=-1001&text=caf%C3%A9+%2B1&reply_markup=%7B%7D"
-            ),
+            )
+            .await,
             Ok(vec![json!({"method": "sendMessage", "params": {
                 "chat_id": -1001, "text": "café +1", "reply_markup": "{}"
             }})])
         );
     }
 
-    #[test]
-    fn bad_answers_are_refused_with_a_reason() {
+    #[tokio::test]
+    async fn bad_answers_are_refused_with_a_reason() {
         for (content_type, body, reason) in [
             (None, "<html>", "not JSON"),
             (None, r#"{"text":"hi"}"#, "neither a Bot API call"),
@@ -512,14 +555,45 @@ mod tests {
                 "no \"method\"",
             ),
             (
-                Some("multipart/form-data; boundary=x"),
-                "--x--",
-                "multipart",
+                Some("multipart/form-data; boundary=b"),
+                "--b\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\nsendPhoto\r\n--b\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"cat.jpg\"\r\n\r\nJPEG\r\n--b--\r\n",
+                "uploads a file (photo)",
             ),
+            (Some("multipart/form-data"), "--b--", "multipart answer"),
         ] {
-            let error = calls(content_type, body).unwrap_err();
+            let error = calls(content_type, body).await.unwrap_err();
             assert!(error.contains(reason), "{body}: {error}");
         }
+    }
+
+    #[tokio::test]
+    async fn aiogram_multipart_answers() {
+        let boundary = "webhookBoundaryAbC-123";
+        let part = |name: &str, value: &str| {
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{value}\r\n"
+            )
+        };
+        let body = format!(
+            "{}{}{}{}--{boundary}--\r\n",
+            part("method", "sendMessage"),
+            part("chat_id", "-1001"),
+            part("text", "caf\u{e9}\r\nline two"),
+            part("reply_markup", r#"{"inline_keyboard":[]}"#),
+        );
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        assert_eq!(
+            calls(Some(&content_type), &body).await,
+            Ok(vec![json!({"method": "sendMessage", "params": {
+                "chat_id": -1001, "text": "caf\u{e9}\r\nline two",
+                "reply_markup": r#"{"inline_keyboard":[]}"#
+            }})])
+        );
+        // aiogram's answer when the handler returned nothing: no part at all.
+        assert_eq!(
+            calls(Some(&content_type), &format!("--{boundary}--\r\n")).await,
+            Ok(vec![])
+        );
     }
 
     #[test]
