@@ -3,8 +3,9 @@
 //! and the Bot API stand-in. Each update reaches the handler with Telegram's secret header and a
 //! Standard Webhooks signature, one chat at a time in order; each call an answer carries reaches
 //! Telegram once, through a 429; a handler that is down at first is retried until it is up; one
-//! that answers 500 sends its update to the DLQ while the chat goes on; a bad answer sends
-//! nothing.
+//! that answers 500 sends its update to the DLQ while the chat goes on; a bad answer (no
+//! method, over 1 MiB) sends nothing; an answer later than `BOTLINE_HANDLER_TIMEOUT` is never
+//! sent, and the retry's is, once.
 
 mod common;
 
@@ -49,13 +50,13 @@ async fn handle(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Re
         .unwrap_or_default()
         .to_owned();
     let attempt = headers["botline-attempt"].to_str().unwrap().to_owned();
-    seen.lock().unwrap().push((
-        id,
-        chat,
-        text.clone(),
-        attempt,
-        String::from_utf8_lossy(&body).into_owned(),
-    ));
+    let first_time = {
+        let mut seen = seen.lock().unwrap();
+        let first_time = !seen.iter().any(|s| s.0 == id);
+        let body = String::from_utf8_lossy(&body).into_owned();
+        seen.push((id, chat, text.clone(), attempt, body));
+        first_time
+    };
     let json = |value: Value| {
         (
             [(header::CONTENT_TYPE, "application/json")],
@@ -64,6 +65,15 @@ async fn handle(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Re
             .into_response()
     };
     match text.as_str() {
+        // Past BOTLINE_HANDLER_TIMEOUT the first time: that answer must never be sent.
+        "slow" if first_time => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json(json!({"method": "sendMessage", "chat_id": chat, "text": "too late"}))
+        }
+        "slow" => json(json!({"method": "sendMessage", "chat_id": chat, "text": "in time"})),
+        "huge" => {
+            json(json!({"method": "sendMessage", "chat_id": chat, "text": "x".repeat(2 << 20)}))
+        }
         "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "quiet" => json(json!({"ok": true})),
         "nonsense" => json(json!({"text": "no method"})),
@@ -138,6 +148,7 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
         ("BOTLINE_MAX_ATTEMPTS", "10"),
         ("BOTLINE_BACKOFF_BASE", "200ms"),
         ("BOTLINE_BACKOFF_MAX", "500ms"),
+        ("BOTLINE_HANDLER_TIMEOUT", "1s"),
     ]);
     let webhook = server.url("/telegram/webhook");
     let updates = [
@@ -151,6 +162,9 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
         (8, 30, "quiet"),
         (9, 30, "nonsense"),
         (10, 30, "last"),
+        (11, 40, "slow"),
+        (12, 40, "huge"),
+        (13, 40, "after the huge one"),
     ];
     for (id, chat, text) in updates {
         deliver(&webhook, None, &message(id, chat, id, text), GIVE_UP);
@@ -168,9 +182,10 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
         replies(&standin, 10).len() == 5
             && replies(&standin, 20).len() == 1
             && replies(&standin, 30).len() == 2
+            && replies(&standin, 40).len() == 2
     });
     let stats = server.wait_drained();
-    assert_eq!(stats["dead"], 2, "{stats}");
+    assert_eq!(stats["dead"], 3, "{stats}");
 
     assert_eq!(
         replies(&standin, 10),
@@ -184,6 +199,11 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
     );
     assert_eq!(replies(&standin, 20), ["echo: after the failure"]);
     assert_eq!(replies(&standin, 30), ["form reply", "echo: last"]);
+    // The slow answer was given up at the timeout and never sent; the retry's was, once.
+    assert_eq!(
+        replies(&standin, 40),
+        ["in time", "echo: after the huge one"]
+    );
 
     let seen = seen.lock().unwrap().clone();
     // One chat at a time, in update_id order; every update of chat 10 reached the handler once.
@@ -212,6 +232,13 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
     let dead = server.cli(&["dlq", "show", "9"]);
     let dead = String::from_utf8_lossy(&dead.stdout);
     assert!(dead.contains("neither a Bot API call"), "{dead}");
+    let dead = server.cli(&["dlq", "show", "12"]);
+    let dead = String::from_utf8_lossy(&dead.stdout);
+    assert!(dead.contains("larger than 1048576 bytes"), "{dead}");
     let logs = server.logs();
+    assert!(
+        logs.contains("the handler did not finish within 1s"),
+        "{logs}"
+    );
     assert!(!logs.contains(SECRET_TOKEN) && !logs.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
 }
