@@ -1390,7 +1390,12 @@ impl Queue for AwsBackend {
         Ok(())
     }
 
-    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
+    async fn fail_after(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Failed, BackendError> {
         let id = delivery.update.update_id;
         let retry = self.config().retry;
         let now = clock::now_ms();
@@ -1408,7 +1413,7 @@ impl Queue for AwsBackend {
             (
                 "SET #state = :queued, #lastError = :error, #notBefore = :notBefore \
                  REMOVE #receipt, #leaseUntil, #leaseMessageId",
-                retry.backoff(delivery.attempt),
+                retry.backoff(delivery.attempt).max(wait),
             )
         };
         let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);

@@ -206,7 +206,18 @@ pub trait Queue: Send + Sync {
     async fn ack(&self, delivery: &Delivery) -> Result<(), BackendError>;
 
     /// Reports a failed attempt: the update is retried after a backoff, or dead-lettered.
-    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError>;
+    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
+        self.fail_after(delivery, reason, Duration::ZERO).await
+    }
+
+    /// [`Queue::fail`], waiting at least `wait` before the next attempt when it is longer than
+    /// the backoff (a handler that was told to retry later).
+    async fn fail_after(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Failed, BackendError>;
 
     async fn stats(&self) -> Result<QueueStats, BackendError>;
 

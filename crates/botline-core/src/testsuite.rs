@@ -43,6 +43,7 @@ macro_rules! backend_suite {
             an_expired_lease_is_delivered_again,
             an_extended_lease_is_kept_until_it_ends,
             failures_back_off_then_dead_letter,
+            a_failure_can_ask_for_a_longer_wait,
             expired_leases_count_as_attempts,
             dead_letters_can_be_redriven,
             a_dead_letter_does_not_block_its_chat,
@@ -323,6 +324,43 @@ where
     );
     assert_eq!(backend.show(UpdateId(99)).await.unwrap(), None);
     assert_eq!(backend.stats().await.unwrap().dead, 1);
+}
+
+pub async fn a_failure_can_ask_for_a_longer_wait<B: Backend, F, Fut>(make: F, config: QueueConfig)
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    enqueue(&backend, &message_update(42, 10, 1, "rate-limited")).await;
+    let delivery = receive(&backend, 1).await.remove(0);
+    // Longer than any backoff of the policy: the update waits for it.
+    let wait = config.retry.backoff_max + Duration::from_secs(1);
+    assert_eq!(
+        backend
+            .fail_after(&delivery, "retry later", wait)
+            .await
+            .unwrap(),
+        Failed::Retrying { after: wait }
+    );
+    wait_past(config.retry.backoff_max).await;
+    assert!(
+        receive(&backend, 1).await.is_empty(),
+        "the wait asked for is kept, not only the backoff"
+    );
+    wait_past(wait - config.retry.backoff_max).await;
+    let again = receive(&backend, 1).await.remove(0);
+    assert_eq!((again.update.update_id, again.attempt), (UpdateId(42), 2));
+    // A shorter wait than the backoff changes nothing.
+    assert_eq!(
+        backend
+            .fail_after(&again, "retry soon", Duration::from_millis(1))
+            .await
+            .unwrap(),
+        Failed::Retrying {
+            after: config.retry.backoff(2)
+        }
+    );
 }
 
 pub async fn expired_leases_count_as_attempts<B: Backend, F, Fut>(make: F, config: QueueConfig)

@@ -8,6 +8,7 @@ use botline_core::{
     UpdateKind,
 };
 use std::sync::LazyLock;
+use std::time::Duration;
 
 /// The advisory-lock namespace (first key of `pg_try_advisory_xact_lock(int, int)`) of order
 /// keys; the second key is `hashtext(order_key)`. "BL" and 1.
@@ -295,7 +296,12 @@ impl Queue for PostgresBackend {
         .await
     }
 
-    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
+    async fn fail_after(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Failed, BackendError> {
         let id = delivery.update.update_id;
         let reason = reason_text(reason);
         let retry = self.config().retry;
@@ -323,7 +329,7 @@ impl Queue for PostgresBackend {
                 redact_dead_body(&mut tx, id.0, &delivery.update.raw).await?;
                 Failed::DeadLettered
             } else {
-                let after = retry.backoff(attempts);
+                let after = retry.backoff(attempts).max(wait);
                 sqlx::query(
                     "UPDATE updates SET visible_at = botline_now_ms() + $2, receipt = NULL,
                      last_error = $3 WHERE update_id = $1",

@@ -426,7 +426,12 @@ impl Queue for SqliteBackend {
         .await
     }
 
-    async fn fail(&self, delivery: &Delivery, reason: &str) -> Result<Failed, BackendError> {
+    async fn fail_after(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<Failed, BackendError> {
         let id = delivery.update.update_id;
         let receipt = delivery.receipt.clone();
         let raw = delivery.update.raw.clone();
@@ -455,7 +460,7 @@ impl Queue for SqliteBackend {
                 redact_dead_body(conn, id, &raw)?;
                 return Ok(Failed::DeadLettered);
             }
-            let after = retry.backoff(attempts);
+            let after = retry.backoff(attempts).max(wait);
             conn.prepare_cached(
                 "UPDATE updates SET visible_at = ?2, receipt = NULL, last_error = ?3
                  WHERE update_id = ?1",

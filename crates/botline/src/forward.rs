@@ -21,7 +21,7 @@
 //! is several, sent in order. Anything else — another status, a body that is not a call, a
 //! method the Bot API does not have, more than 1 MiB — fails the attempt, and nothing is sent.
 
-use crate::handler::{Context, HandlerError, HandlerResult};
+use crate::handler::{Context, HandlerError, HandlerResult, RetryAfter};
 use crate::http::SECRET_HEADER;
 use crate::secret::WebhookSecret;
 use botline_core::clock;
@@ -147,7 +147,11 @@ impl Forward {
         })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("the handler at {} answered {status}", self.shown()).into());
+            let failed = format!("the handler at {} answered {status}", self.shown());
+            return Err(match retry_after(response.headers()) {
+                Some(after) => RetryAfter::new(after, failed).into(),
+                None => failed.into(),
+            });
         }
         let content_type = response
             .headers()
@@ -177,6 +181,23 @@ impl Forward {
 
 /// A Bot API call: the method, named as Telegram names it, and its parameters.
 pub type Call = (String, Map<String, Value>);
+
+/// A `Retry-After` header's wait: seconds, or an HTTP date (from now).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
 
 /// The Bot API calls an answer carries, in order.
 pub async fn calls_in_answer(
@@ -594,6 +615,28 @@ mod tests {
             calls(Some(&content_type), &format!("--{boundary}--\r\n")).await,
             Ok(vec![])
         );
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        headers.insert(
+            "retry-after",
+            httpdate::fmt_http_date(later).parse().unwrap(),
+        );
+        let after = retry_after(&headers).unwrap();
+        assert!(after > Duration::from_secs(100) && after <= Duration::from_secs(120));
+        headers.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]

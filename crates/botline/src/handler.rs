@@ -61,6 +61,46 @@ where
     }
 }
 
+/// A handler's error that asks for the next attempt no sooner than `after` (an API that
+/// rate-limited the handler, a forwarded handler's `Retry-After`): the attempt fails like any
+/// error, and the update waits the longer of this and the backoff (at most an hour).
+///
+/// ```
+/// # use botline::handler::{Context, HandlerResult, RetryAfter};
+/// # use std::time::Duration;
+/// async fn ask(cx: Context) -> HandlerResult {
+///     // The model said 429: try this update again in 20 s, not at the next backoff.
+///     Err(RetryAfter::new(Duration::from_secs(20), "the model is rate-limited").into())
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryAfter {
+    pub after: Duration,
+    pub reason: String,
+}
+
+impl RetryAfter {
+    pub fn new(after: Duration, reason: impl Into<String>) -> Self {
+        Self {
+            after,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (retry after {})",
+            self.reason,
+            humantime::format_duration(self.after)
+        )
+    }
+}
+
+impl std::error::Error for RetryAfter {}
+
 /// Which updates a handler takes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {

@@ -7,7 +7,7 @@
 //! the last attempt the update is a dead letter.
 
 use crate::backoff::{Backoff, sleep_unless_stopped};
-use crate::handler::Bot;
+use crate::handler::{Bot, RetryAfter};
 use crate::metrics as names;
 use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
 use botline_registrar::{Registrar, RegistrationRequest};
@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// How often the worker looks for work when nothing woke it (retries whose backoff ended,
 /// leases that expired).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest a handler's [`RetryAfter`] holds its update (and with it its chat) back.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How often expired dedupe ids and sessions are purged.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -220,6 +222,18 @@ enum AttemptError {
     Timeout(humantime::FormattedDuration),
 }
 
+impl AttemptError {
+    /// How long the handler asked the update to wait ([`RetryAfter`]), at most an hour.
+    fn retry_after(&self) -> Duration {
+        match self {
+            AttemptError::Handler(e) => e
+                .downcast_ref::<RetryAfter>()
+                .map_or(Duration::ZERO, |r| r.after.min(MAX_RETRY_AFTER)),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
 /// How one attempt at one update ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Processed {
@@ -286,7 +300,7 @@ impl Processor {
                     // Its next holder has it: a failure report would be refused as well.
                     AttemptError::Backend(BackendError::LeaseLost(_)) => Err(e.to_string()),
                     _ => backend
-                        .fail(&delivery, &e.to_string())
+                        .fail_after(&delivery, &e.to_string(), e.retry_after())
                         .await
                         .map_err(|e| e.to_string()),
                 };

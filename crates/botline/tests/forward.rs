@@ -5,7 +5,7 @@
 //! Telegram once, through a 429; a handler that is down at first is retried until it is up; one
 //! that answers 500 sends its update to the DLQ while the chat goes on; a bad answer (no
 //! method, over 1 MiB) sends nothing; an answer later than `BOTLINE_HANDLER_TIMEOUT` is never
-//! sent, and the retry's is, once.
+//! sent, and the retry's is, once; a `Retry-After` in a failed answer is waited out.
 
 mod common;
 
@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 const SECRET_TOKEN: &str = "handler-secret-token";
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GIVE_UP: Duration = Duration::from_secs(60);
+
+/// When the handler was asked about the "busy" update.
+static BUSY_SEEN: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
 
 /// What the handler saw: (update id, chat, text, attempt header, body).
 type Seen = Arc<Mutex<Vec<(i64, i64, String, String, String)>>>;
@@ -73,6 +76,19 @@ async fn handle(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Re
         "slow" => json(json!({"method": "sendMessage", "chat_id": chat, "text": "in time"})),
         "huge" => {
             json(json!({"method": "sendMessage", "chat_id": chat, "text": "x".repeat(2 << 20)}))
+        }
+        // Busy the first time, with a Retry-After far above the backoff (200 ms).
+        "busy" => {
+            BUSY_SEEN.lock().unwrap().push(Instant::now());
+            if first_time {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "2")],
+                )
+                    .into_response()
+            } else {
+                json(json!({"method": "sendMessage", "chat_id": chat, "text": "not busy now"}))
+            }
         }
         "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
         "quiet" => json(json!({"ok": true})),
@@ -165,6 +181,7 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
         (11, 40, "slow"),
         (12, 40, "huge"),
         (13, 40, "after the huge one"),
+        (14, 50, "busy"),
     ];
     for (id, chat, text) in updates {
         deliver(&webhook, None, &message(id, chat, id, text), GIVE_UP);
@@ -183,6 +200,7 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
             && replies(&standin, 20).len() == 1
             && replies(&standin, 30).len() == 2
             && replies(&standin, 40).len() == 2
+            && replies(&standin, 50).len() == 1
     });
     let stats = server.wait_drained();
     assert_eq!(stats["dead"], 3, "{stats}");
@@ -232,6 +250,11 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
     let dead = server.cli(&["dlq", "show", "9"]);
     let dead = String::from_utf8_lossy(&dead.stdout);
     assert!(dead.contains("neither a Bot API call"), "{dead}");
+    // The handler's Retry-After held the update back, beyond the backoff.
+    assert_eq!(replies(&standin, 50), ["not busy now"]);
+    let busy = BUSY_SEEN.lock().unwrap().clone();
+    assert_eq!(busy.len(), 2, "asked twice: busy, then not");
+    assert!(busy[1] - busy[0] >= Duration::from_secs(2), "{busy:?}");
     let dead = server.cli(&["dlq", "show", "12"]);
     let dead = String::from_utf8_lossy(&dead.stdout);
     assert!(dead.contains("larger than 1048576 bytes"), "{dead}");
