@@ -32,5 +32,11 @@ echo "== moto (local AWS emulator for crates/botline-aws)"
 scripts/moto.sh
 echo "== examples/grammy-handler (npm ci, tsc): a grammY bot the tests put behind Botline"
 (cd examples/grammy-handler && npm ci --no-audit --no-fund && npm run build)
+echo "== examples/aiogram-handler (a venv from requirements.txt): an aiogram bot the tests put behind Botline"
+(
+  cd examples/aiogram-handler
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+)
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast

@@ -1,10 +1,13 @@
 //! Real bots written with other frameworks behind Botline (issue 16): `examples/grammy-handler`
-//! (grammY on node:http, answering through its webhook reply) runs as its own process, Botline
-//! forwards every update to it, and every reply reaches the Bot API stand-in exactly once while
-//! the bot's process is killed and started again and the stand-in answers 429.
+//! (grammY on node:http, answering through its webhook reply, JSON) and
+//! `examples/aiogram-handler` (aiogram's `SimpleRequestHandler`, answering in multipart/form-data)
+//! each run as their own process, Botline forwards every update to them, and every reply reaches
+//! the Bot API stand-in exactly once, in order per chat, while the bot's process is killed and
+//! started again and the stand-in answers 429.
 //!
-//! The example is installed and built by `scripts/test.sh` (`npm ci && npm run build` in
-//! `examples/grammy-handler`); this test fails, saying so, when it was not.
+//! The examples are installed by `scripts/test.sh` (`npm ci && npm run build` in
+//! `examples/grammy-handler`, a venv from `requirements.txt` in `examples/aiogram-handler`);
+//! these tests fail, saying so, when they were not.
 
 mod common;
 
@@ -21,6 +24,13 @@ fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(name)
+}
+
+/// A framework's example bot, started on a port.
+struct Framework {
+    start: fn(port: u16, api: &str, token: &str) -> Child,
+    /// Where it takes updates.
+    path: &'static str,
 }
 
 /// `node dist/bot.js` of the grammY example, listening on `port`.
@@ -41,6 +51,27 @@ fn start_grammy(port: u16, api: &str, token: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("node runs (Node.js 20+ is needed)")
+}
+
+/// `python bot.py` of the aiogram example, listening on `port`.
+fn start_aiogram(port: u16, api: &str, token: &str) -> Child {
+    let dir = example("aiogram-handler");
+    let python = dir.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "examples/aiogram-handler has no .venv: run scripts/test.sh, or `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` there"
+    );
+    Command::new(python)
+        .arg("bot.py")
+        .current_dir(&dir)
+        .env("BOT_TOKEN", token)
+        .env("SECRET_TOKEN", SECRET_TOKEN)
+        .env("PORT", port.to_string())
+        .env("TELEGRAM_API_ROOT", api)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the aiogram example starts")
 }
 
 /// `/start` as Telegram sends it, with its `bot_command` entity (grammY's `command` needs it).
@@ -72,6 +103,21 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_grammy_bot_behind_botline_answers_each_update_once_through_its_restarts() {
+    behind_botline(&Framework {
+        start: start_grammy,
+        path: "/",
+    });
+}
+
+#[test]
+fn an_aiogram_bot_behind_botline_answers_each_update_once_through_its_restarts() {
+    behind_botline(&Framework {
+        start: start_aiogram,
+        path: "/bot",
+    });
+}
+
+fn behind_botline(framework: &Framework) {
     let standin = StandIn::start(StandInSettings::default());
     standin.fail_next(
         Some("sendMessage"),
@@ -80,8 +126,8 @@ fn a_grammy_bot_behind_botline_answers_each_update_once_through_its_restarts() {
     );
     let (api, token) = (standin.base_url(), StandInSettings::default().token);
     let port = free_port();
-    let mut grammy = start_grammy(port, &api, &token);
-    let handler_url = format!("http://127.0.0.1:{port}/");
+    let mut bot = (framework.start)(port, &api, &token);
+    let handler_url = format!("http://127.0.0.1:{port}{}", framework.path);
     let server = Server::start(&[
         ("BOTLINE_BOT_TOKEN", &token),
         ("BOTLINE_TELEGRAM_API_URL", &api),
@@ -100,8 +146,8 @@ fn a_grammy_bot_behind_botline_answers_each_update_once_through_its_restarts() {
     });
 
     // The bot's process dies; updates keep coming and wait durably; it comes back.
-    grammy.kill().unwrap();
-    grammy.wait().unwrap();
+    bot.kill().unwrap();
+    bot.wait().unwrap();
     for n in 0..5 {
         let id = 10 + n;
         deliver(
@@ -122,14 +168,14 @@ fn a_grammy_bot_behind_botline_answers_each_update_once_through_its_restarts() {
     wait_until("an attempt refused while the bot is down", || {
         server.logs().contains("cannot reach the handler")
     });
-    let mut grammy = start_grammy(port, &api, &token);
+    let mut bot = (framework.start)(port, &api, &token);
 
     wait_until("every reply", || {
         replies(&standin, alice).len() == 6 && replies(&standin, bob).len() == 6
     });
     let stats = server.wait_drained();
-    grammy.kill().unwrap();
-    grammy.wait().unwrap();
+    bot.kill().unwrap();
+    bot.wait().unwrap();
     assert_eq!(stats["dead"], 0, "{stats}");
     let expected = |who: char| {
         let mut texts = vec!["Hi Test!".to_owned()];
