@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use botline_standin::{Fault, Settings as StandInSettings, StandIn};
-use common::{Server, deliver, free_port, message};
+use common::{Server, deliver, free_port, message, replies, wait_until};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,24 +125,6 @@ fn start_handler(port: u16, seen: Seen) {
     });
 }
 
-/// The texts Telegram accepted in `chat`, in order.
-fn replies(standin: &StandIn, chat: i64) -> Vec<String> {
-    standin
-        .calls_of("sendMessage")
-        .into_iter()
-        .filter(|call| call.status == Some(200) && call.params["chat_id"] == chat)
-        .map(|call| call.params["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GIVE_UP;
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block_its_chat() {
     let standin = StandIn::start(StandInSettings::default());
@@ -187,7 +169,7 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
         deliver(&webhook, None, &message(id, chat, id, text), GIVE_UP);
     }
     // The handler is down: attempts fail until it is up.
-    wait_until("an attempt refused by the absent handler", || {
+    wait_until("an attempt refused by the absent handler", GIVE_UP, || {
         server.logs().contains("cannot reach the handler")
     });
     let seen: Seen = Arc::default();
@@ -195,7 +177,7 @@ fn every_answered_call_reaches_telegram_once_and_a_failing_update_does_not_block
     // Telegram redelivers one: it is not forwarded twice.
     deliver(&webhook, None, &message(2, 10, 2, "one"), GIVE_UP);
 
-    wait_until("every reply", || {
+    wait_until("every reply", GIVE_UP, || {
         replies(&standin, 10).len() == 5
             && replies(&standin, 20).len() == 1
             && replies(&standin, 30).len() == 2

@@ -12,10 +12,10 @@
 mod common;
 
 use botline_standin::{Fault, Settings as StandInSettings, StandIn};
-use common::{Server, deliver, free_port, message};
-use std::path::PathBuf;
+use common::{Server, deliver, free_port, message, replies, wait_until};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECRET_TOKEN: &str = "grammy-handler-secret";
 const GIVE_UP: Duration = Duration::from_secs(90);
@@ -40,17 +40,13 @@ fn start_grammy(port: u16, api: &str, token: &str) -> Child {
         dir.join("dist/bot.js").exists() && dir.join("node_modules/grammy").exists(),
         "examples/grammy-handler is not built: run scripts/test.sh, or `npm ci && npm run build` there"
     );
-    Command::new("node")
-        .arg("dist/bot.js")
-        .current_dir(&dir)
-        .env("BOT_TOKEN", token)
-        .env("SECRET_TOKEN", SECRET_TOKEN)
-        .env("PORT", port.to_string())
-        .env("TELEGRAM_API_ROOT", api)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs (Node.js 20+ is needed)")
+    spawn_example(
+        Command::new("node").arg("dist/bot.js"),
+        &dir,
+        port,
+        api,
+        token,
+    )
 }
 
 /// `python bot.py` of the aiogram example, listening on `port`.
@@ -61,9 +57,13 @@ fn start_aiogram(port: u16, api: &str, token: &str) -> Child {
         python.exists(),
         "examples/aiogram-handler has no .venv: run scripts/test.sh, or `python3 -m venv .venv && .venv/bin/pip install -r requirements.txt` there"
     );
-    Command::new(python)
-        .arg("bot.py")
-        .current_dir(&dir)
+    spawn_example(Command::new(python).arg("bot.py"), &dir, port, api, token)
+}
+
+/// Runs an example bot in `dir` with what every example reads from its environment.
+fn spawn_example(command: &mut Command, dir: &Path, port: u16, api: &str, token: &str) -> Child {
+    command
+        .current_dir(dir)
         .env("BOT_TOKEN", token)
         .env("SECRET_TOKEN", SECRET_TOKEN)
         .env("PORT", port.to_string())
@@ -71,7 +71,7 @@ fn start_aiogram(port: u16, api: &str, token: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("the aiogram example starts")
+        .unwrap_or_else(|e| panic!("{} does not start: {e}", dir.display()))
 }
 
 /// `/start` as Telegram sends it, with its `bot_command` entity (grammY's `command` needs it).
@@ -81,24 +81,6 @@ fn start(update_id: i64, chat: i64) -> Vec<u8> {
     body["message"]["entities"] =
         serde_json::json!([{"type": "bot_command", "offset": 0, "length": 6}]);
     body.to_string().into_bytes()
-}
-
-/// The texts Telegram accepted in `chat`, in order.
-fn replies(standin: &StandIn, chat: i64) -> Vec<String> {
-    standin
-        .calls_of("sendMessage")
-        .into_iter()
-        .filter(|call| call.status == Some(200) && call.params["chat_id"] == chat)
-        .map(|call| call.params["text"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GIVE_UP;
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -141,7 +123,7 @@ fn behind_botline(framework: &Framework) {
     let (alice, bob) = (501, 502);
     deliver(&webhook, None, &start(1, alice), GIVE_UP);
     deliver(&webhook, None, &start(2, bob), GIVE_UP);
-    wait_until("the first replies", || {
+    wait_until("the first replies", GIVE_UP, || {
         replies(&standin, alice).len() == 1 && replies(&standin, bob).len() == 1
     });
 
@@ -165,12 +147,12 @@ fn behind_botline(framework: &Framework) {
     }
     // Telegram redelivers one it did not get a 200 for: answered once all the same.
     deliver(&webhook, None, &message(12, alice, 12, "a2"), GIVE_UP);
-    wait_until("an attempt refused while the bot is down", || {
+    wait_until("an attempt refused while the bot is down", GIVE_UP, || {
         server.logs().contains("cannot reach the handler")
     });
     let mut bot = (framework.start)(port, &api, &token);
 
-    wait_until("every reply", || {
+    wait_until("every reply", GIVE_UP, || {
         replies(&standin, alice).len() == 6 && replies(&standin, bob).len() == 6
     });
     let stats = server.wait_drained();

@@ -539,3 +539,22 @@ fn wait_drained(stats: impl Fn() -> serde_json::Value) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The texts Telegram (the Bot API stand-in) accepted in `chat`, in order.
+pub fn replies(standin: &botline_standin::StandIn, chat: i64) -> Vec<String> {
+    standin
+        .calls_of("sendMessage")
+        .into_iter()
+        .filter(|call| call.status == Some(200) && call.params["chat_id"] == chat)
+        .map(|call| call.params["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until `done`, for `give_up` at most.
+pub fn wait_until(what: &str, give_up: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + give_up;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
