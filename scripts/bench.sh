@@ -9,6 +9,12 @@
 # Postgres (PGHOST/PGPORT/PGUSER as psql takes them; 127.0.0.1:5432, user postgres by default),
 # created for each scenario and dropped after it. The RSS figures are then Botline's alone.
 #
+# With BOT=notes-bot the server is examples/notes-bot instead of botline: the same command line
+# and store, plus its handlers, so that the two side by side show what the handler seam costs.
+# The load's `/start` commands (those without `@botline_bench_bot`: no token, so no getMe to say
+# the bot's username) then write a reply each, which waits in the outbox, as no token is set.
+# Results of a BOT other than botline are named after it: bench-results/notes-bot-embedded-*.
+#
 # `scripts/bench.sh edge` measures the edge guard instead: Telegram-like updates with the
 # webhook secret at 2,000/s over 100 connections from 127.0.0.1, alone and beside a flood of
 # 2,000 requests/s without the secret from other loopback addresses (few, or 100,000 distinct
@@ -19,6 +25,7 @@
 #   scripts/bench.sh                    # throughput scenarios (about 2 minutes after the build)
 #   DURATION=60s scripts/bench.sh
 #   BACKEND=postgres scripts/bench.sh
+#   BOT=notes-bot scripts/bench.sh
 #   scripts/bench.sh edge
 #   scripts/bench.sh peak-throughput stored-at-1000     # single scenarios
 set -euo pipefail
@@ -26,12 +33,13 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-20s}
 BACKEND=${BACKEND:-embedded}
+BOT=${BOT:-botline}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 PORT=${PORT:-18080}
 OUT=bench-results
 mkdir -p "$OUT"
-cargo build --release --locked -p botline -p botline-bench >&2
-BOTLINE=target/release/botline
+cargo build --release --locked -p "$BOT" -p botline-bench >&2
+BOTLINE=target/release/$BOT
 BENCH=target/release/botline-bench
 
 # Set by the edge scenarios: a botline.toml for the server, and the webhook secret.
@@ -79,7 +87,7 @@ start_server() {
     curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  echo "botline serve did not start" >&2
+  echo "$BOT serve did not start" >&2
   exit 1
 }
 
@@ -105,6 +113,7 @@ peak_rss_while() {
 
 run() {
   local name=$BACKEND-$1; shift
+  [ "$BOT" = botline ] || name=$BOT-$name
   start_server "$name"
   sleep 1
   local idle; idle=$(rss_kib)
@@ -125,7 +134,7 @@ run() {
 }
 
 echo "machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"
-echo "botline $("$BOTLINE" --version), backend $BACKEND"
+echo "$BOT: $("$BOTLINE" --version), backend $BACKEND"
 [ "$BACKEND" = postgres ] && echo "postgres $(psql -At -d postgres -c 'SHOW server_version'), synchronous_commit $(psql -At -d postgres -c 'SHOW synchronous_commit')"
 peak-throughput() { run peak-throughput --connections 100 --chats 1000 --duration "$DURATION"; }
 ack-at-2000() { run ack-at-2000 --connections 40 --chats 1000 --rate 2000 --duration "$DURATION"; }
