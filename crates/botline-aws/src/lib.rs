@@ -319,6 +319,7 @@
 //!   wait: the tests use no long polling (`receive_wait` 0).
 //! - It does not expire items by TTL (the backend never relies on TTL having run).
 
+pub mod invoke;
 mod item;
 mod outbox;
 mod provision;

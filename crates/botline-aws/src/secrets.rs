@@ -38,7 +38,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The secrets Botline reads.
-pub const SECRET_NAMES: [&str; 3] = ["WEBHOOK_SECRET", "BOT_TOKEN", "OPENAI_API_KEY"];
+pub const SECRET_NAMES: [&str; 5] = [
+    "WEBHOOK_SECRET",
+    "BOT_TOKEN",
+    "OPENAI_API_KEY",
+    "HANDLER_SECRET_TOKEN",
+    "HANDLER_SIGNING_SECRET",
+];
 
 /// A secret's value. `Debug` and `Display` show `<redacted>`; [`expose`](Self::expose) gives
 /// the value to the one place that uses it.

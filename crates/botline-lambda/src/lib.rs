@@ -21,7 +21,8 @@
 //! | `BOTLINE_WEBHOOK_SECRET_ID` (or `_PARAM`, `_FILE`, or the value) | ingest | Telegram's `secret_token`; required unless `BOTLINE_INSECURE_NO_SECRET=true` |
 //! | `BOTLINE_BOT_TOKEN_ID` (or `_PARAM`, `_FILE`, or the value) | worker | the bot token, for replies; without it replies wait in the outbox |
 //! | `BOTLINE_BOT_USERNAME` | worker | the bot's username; asked of Telegram (getMe) at a cold start when unset |
-//! | `BOTLINE_HANDLER_URL`, `BOTLINE_HANDLER_SECRET_TOKEN`, `BOTLINE_HANDLER_SIGNING_SECRET`, `BOTLINE_HANDLER_TIMEOUT` | worker | forward every update to the bot's own webhook handler (see `botline::forward`) |
+//! | `BOTLINE_HANDLER_URL`, `BOTLINE_HANDLER_SECRET_TOKEN` and `BOTLINE_HANDLER_SIGNING_SECRET` (each also `_ID`, `_PARAM`, `_FILE`), `BOTLINE_HANDLER_TIMEOUT` | worker | forward every update to the bot's own webhook handler (see `botline::forward`) |
+//! | `BOTLINE_HANDLER_FUNCTION` (instead of the URL) | worker | invoke that Lambda function (name or ARN) with every update and send the call its result carries (see `botline_aws::invoke`); `AWS_ENDPOINT_URL_LAMBDA` points the invocation elsewhere |
 //! | `BOTLINE_STAGE` | both | the `Stage` dimension of the metrics (default `local`) |
 //! | `BOTLINE_LOG` | both | the log filter (default `info`); logs are JSON lines |
 //!

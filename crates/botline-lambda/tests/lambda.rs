@@ -17,14 +17,18 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use botline::config::{BackendKind, Settings};
+use botline::forward::Forward;
+use botline::handler::Bot;
 use botline::secret::WebhookSecret;
 use botline::telegram::BotToken;
 use botline_aws::AwsBackend;
+use botline_aws::invoke::HandlerFunction;
 use botline_core::{DeadLetters, MessageQuery, Queue, Store, UpdateId};
 use botline_lambda::ingest::Ingest;
 use botline_lambda::worker::Worker;
 use botline_registrar::{Registrar, RegistrarError, RegistrationRequest};
 use botline_standin::StandIn;
+use botline_standin::lambda::{Invocation, LambdaStandIn, Outcome};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -549,4 +553,290 @@ async fn end_to_end_on_a_fifo_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_a_standard_queue() {
     end_to_end(false).await;
+}
+
+/// The handler function of `the_worker_invokes_the_handler_function`, as a Node handler would
+/// be written: an echo answered as the invocation's result, an API Gateway-style answer, a
+/// handler that returns nothing, one that throws, and one that Lambda throttles at first.
+fn handler_function(invocation: &Invocation) -> Outcome {
+    let update: Value = serde_json::from_slice(&invocation.payload).expect("the update as JSON");
+    let chat = update["message"]["chat"]["id"].clone();
+    let text = update["message"]["text"].as_str().unwrap_or_default();
+    let attempt = invocation
+        .client_context
+        .as_ref()
+        .map(|c| c["custom"]["botline-attempt"].clone());
+    match text {
+        "boom" => Outcome::Throws(json!({
+            "errorType": "Error",
+            "errorMessage": "boom",
+            "trace": ["Error: boom", "    at Runtime.handler (/var/task/index.mjs:4:11)"],
+        })),
+        "gateway" => Outcome::Returns(
+            json!({
+                "statusCode": 200,
+                "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+                "body": format!("method=sendMessage&chat_id={chat}&text=via+gateway"),
+            })
+            .to_string()
+            .into_bytes(),
+        ),
+        "quiet" => Outcome::Returns(b"null".to_vec()),
+        "busy" if attempt == Some(json!("1")) => Outcome::Throttled {
+            retry_after_seconds: 1,
+        },
+        _ => Outcome::Returns(
+            json!({"method": "sendMessage", "chat_id": chat, "text": format!("echo: {text}")})
+                .to_string()
+                .into_bytes(),
+        ),
+    }
+}
+
+/// `BOTLINE_HANDLER_FUNCTION`: the worker invokes the bot's own handler function for each
+/// update, one chat at a time, and sends the call its result carries once; a function that
+/// throws is retried and dead-lettered while its chat goes on. Lambda itself is played by the
+/// Invoke API stand-in (`botline_standin::lambda`): no emulator here runs functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_invokes_the_handler_function() {
+    let standin = StandIn::start(botline_standin::Settings {
+        token: TOKEN.into(),
+        username: BOT.into(),
+        ..Default::default()
+    });
+    let lambda = LambdaStandIn::start("bot-handler", handler_function).await;
+    let client = aws_sdk_lambda::Client::new(
+        &common::sdk_config(&common::options(&lambda.endpoint_url())).await,
+    );
+    let arn = "arn:aws:lambda:eu-north-1:123456789012:function:bot-handler";
+    let backend =
+        common::backend_with(common::unique_settings(false), common::whole_seconds()).await;
+    let settings = settings(Some(&standin));
+    let ingest = ingest_on(&backend, settings.clone()).await;
+    let function = HandlerFunction::new(arn)
+        .unwrap()
+        .with_client(client.clone());
+    let worker = Worker::new(&settings, backend.clone())
+        .unwrap()
+        .with_bot(Bot::new().forward_to(Forward::function(function)));
+
+    let (a, b) = (4_300_001, 4_300_002);
+    let boom = 920_002;
+    let updates = [
+        text(920_001, a, 1, "hello"),
+        text(boom, a, 2, "boom"),
+        text(920_003, a, 3, "after boom"),
+        text(920_004, b, 1, "gateway"),
+        text(920_005, b, 2, "quiet"),
+        text(920_006, b, 3, "busy"),
+    ];
+    for update in &updates {
+        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut source = EventSource::new(&backend);
+    source
+        .run_until(&worker, "every update done or dead-lettered", || async {
+            backend.show(UpdateId(boom)).await.unwrap().is_some()
+                && stored(&backend, a).await == [1, 3]
+                && stored(&backend, b).await == [1, 2, 3]
+        })
+        .await;
+    let sent = standin
+        .wait_for_calls_async("sendMessage", 4, Duration::from_secs(10))
+        .await;
+    let mut texts: Vec<(Value, String)> = sent
+        .iter()
+        .map(|call| {
+            (
+                call.params["chat_id"].clone(),
+                call.params["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    texts.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        texts,
+        [
+            (json!(a), "echo: after boom".to_owned()),
+            (json!(b), "echo: busy".to_owned()),
+            (json!(a), "echo: hello".to_owned()),
+            (json!(b), "via gateway".to_owned()),
+        ],
+        "each reply once, none for the quiet one or the one that threw"
+    );
+
+    let letter = backend.show(UpdateId(boom)).await.unwrap().unwrap();
+    let error = letter.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the handler function") && error.contains("Error: boom"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("/var/task"),
+        "the stack is left out: {error}"
+    );
+
+    let invocations = lambda.invocations();
+    for invocation in &invocations {
+        assert_eq!(invocation.function, arn);
+        assert_eq!(invocation.invocation_type, "RequestResponse");
+    }
+    // The payload is the update as Telegram sent it, byte for byte, and the client context
+    // carries its id and the attempt.
+    let of = |id: i64| -> Vec<&Invocation> {
+        invocations
+            .iter()
+            .filter(|i| update_id_of_payload(&i.payload) == Some(id))
+            .collect()
+    };
+    let first = of(920_001);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].payload, updates[0].to_string().as_bytes());
+    assert_eq!(
+        first[0].client_context,
+        Some(json!({"custom": {"webhook-id": "920001", "botline-attempt": "1"}}))
+    );
+    let attempts: Vec<Value> = of(boom)
+        .iter()
+        .map(|i| i.client_context.clone().unwrap()["custom"]["botline-attempt"].clone())
+        .collect();
+    assert_eq!(attempts, [json!("1"), json!("2"), json!("3")]);
+    // Chat A in order: its third update only once the second was dead-lettered.
+    let chat_a: Vec<i64> = invocations
+        .iter()
+        .filter_map(|i| update_id_of_payload(&i.payload))
+        .filter(|id| (920_001..=920_003).contains(id))
+        .collect();
+    assert_eq!(chat_a, [920_001, boom, boom, boom, 920_003]);
+    // Throttled at first (the SDK's own retries included), then answered on attempt 2.
+    let busy = of(920_006);
+    assert!(busy.len() >= 2, "{busy:?}");
+    assert_eq!(
+        busy.last().unwrap().client_context.clone().unwrap()["custom"]["botline-attempt"],
+        "2"
+    );
+
+    // Another function than the stand-in has is an error naming it.
+    let missing = HandlerFunction::new("no-such-function")
+        .unwrap()
+        .with_client(client)
+        .invoke(b"{}", "1", 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("no-such-function") && missing.contains("ResourceNotFoundException"),
+        "{missing}"
+    );
+}
+
+fn update_id_of_payload(payload: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<Value>(payload).ok()?["update_id"].as_i64()
+}
+
+/// The grammY example's Lambda handler (`examples/grammy-handler/src/lambda.ts`), run by Node
+/// once per invocation as Lambda's runtime would (`dist/invoke-local.js`): the update on stdin,
+/// the result on stdout, a thrown error as Lambda's error document with exit code 1.
+fn grammy_function(api: String) -> impl Fn(&Invocation) -> Outcome + Send + Sync + 'static {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/grammy-handler");
+    assert!(
+        dir.join("dist/lambda.js").exists() && dir.join("node_modules/grammy").exists(),
+        "examples/grammy-handler is not built: run scripts/test.sh, or `npm ci && npm run build` there"
+    );
+    move |invocation| {
+        use std::io::Write;
+        let mut node = std::process::Command::new("node")
+            .arg("dist/invoke-local.js")
+            .current_dir(&dir)
+            .env("BOT_TOKEN", TOKEN)
+            .env("TELEGRAM_API_ROOT", &api)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        node.stdin
+            .take()
+            .unwrap()
+            .write_all(&invocation.payload)
+            .unwrap();
+        let output = node.wait_with_output().unwrap();
+        if output.status.success() {
+            Outcome::Returns(output.stdout)
+        } else {
+            Outcome::Throws(serde_json::from_slice(&output.stdout).unwrap_or(Value::Null))
+        }
+    }
+}
+
+/// A real grammY handler as the function: its replies are sent once each, and an update its
+/// handler throws at is dead-lettered after its attempts while the chat goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grammy_handler_function_behind_the_worker() {
+    let standin = StandIn::start(botline_standin::Settings {
+        token: TOKEN.into(),
+        username: BOT.into(),
+        ..Default::default()
+    });
+    let lambda = LambdaStandIn::start("grammy-bot", grammy_function(standin.base_url())).await;
+    let client = aws_sdk_lambda::Client::new(
+        &common::sdk_config(&common::options(&lambda.endpoint_url())).await,
+    );
+    let backend =
+        common::backend_with(common::unique_settings(true), common::whole_seconds()).await;
+    let settings = settings(Some(&standin));
+    let ingest = ingest_on(&backend, settings.clone()).await;
+    let function = HandlerFunction::new("grammy-bot")
+        .unwrap()
+        .with_client(client);
+    let worker = Worker::new(&settings, backend.clone())
+        .unwrap()
+        .with_bot(Bot::new().forward_to(Forward::function(function)));
+
+    let chat = 4_400_001;
+    let failing = 930_003;
+    let mut start = text(930_001, chat, 1, "/start");
+    start["message"]["entities"] = json!([{"type": "bot_command", "offset": 0, "length": 6}]);
+    let mut fail = text(failing, chat, 3, "/fail");
+    fail["message"]["entities"] = json!([{"type": "bot_command", "offset": 0, "length": 5}]);
+    let updates = [
+        start,
+        text(930_002, chat, 2, "hello"),
+        fail,
+        text(930_004, chat, 4, "after"),
+    ];
+    for update in &updates {
+        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut source = EventSource::new(&backend);
+    source
+        .run_until(&worker, "the chat done, /fail dead-lettered", || async {
+            backend.show(UpdateId(failing)).await.unwrap().is_some()
+                && stored(&backend, chat).await == [1, 2, 4]
+        })
+        .await;
+    let sent = standin
+        .wait_for_calls_async("sendMessage", 3, Duration::from_secs(10))
+        .await;
+    let texts: Vec<&str> = sent
+        .iter()
+        .map(|call| call.params["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["Hi Tester!", "echo: hello", "echo: after"]);
+    let letter = backend.show(UpdateId(failing)).await.unwrap().unwrap();
+    let error = letter.last_error.unwrap_or_default();
+    assert!(
+        error.contains("BotError") && error.contains("failed on purpose"),
+        "{error}"
+    );
+    assert_eq!(
+        lambda
+            .invocations()
+            .iter()
+            .filter(|i| update_id_of_payload(&i.payload) == Some(failing))
+            .count(),
+        3
+    );
 }

@@ -65,6 +65,7 @@
 //! endpoints under `/_standin/` (see [`Settings::control_api`]).
 
 mod http;
+pub mod lambda;
 mod methods;
 mod state;
 

@@ -1,8 +1,8 @@
 //! Botline on AWS: the backend of `--backend aws` (SQS + DynamoDB, see `botline_aws`) and the
 //! secrets that live in Secrets Manager or SSM Parameter Store.
 //!
-//! `botline serve`, `botline poll` and both Lambda functions read the webhook secret and the
-//! bot token the same way: `BOTLINE_<NAME>` or `BOTLINE_<NAME>_FILE` as always, or
+//! `botline serve`, `botline poll` and both Lambda functions read the webhook secret, the
+//! bot token and the handler's secret token and signing secret (forwarding) the same way: `BOTLINE_<NAME>` or `BOTLINE_<NAME>_FILE` as always, or
 //! `BOTLINE_<NAME>_ID` (a Secrets Manager secret's name or ARN) or `BOTLINE_<NAME>_PARAM` (an
 //! SSM `SecureString`), fetched with the AWS SDK's credentials. Exactly one source per secret;
 //! two at once are refused. Values from a store are cached and fetched again after five
@@ -10,7 +10,7 @@
 //! warm Lambda picks up a rotated secret.
 
 use crate::config::{ConfigError, Settings};
-use crate::secret::WebhookSecret;
+use crate::secret::{SigningSecret, WebhookSecret};
 use crate::telegram::BotToken;
 use botline_aws::secrets::{SecretSource, Secrets};
 use botline_aws::{AwsBackend, AwsError};
@@ -31,6 +31,8 @@ pub struct SecretStore {
     secrets: Secrets,
     webhook_secret: bool,
     bot_token: bool,
+    handler_secret_token: bool,
+    handler_signing_secret: bool,
 }
 
 /// Whether the environment names a secret store (`_ID` or `_PARAM`) for secret `name`. A
@@ -43,11 +45,13 @@ fn in_store(name: &str) -> bool {
 }
 
 impl SecretStore {
-    /// A store when the environment names one for the webhook secret or the bot token; `None`
-    /// (and no AWS configuration loaded) otherwise.
+    /// A store when the environment names one for the webhook secret, the bot token or the
+    /// handler's secrets; `None` (and no AWS configuration loaded) otherwise.
     pub async fn from_env() -> Option<Self> {
         let (webhook_secret, bot_token) = (in_store("WEBHOOK_SECRET"), in_store("BOT_TOKEN"));
-        if !(webhook_secret || bot_token) {
+        let handler_secret_token = in_store("HANDLER_SECRET_TOKEN");
+        let handler_signing_secret = in_store("HANDLER_SIGNING_SECRET");
+        if !(webhook_secret || bot_token || handler_secret_token || handler_signing_secret) {
             return None;
         }
         let config = botline_aws::ClientOptions::default().loader().load().await;
@@ -55,6 +59,8 @@ impl SecretStore {
             secrets: Secrets::new(&config),
             webhook_secret,
             bot_token,
+            handler_secret_token,
+            handler_signing_secret,
         })
     }
 
@@ -70,6 +76,29 @@ impl SecretStore {
                 ConfigError::Invalid(format!("the bot token from the secret store: {e}"))
             })?;
             settings.fetched.bot_token = Some(token);
+        }
+        if self.handler_secret_token
+            && let Some(value) = self
+                .secrets
+                .get("HANDLER_SECRET_TOKEN")
+                .await
+                .map_err(invalid)?
+        {
+            let token = WebhookSecret::new(value.expose().to_owned()).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "the handler's secret token from the secret store: {e}"
+                ))
+            })?;
+            settings.fetched.handler_secret_token = Some(token);
+        }
+        if self.handler_signing_secret
+            && let Some(value) = self
+                .secrets
+                .get("HANDLER_SIGNING_SECRET")
+                .await
+                .map_err(invalid)?
+        {
+            settings.fetched.handler_signing_secret = Some(SigningSecret::new(value.expose()));
         }
         Ok(())
     }

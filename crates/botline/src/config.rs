@@ -80,6 +80,9 @@ pub struct Settings {
     /// The bot's own webhook handler (a grammY, aiogram, … bot): every update no Rust handler
     /// took is POSTed there once durable, and the call its answer carries is sent once.
     pub handler_url: Option<String>,
+    /// Instead of a URL, a Lambda function (name or ARN) invoked synchronously with each update
+    /// as its payload; its result is read as the handler's answer (`BOTLINE_HANDLER_FUNCTION`).
+    pub handler_function: Option<String>,
     /// A file holding the secret token sent to that handler as
     /// `X-Telegram-Bot-Api-Secret-Token` (instead of `BOTLINE_HANDLER_SECRET_TOKEN`).
     pub handler_secret_token_file: Option<PathBuf>,
@@ -175,6 +178,7 @@ impl Default for Settings {
             worker_concurrency: 64,
             handler_timeout: Duration::from_secs(30),
             handler_url: None,
+            handler_function: None,
             handler_secret_token_file: None,
             handler_signing_secret_file: None,
             log_format: LogFormat::Auto,
@@ -227,6 +231,7 @@ const ENV_SETTINGS: &[&str] = &[
     "worker_concurrency",
     "handler_timeout",
     "handler_url",
+    "handler_function",
     "handler_secret_token_file",
     "handler_signing_secret_file",
     "log_format",
@@ -386,29 +391,52 @@ impl Settings {
         BotToken::from_env_or_file(self.bot_token_file.as_deref()).map_err(ConfigError::Invalid)
     }
 
-    /// Forwarding to the bot's own handler, when `handler_url` is set: with the secret token
-    /// (`BOTLINE_HANDLER_SECRET_TOKEN` or its file) and the signing secret
-    /// (`BOTLINE_HANDLER_SIGNING_SECRET` or its file) when set.
+    /// Forwarding to the bot's own handler, when `handler_url` or `handler_function` is set:
+    /// to a URL with the secret token (`BOTLINE_HANDLER_SECRET_TOKEN`, its file, or from a
+    /// secret store) and the signing secret (`BOTLINE_HANDLER_SIGNING_SECRET`, likewise) when
+    /// set; to a function with neither (Lambda authorizes the call with IAM).
     pub fn forward(&self) -> Result<Option<crate::forward::Forward>, ConfigError> {
-        let Some(url) = &self.handler_url else {
-            return Ok(None);
+        let mut forward = match (&self.handler_url, &self.handler_function) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set BOTLINE_HANDLER_URL or BOTLINE_HANDLER_FUNCTION, not both".into(),
+                ));
+            }
+            (Some(url), None) => crate::forward::Forward::new(url)
+                .map_err(|e| ConfigError::Invalid(format!("BOTLINE_HANDLER_URL: {e}")))?,
+            (None, Some(function)) => handler_function(function)?,
         };
-        let invalid = |e: crate::forward::ForwardError| {
-            ConfigError::Invalid(format!("BOTLINE_HANDLER_URL: {e}"))
+        let secret_token = match &self.fetched.handler_secret_token {
+            Some(token) => Some(token.clone()),
+            None => secret_from_env_or_file(
+                "BOTLINE_HANDLER_SECRET_TOKEN",
+                self.handler_secret_token_file.as_deref(),
+            )?
+            .map(|token| {
+                WebhookSecret::new(token)
+                    .map_err(|e| ConfigError::Invalid(format!("the handler's secret token: {e}")))
+            })
+            .transpose()?,
         };
-        let mut forward = crate::forward::Forward::new(url).map_err(invalid)?;
-        if let Some(token) = secret_from_env_or_file(
-            "BOTLINE_HANDLER_SECRET_TOKEN",
-            self.handler_secret_token_file.as_deref(),
-        )? {
-            let token = WebhookSecret::new(token)
-                .map_err(|e| ConfigError::Invalid(format!("the handler's secret token: {e}")))?;
+        let signing_secret = match &self.fetched.handler_signing_secret {
+            Some(secret) => Some(secret.expose_secret().to_owned()),
+            None => secret_from_env_or_file(
+                "BOTLINE_HANDLER_SIGNING_SECRET",
+                self.handler_signing_secret_file.as_deref(),
+            )?,
+        };
+        if self.handler_function.is_some() && (secret_token.is_some() || signing_secret.is_some()) {
+            return Err(ConfigError::Invalid(
+                "BOTLINE_HANDLER_FUNCTION is invoked with the AWS credentials: the handler's \
+                 secret token and signing secret are for BOTLINE_HANDLER_URL"
+                    .into(),
+            ));
+        }
+        if let Some(token) = secret_token {
             forward = forward.secret_token(token);
         }
-        if let Some(secret) = secret_from_env_or_file(
-            "BOTLINE_HANDLER_SIGNING_SECRET",
-            self.handler_signing_secret_file.as_deref(),
-        )? {
+        if let Some(secret) = signing_secret {
             forward = forward.signing_secret(&secret).map_err(|e| {
                 ConfigError::Invalid(format!("BOTLINE_HANDLER_SIGNING_SECRET: {e}"))
             })?;
@@ -511,6 +539,21 @@ impl Settings {
 
 /// A secret from the variable `name`, else from `file` (its trailing newline dropped); never
 /// both.
+/// Forwarding to the Lambda function `name`.
+#[cfg(feature = "aws")]
+fn handler_function(name: &str) -> Result<crate::forward::Forward, ConfigError> {
+    botline_aws::invoke::HandlerFunction::new(name)
+        .map(crate::forward::Forward::function)
+        .map_err(|e| ConfigError::Invalid(format!("BOTLINE_HANDLER_FUNCTION {e}")))
+}
+
+#[cfg(not(feature = "aws"))]
+fn handler_function(_name: &str) -> Result<crate::forward::Forward, ConfigError> {
+    Err(ConfigError::Invalid(
+        "BOTLINE_HANDLER_FUNCTION needs a build with the `aws` feature".into(),
+    ))
+}
+
 fn secret_from_env_or_file(name: &str, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
     if let Ok(value) = std::env::var(name) {
         if file.is_some() {
@@ -614,6 +657,41 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(error.contains("BOTLINE_HANDLER_URL"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_handler_function_instead_of_a_url() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BOTLINE_HANDLER_FUNCTION", "my-bot-handler");
+            let forward = load(None, &Flags::default())?.forward().unwrap().unwrap();
+            let shown = format!("{forward:?}");
+            assert!(
+                shown.contains("the handler function my-bot-handler"),
+                "{shown}"
+            );
+            jail.set_env("BOTLINE_HANDLER_FUNCTION", "my bot");
+            let error = load(None, &Flags::default())?.forward().unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("BOTLINE_HANDLER_FUNCTION must be"),
+                "{error}"
+            );
+            jail.set_env("BOTLINE_HANDLER_FUNCTION", "my-bot-handler");
+            jail.set_env("BOTLINE_HANDLER_SECRET_TOKEN", "tok-s3cret");
+            let error = load(None, &Flags::default())?
+                .forward()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("for BOTLINE_HANDLER_URL") && !error.contains("s3cret"),
+                "{error}"
+            );
+            jail.set_env("BOTLINE_HANDLER_URL", "http://127.0.0.1:3000/bot");
+            let error = load(None, &Flags::default())?.forward().unwrap_err();
+            assert!(error.to_string().contains("not both"), "{error}");
             Ok(())
         });
     }

@@ -9,6 +9,10 @@
 //! handler's error (retried with backoff, dead-lettered after the last attempt, redrivable), and
 //! `BOTLINE_HANDLER_TIMEOUT` bounds the wait for the answer.
 //!
+//! The handler is a URL ([`Forward::new`], `BOTLINE_HANDLER_URL`) or, on AWS, a Lambda function
+//! invoked synchronously with the update as its payload ([`Forward::function`],
+//! `BOTLINE_HANDLER_FUNCTION`; its result is read as the answer, see [`botline_aws::invoke`]).
+//!
 //! The request: the update's stored JSON byte for byte (`/register` tokens redacted), with
 //! `Content-Type: application/json`, `X-Telegram-Bot-Api-Secret-Token` when a secret token is
 //! set (the framework's own check passes unchanged), the Standard Webhooks headers
@@ -51,16 +55,36 @@ pub enum ForwardError {
 /// Where and how updates are forwarded.
 #[derive(Clone)]
 pub struct Forward {
-    url: reqwest::Url,
-    client: reqwest::Client,
+    target: Target,
     secret_token: Option<WebhookSecret>,
     signing: Option<Arc<standardwebhooks::Webhook>>,
+}
+
+/// Where the updates go.
+#[derive(Clone)]
+enum Target {
+    /// POSTed to a URL.
+    Url {
+        url: reqwest::Url,
+        client: reqwest::Client,
+    },
+    /// A Lambda function, invoked with the update as its payload.
+    #[cfg(feature = "aws")]
+    Function(Arc<botline_aws::invoke::HandlerFunction>),
+}
+
+/// A handler's answer, from HTTP or from a function's result.
+struct Answer {
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    content_type: Option<String>,
+    body: Bytes,
 }
 
 impl fmt::Debug for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Forward")
-            .field("url", &self.shown())
+            .field("to", &self.shown())
             .field("secret_token", &self.secret_token.is_some())
             .field("signed", &self.signing.is_some())
             .finish()
@@ -81,11 +105,21 @@ impl Forward {
             .build()
             .map_err(|e| ForwardError::Client(e.to_string()))?;
         Ok(Self {
-            url,
-            client,
+            target: Target::Url { url, client },
             secret_token: None,
             signing: None,
         })
+    }
+
+    /// Forwarding to a Lambda function, invoked synchronously with each update as its payload
+    /// (`BOTLINE_HANDLER_FUNCTION`; see [`botline_aws::invoke`]).
+    #[cfg(feature = "aws")]
+    pub fn function(function: botline_aws::invoke::HandlerFunction) -> Self {
+        Self {
+            target: Target::Function(Arc::new(function)),
+            secret_token: None,
+            signing: None,
+        }
     }
 
     /// Sends `secret` as `X-Telegram-Bot-Api-Secret-Token`, as Telegram would.
@@ -108,23 +142,60 @@ impl Forward {
         Ok(self)
     }
 
-    /// The URL without credentials or query, for logs and errors.
+    /// The handler, for logs and errors: the URL without credentials or query, or the function.
     fn shown(&self) -> String {
-        let mut shown = self.url.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        shown.set_query(None);
-        shown.to_string()
+        match &self.target {
+            Target::Url { url, .. } => {
+                let mut shown = url.clone();
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                shown.set_query(None);
+                format!("the handler at {shown}")
+            }
+            #[cfg(feature = "aws")]
+            Target::Function(function) => format!("the handler function {}", function.name()),
+        }
     }
 
-    /// POSTs the update to the handler and records the calls its answer carries.
+    /// Hands the update to the handler and records the calls its answer carries.
     pub async fn deliver(&self, cx: &Context) -> HandlerResult {
+        let answer = match &self.target {
+            Target::Url { url, client } => self.post(cx, url, client).await?,
+            #[cfg(feature = "aws")]
+            Target::Function(function) => invoke(function, cx).await?,
+        };
+        if !answer.status.is_success() {
+            let failed = format!("{} answered {}", self.shown(), answer.status);
+            return Err(match answer.retry_after {
+                Some(after) => RetryAfter::new(after, failed).into(),
+                None => failed.into(),
+            });
+        }
+        if answer.body.len() > MAX_ANSWER_BYTES {
+            return Err(
+                format!("the handler's answer is larger than {MAX_ANSWER_BYTES} bytes").into(),
+            );
+        }
+        for (method, params) in calls_in_answer(answer.content_type.as_deref(), answer.body).await?
+        {
+            cx.call(&method, Value::Object(params))?;
+        }
+        Ok(())
+    }
+
+    /// POSTs the update to the handler's URL and reads the answer (at most one byte more than
+    /// [`MAX_ANSWER_BYTES`]).
+    async fn post(
+        &self,
+        cx: &Context,
+        url: &reqwest::Url,
+        client: &reqwest::Client,
+    ) -> Result<Answer, HandlerError> {
         let body = cx.body().to_owned();
         let id = cx.update_id().to_string();
         let timestamp = clock::now_ms() / 1000;
-        let mut request = self
-            .client
-            .post(self.url.clone())
+        let mut request = client
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(ATTEMPT_HEADER, cx.attempt())
             .header("webhook-id", &id)
@@ -138,45 +209,80 @@ impl Forward {
                 .map_err(|e| format!("cannot sign the update: {e}"))?;
             request = request.header("webhook-signature", signature);
         }
-        let mut response = request.body(body).send().await.map_err(|e| {
-            format!(
-                "cannot reach the handler at {}: {}",
-                self.shown(),
-                e.without_url()
-            )
-        })?;
+        let mut response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {}", self.shown(), e.without_url()))?;
         let status = response.status();
-        if !status.is_success() {
-            let failed = format!("the handler at {} answered {status}", self.shown());
-            return Err(match retry_after(response.headers()) {
-                Some(after) => RetryAfter::new(after, failed).into(),
-                None => failed.into(),
-            });
-        }
+        let retry_after = retry_after(response.headers());
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let mut answer = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("the handler's answer broke off: {}", e.without_url()))?
-        {
-            if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(format!(
-                    "the handler's answer is larger than {MAX_ANSWER_BYTES} bytes"
-                )
-                .into());
+        if status.is_success() {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| format!("the handler's answer broke off: {}", e.without_url()))?
+            {
+                if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(format!(
+                        "the handler's answer is larger than {MAX_ANSWER_BYTES} bytes"
+                    )
+                    .into());
+                }
+                answer.extend_from_slice(&chunk);
             }
-            answer.extend_from_slice(&chunk);
         }
-        for (method, params) in calls_in_answer(content_type.as_deref(), answer.into()).await? {
-            cx.call(&method, Value::Object(params))?;
-        }
-        Ok(())
+        Ok(Answer {
+            status,
+            retry_after,
+            content_type,
+            body: answer.into(),
+        })
     }
+}
+
+/// Invokes the handler function with the update and reads its result as an answer.
+#[cfg(feature = "aws")]
+async fn invoke(
+    function: &botline_aws::invoke::HandlerFunction,
+    cx: &Context,
+) -> Result<Answer, HandlerError> {
+    use botline_aws::invoke::InvokeFailure;
+    let result = function
+        .invoke(
+            cx.body().as_bytes(),
+            &cx.update_id().to_string(),
+            cx.attempt(),
+        )
+        .await;
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(InvokeFailure::Throttled {
+            reason,
+            after: Some(after),
+        }) => return Err(RetryAfter::new(after, reason).into()),
+        Err(failure) => return Err(failure.to_string().into()),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = answer
+        .retry_after
+        .as_deref()
+        .and_then(|v| reqwest::header::HeaderValue::from_str(v).ok())
+    {
+        headers.insert(reqwest::header::RETRY_AFTER, value);
+    }
+    Ok(Answer {
+        status: reqwest::StatusCode::from_u16(answer.status)
+            .map_err(|_| "the handler function answered a status that is not HTTP's")?,
+        retry_after: retry_after(&headers),
+        content_type: answer.content_type,
+        body: answer.body.into(),
+    })
 }
 
 /// A Bot API call: the method, named as Telegram names it, and its parameters.

@@ -100,12 +100,41 @@ impl FromStr for DatabaseUrl {
 }
 
 /// Secrets a caller fetched from a secret store (Secrets Manager, SSM Parameter Store) for the
-/// settings: they take the place of `BOTLINE_WEBHOOK_SECRET` and `BOTLINE_BOT_TOKEN`, which the
-/// secret store's loader refuses to combine with an `_ID` or `_PARAM` of the same secret.
+/// settings: they take the place of `BOTLINE_WEBHOOK_SECRET`, `BOTLINE_BOT_TOKEN`,
+/// `BOTLINE_HANDLER_SECRET_TOKEN` and `BOTLINE_HANDLER_SIGNING_SECRET`, which the secret
+/// store's loader refuses to combine with an `_ID` or `_PARAM` of the same secret.
 #[derive(Clone, Default, PartialEq)]
 pub struct FetchedSecrets {
     pub webhook_secret: Option<WebhookSecret>,
     pub bot_token: Option<BotToken>,
+    pub handler_secret_token: Option<WebhookSecret>,
+    pub handler_signing_secret: Option<SigningSecret>,
+}
+
+/// The Standard Webhooks signing secret (`whsec_…`) of forwarded requests; never shown.
+#[derive(Clone)]
+pub struct SigningSecret(SecretString);
+
+impl SigningSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(SecretString::from(secret.into()))
+    }
+
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl PartialEq for SigningSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(<redacted>)")
+    }
 }
 
 impl fmt::Debug for FetchedSecrets {
@@ -113,6 +142,11 @@ impl fmt::Debug for FetchedSecrets {
         f.debug_struct("FetchedSecrets")
             .field("webhook_secret", &self.webhook_secret.is_some())
             .field("bot_token", &self.bot_token.is_some())
+            .field("handler_secret_token", &self.handler_secret_token.is_some())
+            .field(
+                "handler_signing_secret",
+                &self.handler_signing_secret.is_some(),
+            )
             .finish()
     }
 }
