@@ -5,6 +5,7 @@
  */
 import {
   Annotations,
+  ArnFormat,
   CfnOutput,
   CfnParameter,
   CfnRule,
@@ -31,17 +32,29 @@ import { STAGE_SETTINGS, StageSettings } from './stages';
 /** Figures from seed 001 and the issue, in one place so tests and docs can quote them. */
 export const LIMITS = {
   ingest: { memoryMb: 256, timeout: Duration.seconds(30) },
-  worker: { memoryMb: 512, timeout: Duration.seconds(60), maxConcurrency: 10, batchSize: 10 },
+  worker: {
+    memoryMb: 512,
+    /** The worker's timeout without a handler, and the least it is with one (see `timeouts`). */
+    timeout: Duration.seconds(60),
+    /**
+     * With a handler, the worker's timeout is the handler timeout plus this: room for the batch's
+     * claim before the handler is called and for sending the replies after it answers.
+     */
+    handlerHeadroom: Duration.seconds(30),
+    maxConcurrency: 10,
+    batchSize: 10,
+  },
   queue: {
     /** Redrive to the DLQ on the receive after the third failed one. */
     maxReceiveCount: 3,
     retention: Duration.days(4),
     /**
-     * AWS asks for at least six times the function timeout (plus the batching window, which is
-     * zero here) so that a batch still in a retried or throttled invocation does not become
-     * visible to another one. 6 × 60 s = 360 s; seed 001's 5 minutes would be too short.
+     * The visibility timeout, in worker timeouts. AWS asks for at least six times the function
+     * timeout (plus the batching window, which is zero here) so that a batch still in a retried
+     * or throttled invocation does not become visible to another one. 6 × 60 s = 360 s; seed
+     * 001's 5 minutes would be too short.
      */
-    visibilityTimeout: Duration.minutes(6),
+    visibilityTimeoutInWorkerTimeouts: 6,
     /**
      * Standard queues keep a message's original enqueue time when it moves to the DLQ, so the
      * DLQ must keep messages longer than the queue does or dead letters expire on arrival.
@@ -49,6 +62,40 @@ export const LIMITS = {
     dlqRetention: Duration.days(14),
   },
 } as const;
+
+/** Lambda's longest function timeout. */
+const LAMBDA_MAX_TIMEOUT = Duration.minutes(15);
+
+/**
+ * The worker's timeout and the queue's visibility timeout, from the config; the one place they
+ * are worked out. Without a handler: 60 s and 6 minutes. With one (`handlerUrl` or
+ * `handlerFunction`), the worker waits up to `handlerTimeout` for it inside one invocation, so its
+ * timeout is max(60 s, handlerTimeout + 30 s) and the visibility timeout six times that:
+ * handlerTimeout=120 gives 150 s and 900 s. readConfig caps handlerTimeout at 840 s, so the
+ * worker stays within Lambda's 900 s and the visibility timeout (at most 87 minutes) far within
+ * SQS's 12 hours.
+ */
+export function timeouts(config: Pick<BotlineConfig, 'handlerUrl' | 'handlerFunction' | 'handlerTimeout'>): {
+  worker: Duration;
+  visibility: Duration;
+} {
+  const least = LIMITS.worker.timeout.toSeconds();
+  const worker = hasHandler(config)
+    ? Math.max(least, config.handlerTimeout + LIMITS.worker.handlerHeadroom.toSeconds())
+    : least;
+  if (worker > LAMBDA_MAX_TIMEOUT.toSeconds()) {
+    throw new Error(`worker timeout ${worker} s is over Lambda's ${LAMBDA_MAX_TIMEOUT.toSeconds()} s`);
+  }
+  return {
+    worker: Duration.seconds(worker),
+    visibility: Duration.seconds(LIMITS.queue.visibilityTimeoutInWorkerTimeouts * worker),
+  };
+}
+
+/** Whether the worker forwards updates to the bot's own handler (issue 16). */
+export function hasHandler(config: Pick<BotlineConfig, 'handlerUrl' | 'handlerFunction'>): boolean {
+  return config.handlerUrl !== undefined || config.handlerFunction !== undefined;
+}
 
 /**
  * The DynamoDB tables of the AWS backend, by the suffix after `botline-<stage>-` (the functions'
@@ -116,6 +163,7 @@ export class BotlineStack extends Stack {
     this.config = props.config;
     this.settings = STAGE_SETTINGS[this.config.stage];
     const { stage } = this.config;
+    const { worker: workerTimeout, visibility: visibilityTimeout } = timeouts(this.config);
     Tags.of(this).add('project', 'botline');
     Tags.of(this).add('stage', stage);
 
@@ -137,7 +185,7 @@ export class BotlineStack extends Stack {
       fifo: this.config.fifo || undefined,
       contentBasedDeduplication: this.config.fifo ? false : undefined,
       retentionPeriod: LIMITS.queue.retention,
-      visibilityTimeout: LIMITS.queue.visibilityTimeout,
+      visibilityTimeout,
       deadLetterQueue: { queue: this.deadLetters, maxReceiveCount: LIMITS.queue.maxReceiveCount },
       encryption: sqs.QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
@@ -180,6 +228,8 @@ export class BotlineStack extends Stack {
       'openai-api-key',
       'OpenAI API key for later phases (replace the generated value)',
     );
+    // The bot's own handler, when one is configured: its variables and grant for the worker.
+    const forwarding = this.forwarding();
 
     // Functions, each with a role of its own that grants only what it uses. Both read the same
     // backend settings (crates/botline-aws: AwsSettings::from_env).
@@ -246,12 +296,13 @@ export class BotlineStack extends Stack {
     this.worker = this.function('worker', {
       code: this.config.workerCode,
       memoryMb: LIMITS.worker.memoryMb,
-      timeout: LIMITS.worker.timeout,
+      timeout: workerTimeout,
       description: 'Botline worker: processes queued updates into DynamoDB',
       reservedConcurrency: this.config.workerReservedConcurrency,
       environment: {
         ...sharedEnvironment,
         BOTLINE_BOT_TOKEN_ID: botToken.secretArn,
+        ...forwarding.environment,
       },
       statements: [
         new iam.PolicyStatement({
@@ -331,6 +382,7 @@ export class BotlineStack extends Stack {
           actions: ['secretsmanager:GetSecretValue'],
           resources: [botToken.secretArn],
         }),
+        ...forwarding.statements,
       ],
     });
 
@@ -399,6 +451,7 @@ export class BotlineStack extends Stack {
       tables: TABLE_NAMES.map((name) => this.tables[name]),
       stage,
       alarmEmail: this.config.alarmEmail,
+      queueVisibilityTimeout: visibilityTimeout,
     });
 
     if (this.config.lambdaAssets === 'placeholder') {
@@ -422,6 +475,79 @@ export class BotlineStack extends Stack {
     this.output('BotTokenSecretArn', botToken.secretArn, 'Put the bot token here');
     this.output('WebhookSecretArn', webhookSecret.secretArn, 'Telegram secret_token (generated)');
     this.output('OpenAiApiKeySecretArn', openAiKey.secretArn, 'Put the OpenAI API key here (later phases)');
+    if (forwarding.secretToken) {
+      this.output(
+        'HandlerSecretTokenArn',
+        forwarding.secretToken.secretArn,
+        "X-Telegram-Bot-Api-Secret-Token sent to the handler URL (generated): give your bot's framework the same value",
+      );
+    }
+  }
+
+  /**
+   * Forwarding every durable update to the bot's own handler (issue 16): what the worker is told
+   * (BOTLINE_HANDLER_*) and the one grant that goes with it. Nothing without a handler.
+   * - `handlerUrl`: the worker POSTs each update there with a secret token, a secret of its own
+   *   that the worker may read (and no other function).
+   * - `handlerFunction`: the worker invokes that function synchronously, and may invoke no other.
+   */
+  private forwarding(): {
+    environment: Record<string, string>;
+    statements: iam.PolicyStatement[];
+    secretToken?: secretsmanager.Secret;
+  } {
+    const { handlerUrl, handlerFunction, handlerTimeout } = this.config;
+    const timeout = { BOTLINE_HANDLER_TIMEOUT: `${handlerTimeout}s` };
+    if (handlerUrl !== undefined) {
+      // Generated like the webhook secret: 64 characters with ExcludePunctuation and no space,
+      // that is from A-Z a-z 0-9 only, all of them in Telegram's secret_token alphabet
+      // (A-Z a-z 0-9 _ -), so a framework that checks the header as Telegram's takes it as it is.
+      const secretToken = this.secret(
+        'handler-secret-token',
+        "Sent to the bot's handler URL as X-Telegram-Bot-Api-Secret-Token; give its framework the same value",
+      );
+      return {
+        environment: {
+          BOTLINE_HANDLER_URL: handlerUrl,
+          BOTLINE_HANDLER_SECRET_TOKEN_ID: secretToken.secretArn,
+          ...timeout,
+        },
+        statements: [
+          new iam.PolicyStatement({
+            sid: 'ReadHandlerSecretToken',
+            actions: ['secretsmanager:GetSecretValue'],
+            resources: [secretToken.secretArn],
+          }),
+        ],
+        secretToken,
+      };
+    }
+    if (handlerFunction !== undefined) {
+      // Exactly the function named (readConfig checked the name or ARN). A bare name is a
+      // function of this stack's account and region. The grant is on the ARN as given: an
+      // unqualified one allows invoking the unqualified function ($LATEST) only, not its
+      // versions or aliases (those need `name:*` or their own ARN, which is not granted); a
+      // qualified ARN (`...:function:NAME:ALIAS` or `:VERSION`) allows that version or alias only.
+      const functionArn = handlerFunction.startsWith('arn:')
+        ? handlerFunction
+        : this.formatArn({
+            service: 'lambda',
+            resource: 'function',
+            resourceName: handlerFunction,
+            arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+          });
+      return {
+        environment: { BOTLINE_HANDLER_FUNCTION: handlerFunction, ...timeout },
+        statements: [
+          new iam.PolicyStatement({
+            sid: 'InvokeHandlerFunction',
+            actions: ['lambda:InvokeFunction'],
+            resources: [functionArn],
+          }),
+        ],
+      };
+    }
+    return { environment: {}, statements: [] };
   }
 
   /**

@@ -41,6 +41,26 @@ export interface BotlineConfig {
   readonly apiBurstLimit: number;
   /** Reserved concurrency of the worker (`-c workerReservedConcurrency=...`); none by default. */
   readonly workerReservedConcurrency?: number;
+  /**
+   * The bot's own webhook handler as an http(s) URL (`-c handlerUrl=...`): the worker POSTs every
+   * durable update there (`BOTLINE_HANDLER_URL`), with a generated secret token. Excludes
+   * `handlerFunction`; neither means no forwarding.
+   */
+  readonly handlerUrl?: string;
+  /**
+   * The bot's own handler as a Lambda function (`-c handlerFunction=...`): a name in the stack's
+   * account and region, or an ARN, optionally qualified with a version or alias. The worker
+   * invokes it synchronously with every durable update (`BOTLINE_HANDLER_FUNCTION`) and may
+   * invoke nothing else. Excludes `handlerUrl`.
+   */
+  readonly handlerFunction?: string;
+  /**
+   * The longest the handler may take at one update, in seconds (`-c handlerTimeout=...`,
+   * `BOTLINE_HANDLER_TIMEOUT`); 30 by default, at most `MAX_HANDLER_TIMEOUT_SECONDS`. The
+   * worker's timeout and the queue's visibility timeout follow it (`timeouts` in
+   * botline-stack.ts).
+   */
+  readonly handlerTimeout: number;
 }
 
 export const DEFAULT_REGION = 'eu-north-1';
@@ -61,6 +81,15 @@ export function defaultZip(functionName: 'botline-ingest' | 'botline-worker'): s
 
 /** Build command for the real zips, run from the repository root; quoted in errors and docs/deploy.md. */
 export const BUILD_COMMAND = 'scripts/build-lambdas.sh';
+
+/** `handlerTimeout` when not given, in seconds: the worker's own default (`BOTLINE_HANDLER_TIMEOUT`). */
+export const DEFAULT_HANDLER_TIMEOUT_SECONDS = 30;
+
+/**
+ * The longest `handlerTimeout`, in seconds: the worker's timeout is the handler's plus room for
+ * the batch's claim and the replies, and Lambda allows at most 900 s.
+ */
+export const MAX_HANDLER_TIMEOUT_SECONDS = 840;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -86,9 +115,10 @@ export function readConfig(node: Node, env: NodeJS.ProcessEnv = process.env): Bo
   if (alarmEmail !== undefined && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(alarmEmail)) {
     throw new ConfigError(`alarmEmail is not an e-mail address: ${alarmEmail}`);
   }
+  const region = readOptionalString(node, 'region') ?? DEFAULT_REGION;
   return {
     stage,
-    region: readOptionalString(node, 'region') ?? DEFAULT_REGION,
+    region,
     account: env.CDK_DEFAULT_ACCOUNT || undefined,
     fifo: readBool(node, 'fifo'),
     tracing: readBool(node, 'tracing'),
@@ -99,7 +129,95 @@ export function readConfig(node: Node, env: NodeJS.ProcessEnv = process.env): Bo
     apiBurstLimit,
     workerReservedConcurrency:
       reserved === undefined ? undefined : readPositiveInt(node, 'workerReservedConcurrency', 0),
+    ...readHandler(node, region),
   };
+}
+
+/** The bot's own handler (issue 16): a URL or a Lambda function, never both, and its timeout. */
+function readHandler(
+  node: Node,
+  region: string,
+): Pick<BotlineConfig, 'handlerUrl' | 'handlerFunction' | 'handlerTimeout'> {
+  const handlerUrl = readOptionalString(node, 'handlerUrl');
+  const handlerFunction = readOptionalString(node, 'handlerFunction');
+  if (handlerUrl !== undefined && handlerFunction !== undefined) {
+    throw new ConfigError(
+      "handlerUrl and handlerFunction exclude each other: pick one, the URL of the bot's webhook " +
+        'handler or the Lambda function that handles its updates',
+    );
+  }
+  const handlerTimeout = readPositiveInt(node, 'handlerTimeout', DEFAULT_HANDLER_TIMEOUT_SECONDS);
+  if (handlerTimeout > MAX_HANDLER_TIMEOUT_SECONDS) {
+    throw new ConfigError(
+      `handlerTimeout must be at most ${MAX_HANDLER_TIMEOUT_SECONDS} (seconds), not ${handlerTimeout}: ` +
+        'the worker waits for the handler and needs time for its batch and the replies, within ' +
+        "Lambda's 900 s",
+    );
+  }
+  if (node.tryGetContext('handlerTimeout') !== undefined && !handlerUrl && !handlerFunction) {
+    throw new ConfigError(
+      'handlerTimeout needs handlerUrl or handlerFunction: without a handler it does nothing',
+    );
+  }
+  if (handlerUrl !== undefined) {
+    checkHandlerUrl(handlerUrl);
+  }
+  if (handlerFunction !== undefined) {
+    checkHandlerFunction(handlerFunction, region);
+  }
+  return { handlerUrl, handlerFunction, handlerTimeout };
+}
+
+function checkHandlerUrl(value: string): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  // The scheme, then the host at once: the URL parser would also take `https:host` and
+  // `http:///host` as having a host, which is not what anyone means.
+  if (
+    !/^https?:\/\/[^/?#\s]/i.test(value) ||
+    !url ||
+    !['http:', 'https:'].includes(url.protocol) ||
+    !url.hostname
+  ) {
+    throw new ConfigError(
+      `handlerUrl must be an http:// or https:// URL with a host, not ${JSON.stringify(value)}`,
+    );
+  }
+}
+
+/** A function name as Lambda allows it: letters, digits, hyphens and underscores, 1 to 64. */
+const FUNCTION_NAME = '[A-Za-z0-9_-]{1,64}';
+/**
+ * `arn:<partition>:lambda:<region>:<account>:function:<name>[:<qualifier>]`; the qualifier is a
+ * version (digits), `$LATEST` or an alias.
+ */
+const FUNCTION_ARN = new RegExp(
+  `^arn:aws(?:-[a-z]+)*:lambda:([a-z]{2,}(?:-[a-z]+)+-[0-9]+):[0-9]{12}:function:${FUNCTION_NAME}` +
+    '(?::(?:\\$LATEST|[A-Za-z0-9_-]{1,128}))?$',
+);
+
+function checkHandlerFunction(value: string, region: string): void {
+  if (new RegExp(`^${FUNCTION_NAME}$`).test(value)) {
+    return;
+  }
+  const arn = FUNCTION_ARN.exec(value);
+  if (!arn) {
+    throw new ConfigError(
+      'handlerFunction must be a Lambda function name (letters, digits, - and _, at most 64) or ' +
+        'its ARN, arn:aws:lambda:REGION:ACCOUNT:function:NAME, with :VERSION or :ALIAS to pin ' +
+        `one; not ${JSON.stringify(value)}`,
+    );
+  }
+  if (arn[1] !== region) {
+    throw new ConfigError(
+      `handlerFunction is in ${arn[1]} but the stack deploys to ${region}: the worker invokes ` +
+        'functions of its own region only',
+    );
+  }
 }
 
 function readStage(value: unknown): Stage {

@@ -23,8 +23,14 @@ export const ALARM_THRESHOLDS = {
   /** API Gateway 5xx answers in 5 minutes (seed 001). Telegram retries them, but they cost latency. */
   api5xxPer5Minutes: 10,
   /**
-   * Age of the oldest queued update. A batch that failed once comes back after the 6-minute
-   * visibility timeout; older than two of them means it failed twice or nobody is receiving.
+   * Age of the oldest queued update, in visibility timeouts of the queue. A batch that failed
+   * once comes back after one visibility timeout; older than two of them means it failed twice
+   * or nobody is receiving.
+   */
+  oldestMessageAgeInVisibilityTimeouts: 2,
+  /**
+   * The same in seconds without a handler (6-minute visibility timeout). With one, the
+   * visibility timeout is longer (`timeouts` in botline-stack.ts) and so is the threshold.
    */
   oldestMessageAgeSeconds: 2 * 6 * 60,
   /** Any throttled invocation: ingest throttles turn into 5xx for Telegram, worker ones delay work. */
@@ -65,6 +71,8 @@ export interface MonitoringProps {
   /** The stage name: the `Stage` dimension of Botline's own metrics. */
   readonly stage: string;
   readonly alarmEmail?: string;
+  /** The queue's visibility timeout: the oldest-message alarm is at two of them. */
+  readonly queueVisibilityTimeout: Duration;
 }
 
 export class Monitoring extends Construct {
@@ -128,11 +136,13 @@ export class Monitoring extends Construct {
       period: FIVE_MINUTES,
       statistic: cloudwatch.Stats.MAXIMUM,
     });
+    const oldestAgeSeconds =
+      ALARM_THRESHOLDS.oldestMessageAgeInVisibilityTimeouts * props.queueVisibilityTimeout.toSeconds();
     this.alarm('OldestMessageAge', {
       alarmName: name('queue-oldest-message-age'),
-      alarmDescription: `An update has waited more than ${ALARM_THRESHOLDS.oldestMessageAgeSeconds} s in the queue.`,
+      alarmDescription: `An update has waited more than ${oldestAgeSeconds} s in the queue.`,
       metric: oldestAge,
-      threshold: ALARM_THRESHOLDS.oldestMessageAgeSeconds,
+      threshold: oldestAgeSeconds,
     });
 
     for (const [fn, label] of [

@@ -3,8 +3,9 @@
 #   1. npm ci (exact versions from package-lock.json),
 #   2. prettier --check, then npm test: tsc --noEmit and the Jest tests on the synthesized
 #      templates,
-#   3. cdk synth of dev, prod and a dev variant (FIFO, X-Ray, alarm e-mail) with the CDK CLI,
-#      using the placeholder Lambda code (the real zips are built and checked elsewhere),
+#   3. cdk synth of dev, prod, a dev variant (FIFO, X-Ray, alarm e-mail) and the two ways of
+#      forwarding to the bot's own handler (a Lambda function, a URL) with the CDK CLI, using
+#      the placeholder Lambda code (the real zips are built and checked elsewhere),
 #   4. cfn-lint (pinned in requirements-cfn-lint.txt, installed from PyPI into infra/.venv) on
 #      every synthesized template.
 # Any failure, including any cfn-lint error or warning, fails the script.
@@ -46,8 +47,12 @@ synth() {
 synth dev -c stage=dev
 synth prod -c stage=prod
 synth dev-variant -c stage=dev -c fifo=true -c tracing=true -c alarmEmail=ops@example.com
+synth dev-handler-function -c stage=dev -c handlerFunction=my-bot-handler -c handlerTimeout=120
+synth prod-handler-url -c stage=prod -c handlerUrl=https://bot.example.com/telegram
 templates=(cdk.out/dev/botline-dev.template.json cdk.out/prod/botline-prod.template.json
-  cdk.out/dev-variant/botline-dev.template.json)
+  cdk.out/dev-variant/botline-dev.template.json
+  cdk.out/dev-handler-function/botline-dev.template.json
+  cdk.out/prod-handler-url/botline-prod.template.json)
 for template in "${templates[@]}"; do
   [ -s "$template" ] || {
     echo "cdk synth did not write $template" >&2

@@ -226,3 +226,113 @@ describe('alarm e-mail', () => {
     );
   });
 });
+
+describe("the bot's own handler (issue 16)", () => {
+  const base = { stage: 'dev', lambdaAssets: 'placeholder' };
+  /** The message of the ConfigError the context is refused with. */
+  const refusal = (context: Record<string, unknown>): string => {
+    let error: unknown;
+    try {
+      build({ ...base, ...context });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  };
+
+  test('handlerUrl and handlerFunction together: pick one', () => {
+    const message = refusal({
+      handlerUrl: 'https://bot.example.com/telegram',
+      handlerFunction: 'my-bot-handler',
+    });
+    expect(message).toMatch(/handlerUrl and handlerFunction exclude each other: pick one/);
+  });
+
+  test.each([
+    'ftp://x',
+    'https://',
+    'bot.example.com/telegram',
+    'https:bot.example.com',
+    'http:///path',
+    'not a url',
+  ])('handlerUrl=%s is refused: an http(s) URL with a host only', (url) => {
+    expect(refusal({ handlerUrl: url })).toMatch(
+      /^handlerUrl must be an http:\/\/ or https:\/\/ URL with a host/,
+    );
+  });
+
+  test.each(['https://bot.example.com/telegram', 'http://10.0.0.5:3000/bot?x=1', 'HTTPS://BOT.EXAMPLE.COM/'])(
+    'handlerUrl=%s is accepted',
+    (url) => {
+      expect(() => build({ ...base, handlerUrl: url })).not.toThrow();
+    },
+  );
+
+  test.each([
+    'my bot handler',
+    'x'.repeat(65),
+    'my-bot-handler:live', // a qualifier needs the full ARN
+    'function:my-bot-handler',
+    '123456789012:function:my-bot-handler',
+    'arn:aws:lambda:eu-north-1:1234:function:my-bot-handler',
+    'arn:aws:lambda:eu-north-1:123456789012:function:*',
+    'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:*',
+    'arn:aws:lambda:eu-north-1:123456789012:layer:my-layer',
+    'arn:aws:iam::123456789012:role/my-bot-handler',
+  ])('handlerFunction=%s is refused: a name or a function ARN only', (name) => {
+    expect(refusal({ handlerFunction: name })).toMatch(/^handlerFunction must be a Lambda function name/);
+  });
+
+  test.each([
+    'my-bot-handler',
+    'My_Bot_Handler2',
+    'x'.repeat(64),
+    'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler',
+    'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:live',
+    'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:42',
+    'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:$LATEST',
+  ])('handlerFunction=%s is accepted', (name) => {
+    expect(() => build({ ...base, handlerFunction: name })).not.toThrow();
+  });
+
+  test("an ARN in another region than the stack's is refused; in that region it is accepted", () => {
+    const arn = 'arn:aws:lambda:us-east-1:123456789012:function:my-bot-handler';
+    expect(refusal({ handlerFunction: arn })).toMatch(
+      /handlerFunction is in us-east-1 but the stack deploys to eu-north-1/,
+    );
+    expect(() => build({ ...base, region: 'us-east-1', handlerFunction: arn })).not.toThrow();
+    expect(() =>
+      build({
+        ...base,
+        region: 'cn-north-1',
+        handlerFunction: 'arn:aws-cn:lambda:cn-north-1:123456789012:function:my-bot-handler',
+      }),
+    ).not.toThrow();
+  });
+
+  test.each(['0', '841', 'abc', '1.5', '-30', '30s'])('handlerTimeout=%s is refused', (timeout) => {
+    const message = refusal({ handlerFunction: 'my-bot-handler', handlerTimeout: timeout });
+    expect(message).toMatch(/^handlerTimeout must be (a positive integer|at most 840 \(seconds\))/);
+    expect(message).toContain(timeout);
+  });
+
+  test('handlerTimeout: 1 to 840 seconds, 30 by default', () => {
+    for (const timeout of ['1', '840', 300]) {
+      expect(() =>
+        build({ ...base, handlerUrl: 'https://bot.example.com/', handlerTimeout: timeout }),
+      ).not.toThrow();
+    }
+    expect(build({ ...base, handlerFunction: 'my-bot-handler' }).config.handlerTimeout).toBe(30);
+  });
+
+  test('handlerTimeout without a handler is refused: it would do nothing', () => {
+    expect(refusal({ handlerTimeout: '60' })).toMatch(/handlerTimeout needs handlerUrl or handlerFunction/);
+  });
+
+  test('no handler: nothing in the config', () => {
+    const { config } = build(base);
+    expect(config.handlerUrl).toBeUndefined();
+    expect(config.handlerFunction).toBeUndefined();
+  });
+});

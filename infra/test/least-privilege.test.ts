@@ -6,6 +6,8 @@
  * The functions' roles hold exactly what their code paths call (crates/botline-aws, driven by
  * crates/botline-lambda); what only the operator commands call (`botline dlq`, `stats`,
  * `messages export`, `tokens issue`) is in the operator policy, attached to no function.
+ * Forwarding to the bot's own handler (issue 16) adds one grant to the worker: invoking that one
+ * function, or reading the secret token it sends to the handler's URL.
  */
 import {
   CfnTemplate,
@@ -18,14 +20,20 @@ import {
   synth,
 } from './support';
 
-/** Services where a `*` in an action or a resource is never acceptable (issue 5). */
-const NO_WILDCARD_SERVICES = ['sqs', 'dynamodb', 'secretsmanager', 'ssm'];
+/** Services where a `*` in an action or a resource is never acceptable (issue 5; lambda: issue 16). */
+const NO_WILDCARD_SERVICES = ['sqs', 'dynamodb', 'secretsmanager', 'ssm', 'lambda'];
+
+/** The bot's handler of the handler variants. */
+const HANDLER_FUNCTION = 'my-bot-handler';
+const HANDLER_URL = 'https://bot.example.com/telegram';
 
 const VARIANTS: [string, Record<string, unknown>][] = [
   ['dev', { stage: 'dev' }],
   ['prod', { stage: 'prod' }],
   ['dev, FIFO queue', { stage: 'dev', fifo: 'true' }],
   ['prod, X-Ray tracing', { stage: 'prod', tracing: 'true' }],
+  ['dev, handler function', { stage: 'dev', handlerFunction: HANDLER_FUNCTION }],
+  ['prod, handler URL', { stage: 'prod', handlerUrl: HANDLER_URL, handlerTimeout: '120' }],
 ];
 
 const XRAY_GRANTS = ['xray:PutTraceSegments', 'xray:PutTelemetryRecords'].map((action) => ({
@@ -38,6 +46,8 @@ describe.each(VARIANTS)('%s', (_label, context) => {
   const stage = context.stage as string;
   const fifo = context.fifo === 'true';
   const tracing = context.tracing === 'true';
+  const handlerFunction = context.handlerFunction !== undefined;
+  const handlerUrl = context.handlerUrl !== undefined;
   let json: CfnTemplate;
   const name = (resource: string) => `botline-${stage}-${resource}`;
   const queueName = (resource: string) => `${name(resource)}${fifo ? '.fifo' : ''}`;
@@ -146,6 +156,16 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         allow('logs:CreateLogStream', logsArn('worker')),
         allow('logs:PutLogEvents', logsArn('worker')),
         ...(tracing ? XRAY_GRANTS : []),
+        // Forwarding (issue 16): invoke the handler function, or read the handler's secret token.
+        ...(handlerFunction
+          ? [
+              allow(
+                'lambda:InvokeFunction',
+                `arn:aws:lambda:eu-north-1:ref(AWS::AccountId):function:${HANDLER_FUNCTION}`,
+              ),
+            ]
+          : []),
+        ...(handlerUrl ? [allow('secretsmanager:GetSecretValue', secretRef('handler-secret-token'))] : []),
       ]),
     );
   });
@@ -293,7 +313,7 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     expect(operatorGrants().filter((g) => g.action.startsWith('secretsmanager:'))).toEqual([]);
   });
 
-  test('no "*" action or resource for SQS, DynamoDB, Secrets Manager or SSM in any IAM policy', () => {
+  test('no "*" action or resource for SQS, DynamoDB, Secrets Manager, SSM or Lambda in any IAM policy', () => {
     const policies = [
       ...Object.values(resourcesOfType(json, 'AWS::IAM::Policy')).map((p) => p.Properties!.PolicyDocument),
       ...Object.values(resourcesOfType(json, 'AWS::IAM::Role')).flatMap((r) =>
@@ -352,5 +372,98 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     ]) {
       expect(Object.keys(resourcesOfType(json, type))).toEqual([]);
     }
+  });
+});
+
+/** Every statement of every IAM policy in the template: roles' inline, attached and managed. */
+function allStatements(json: CfnTemplate): Parameters<typeof grantsOf>[0]['Statement'] {
+  return [
+    ...Object.values(resourcesOfType(json, 'AWS::IAM::Policy')).map((p) => p.Properties!.PolicyDocument),
+    ...Object.values(resourcesOfType(json, 'AWS::IAM::Role')).flatMap((r) =>
+      (r.Properties!.Policies ?? []).map((p: { PolicyDocument: unknown }) => p.PolicyDocument),
+    ),
+    ...Object.values(resourcesOfType(json, 'AWS::IAM::ManagedPolicy')).map(
+      (p) => p.Properties!.PolicyDocument,
+    ),
+  ].flatMap((document) => document.Statement);
+}
+
+/** The grants of one function's role. */
+function functionGrants(json: CfnTemplate, stage: string, fn: 'ingest' | 'worker'): Grant[] {
+  const fnId = logicalId(json, 'AWS::Lambda::Function', 'FunctionName', `botline-${stage}-${fn}`);
+  const role = render(json.Resources[fnId].Properties!.Role).replace(/\.Arn$/, '');
+  return roleGrants(json, role).grants;
+}
+
+const invokes = (statement: { Action?: string | string[] }) =>
+  ([] as string[]).concat(statement.Action ?? []).some((action) => action.startsWith('lambda:'));
+
+describe("forwarding to the bot's own handler (issue 16)", () => {
+  const invokeGrant = (resource: string): Grant => ({
+    effect: 'Allow',
+    action: 'lambda:InvokeFunction',
+    resource,
+  });
+
+  test("handlerFunction=my-bot-handler: one lambda:InvokeFunction statement, on that function of the stack's account and region only; the ingest function has no lambda: at all", () => {
+    const { json } = synth({ stage: 'dev', handlerFunction: 'my-bot-handler' });
+    const statements = allStatements(json).filter(invokes);
+    expect(statements).toHaveLength(1);
+    expect(statements[0].Action).toBe('lambda:InvokeFunction');
+    expect(render(statements[0].Resource)).toBe(
+      'arn:aws:lambda:eu-north-1:ref(AWS::AccountId):function:my-bot-handler',
+    );
+    const lambdaGrants = (fn: 'ingest' | 'worker') =>
+      functionGrants(json, 'dev', fn).filter((g) => g.action.startsWith('lambda:'));
+    expect(lambdaGrants('worker')).toEqual([
+      invokeGrant('arn:aws:lambda:eu-north-1:ref(AWS::AccountId):function:my-bot-handler'),
+    ]);
+    expect(lambdaGrants('ingest')).toEqual([]);
+  });
+
+  test('a bare name is granted in the account the CLI deploys to, and in -c region', () => {
+    const { json } = synth(
+      { stage: 'prod', handlerFunction: 'my-bot-handler', region: 'eu-west-1' },
+      { CDK_DEFAULT_ACCOUNT: '123456789012' },
+    );
+    expect(functionGrants(json, 'prod', 'worker').filter((g) => g.action.startsWith('lambda:'))).toEqual([
+      invokeGrant('arn:aws:lambda:eu-west-1:123456789012:function:my-bot-handler'),
+    ]);
+  });
+
+  test.each([
+    ['a qualified (alias)', 'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:live'],
+    ['a qualified (version)', 'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler:7'],
+    ['an unqualified', 'arn:aws:lambda:eu-north-1:123456789012:function:my-bot-handler'],
+  ])('%s ARN is granted exactly as given: no wildcard, no other version or alias', (_kind, arn) => {
+    const { json } = synth({ stage: 'dev', handlerFunction: arn });
+    const statements = allStatements(json).filter(invokes);
+    expect(statements).toHaveLength(1);
+    expect(statements[0].Resource).toBe(arn);
+    expect(functionGrants(json, 'dev', 'worker').filter((g) => g.action.startsWith('lambda:'))).toEqual([
+      invokeGrant(arn),
+    ]);
+    expect(functionGrants(json, 'dev', 'ingest').filter((g) => g.action.startsWith('lambda:'))).toEqual([]);
+  });
+
+  test.each(VARIANTS.filter(([, context]) => context.handlerFunction === undefined))(
+    '%s: no IAM policy allows any lambda: action',
+    (_label, context) => {
+      expect(allStatements(synth(context).json).filter(invokes)).toEqual([]);
+    },
+  );
+
+  test('handlerUrl: the worker may read the handler secret token, and no other function or policy may', () => {
+    const { json } = synth({ stage: 'prod', handlerUrl: HANDLER_URL });
+    const secret = `ref(${logicalId(json, 'AWS::SecretsManager::Secret', 'Name', 'botline-prod-handler-secret-token')})`;
+    const reads = (grants: Grant[]) => grants.filter((g) => g.resource === secret);
+    expect(reads(functionGrants(json, 'prod', 'worker'))).toEqual([
+      { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secret },
+    ]);
+    expect(reads(functionGrants(json, 'prod', 'ingest'))).toEqual([]);
+    // Nowhere else: of every grant in the template, that one alone is on the secret.
+    expect(grantsOf({ Statement: allStatements(json) }).filter((g) => g.resource === secret)).toEqual([
+      { effect: 'Allow', action: 'secretsmanager:GetSecretValue', resource: secret },
+    ]);
   });
 });

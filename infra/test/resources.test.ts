@@ -448,3 +448,125 @@ describe.each(STAGES)('stage %s', (stage) => {
     expect(assertion.AssertDescription).toMatch(/lambdaAssets=placeholder/);
   });
 });
+
+/**
+ * Forwarding every durable update to the bot's own handler (issue 16): the worker's variables,
+ * its timeout above the handler's, the queue's visibility timeout after it, and the handler's
+ * secret token.
+ */
+describe("the bot's own handler", () => {
+  const fnProps = (s: Synthesized, fn: 'ingest' | 'worker') =>
+    s.json.Resources[logicalId(s.json, 'AWS::Lambda::Function', 'FunctionName', `botline-dev-${fn}`)]
+      .Properties!;
+  const queueProps = (s: Synthesized) =>
+    s.json.Resources[logicalId(s.json, 'AWS::SQS::Queue', 'QueueName', 'botline-dev-queue')].Properties!;
+  const secretId = (s: Synthesized, secret: string) =>
+    logicalId(s.json, 'AWS::SecretsManager::Secret', 'Name', `botline-dev-${secret}`);
+  const alarmThreshold = (s: Synthesized) =>
+    s.json.Resources[
+      logicalId(s.json, 'AWS::CloudWatch::Alarm', 'AlarmName', 'botline-dev-queue-oldest-message-age')
+    ].Properties!.Threshold;
+  const HANDLER_VARIABLES = [
+    'BOTLINE_HANDLER_URL',
+    'BOTLINE_HANDLER_FUNCTION',
+    'BOTLINE_HANDLER_TIMEOUT',
+    'BOTLINE_HANDLER_SECRET_TOKEN_ID',
+  ];
+  const handlerVariables = (variables: Record<string, unknown>) =>
+    Object.fromEntries(Object.entries(variables).filter(([key]) => HANDLER_VARIABLES.includes(key)));
+
+  test('handlerFunction: the worker is told the function and the 30 s default; the ingest function nothing', () => {
+    const s = synth({ stage: 'dev', handlerFunction: 'my-bot-handler' });
+    expect(handlerVariables(fnProps(s, 'worker').Environment.Variables)).toEqual({
+      BOTLINE_HANDLER_FUNCTION: 'my-bot-handler',
+      BOTLINE_HANDLER_TIMEOUT: '30s',
+    });
+    expect(handlerVariables(fnProps(s, 'ingest').Environment.Variables)).toEqual({});
+    // No secret token for a function: it is invoked with the worker's role, not over HTTP.
+    s.template.resourceCountIs('AWS::SecretsManager::Secret', 3);
+    expect(s.json.Outputs!.HandlerSecretTokenArn).toBeUndefined();
+  });
+
+  test('handlerUrl: the worker is told the URL, the timeout and its secret token', () => {
+    const s = synth({ stage: 'dev', handlerUrl: 'https://bot.example.com/telegram', handlerTimeout: '45' });
+    expect(handlerVariables(fnProps(s, 'worker').Environment.Variables)).toEqual({
+      BOTLINE_HANDLER_URL: 'https://bot.example.com/telegram',
+      BOTLINE_HANDLER_TIMEOUT: '45s',
+      BOTLINE_HANDLER_SECRET_TOKEN_ID: { Ref: secretId(s, 'handler-secret-token') },
+    });
+    expect(handlerVariables(fnProps(s, 'ingest').Environment.Variables)).toEqual({});
+  });
+
+  test("handlerUrl: a generated secret token from Telegram's alphabet, output so that the bot's framework can be given it", () => {
+    const s = synth({ stage: 'dev', handlerUrl: 'http://10.0.0.5:3000/bot' });
+    s.template.resourceCountIs('AWS::SecretsManager::Secret', 4);
+    const secret = s.json.Resources[secretId(s, 'handler-secret-token')];
+    // Without punctuation or space, Secrets Manager draws from A-Z a-z 0-9 only; Telegram's
+    // secret_token allows those and _ -, 1 to 256 characters.
+    expect(secret.Properties!.GenerateSecretString).toEqual({
+      PasswordLength: 64,
+      ExcludePunctuation: true,
+      IncludeSpace: false,
+    });
+    expect(secret.Properties!.SecretString).toBeUndefined();
+    expect(secret.DeletionPolicy).toBe('Delete');
+    expect(render(s.json.Outputs!.HandlerSecretTokenArn.Value)).toBe(
+      `ref(${secretId(s, 'handler-secret-token')})`,
+    );
+  });
+
+  test.each([
+    {
+      label: 'function, default',
+      context: { handlerFunction: 'my-bot-handler' },
+      handler: 30,
+      worker: 60,
+      visibility: 360,
+    },
+    {
+      label: 'function, handlerTimeout=10',
+      context: { handlerFunction: 'my-bot-handler', handlerTimeout: '10' },
+      handler: 10,
+      worker: 60,
+      visibility: 360,
+    },
+    {
+      label: 'URL, handlerTimeout=120',
+      context: { handlerUrl: 'https://bot.example.com/telegram', handlerTimeout: '120' },
+      handler: 120,
+      worker: 150,
+      visibility: 900,
+    },
+    {
+      label: 'function, handlerTimeout=840',
+      context: { handlerFunction: 'my-bot-handler', handlerTimeout: '840' },
+      handler: 840,
+      worker: 870,
+      visibility: 5220,
+    },
+  ])(
+    '$label: handler $handler s, worker $worker s (outlasting it), queue visibility $visibility s (6 worker timeouts)',
+    ({ context, handler, worker, visibility }) => {
+      const s = synth({ stage: 'dev', ...context });
+      const workerTimeout = fnProps(s, 'worker').Timeout as number;
+      expect(fnProps(s, 'worker').Environment.Variables.BOTLINE_HANDLER_TIMEOUT).toBe(`${handler}s`);
+      expect(workerTimeout).toBe(worker);
+      expect(workerTimeout).toBeGreaterThanOrEqual(handler + 30);
+      expect(workerTimeout).toBeLessThanOrEqual(900);
+      expect(queueProps(s).VisibilityTimeout).toBe(visibility);
+      expect(queueProps(s).VisibilityTimeout).toBe(6 * workerTimeout);
+      // The ingest function is not waiting for the handler.
+      expect(fnProps(s, 'ingest').Timeout).toBe(30);
+      // The oldest-message alarm stays at two visibility timeouts.
+      expect(alarmThreshold(s)).toBe(2 * visibility);
+    },
+  );
+
+  test('FIFO: the same timeouts on the .fifo queue', () => {
+    const s = synth({ stage: 'dev', fifo: 'true', handlerFunction: 'my-bot-handler', handlerTimeout: '120' });
+    expect(fnProps(s, 'worker').Timeout).toBe(150);
+    const queue =
+      s.json.Resources[logicalId(s.json, 'AWS::SQS::Queue', 'QueueName', 'botline-dev-queue.fifo')];
+    expect(queue.Properties!.VisibilityTimeout).toBe(900);
+  });
+});
