@@ -196,12 +196,13 @@ impl Worker {
         let Some(telegram) = &self.telegram else {
             return fallback;
         };
-        match tokio::time::timeout(GET_ME_TIMEOUT, telegram.get_me()).await {
-            Ok(Ok(me)) => {
-                tracing::info!(bot_id = me.id, username = ?me.username, "Telegram knows the bot");
-                let handling = Handling {
-                    bot_username: me.username.or(fallback.bot_username),
-                };
+        match tokio::time::timeout(
+            GET_ME_TIMEOUT,
+            telegram.identify(self.configured_username.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(handling)) => {
                 *known = Some(handling.clone());
                 handling
             }

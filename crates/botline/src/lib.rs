@@ -25,6 +25,7 @@ pub mod listen;
 pub mod metrics;
 pub mod ops;
 pub mod poll;
+mod pump;
 pub mod runner;
 pub mod secret;
 pub mod sender;

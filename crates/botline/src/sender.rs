@@ -25,15 +25,16 @@
 //! committed, the lease runs out and the call is made again. That one call may be sent twice;
 //! no other path repeats one.
 
-use crate::backoff::{Backoff, sleep_unless_stopped};
+use crate::backoff::sleep_unless_stopped;
 use crate::metrics as names;
+use crate::pump::Pump;
 use crate::telegram::{CallError, Telegram};
 use botline_core::{Backend, OutboxAction, OutboxEntry, RetryPolicy};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -143,65 +144,40 @@ impl Flood {
 impl Sender {
     /// Runs until `shutdown`; then finishes the calls in flight (or leaves them to their lease).
     pub async fn run(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(CONCURRENCY));
         let flood = Arc::new(Mutex::new(Flood::default()));
-        let mut in_flight = JoinSet::new();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut shrunk = Instant::now();
-        while !shutdown.is_cancelled() {
-            let pause = flood.lock().map_or(None, |f| f.pause());
-            if let Some(pause) = pause {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shutdown.cancelled() => break,
-                }
-            }
-            if shrunk.elapsed() > LIMITER_SHRINK_INTERVAL {
-                self.limits.shrink();
-                shrunk = Instant::now();
-            }
-            let free = slots.available_permits();
-            let due = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                self.backend.due_calls(free, LEASE).await
-            };
-            let idle = match due {
-                Ok(calls) => {
-                    backoff.reset();
-                    let idle = calls.is_empty();
-                    for entry in calls {
-                        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                            break;
-                        };
-                        let this = self.clone();
-                        let flood = Arc::clone(&flood);
-                        in_flight.spawn(async move {
-                            this.make(entry, &flood).await;
-                            drop(slot);
-                            // The chat's next call may be due now.
-                            this.wake.notify_one();
-                        });
+        let pump = Pump {
+            slots: CONCURRENCY,
+            poll_interval: POLL_INTERVAL,
+            wake: Arc::clone(&self.wake),
+            failing: "cannot read the outbox",
+        };
+        let mut in_flight = pump
+            .run(
+                &shutdown,
+                |free| {
+                    if shrunk.elapsed() > LIMITER_SHRINK_INTERVAL {
+                        self.limits.shrink();
+                        shrunk = Instant::now();
                     }
-                    idle
-                }
-                Err(e) => {
-                    let wait = backoff.next();
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the outbox");
-                    sleep_unless_stopped(wait, &shutdown).await;
-                    continue;
-                }
-            };
-            if idle || slots.available_permits() == 0 {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(POLL_INTERVAL) => {}
-                    Some(_) = in_flight.join_next() => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-            while in_flight.try_join_next().is_some() {}
-        }
+                    let pause = flood.lock().map_or(None, |f| f.pause());
+                    let (backend, shutdown) = (Arc::clone(&self.backend), shutdown.clone());
+                    async move {
+                        // Telegram asked the bot to slow down: nothing is leased meanwhile.
+                        if let Some(pause) = pause
+                            && !sleep_unless_stopped(pause, &shutdown).await
+                        {
+                            return Ok(Vec::new());
+                        }
+                        backend.due_calls(free, LEASE).await
+                    }
+                },
+                |entry| {
+                    let (this, flood) = (self.clone(), Arc::clone(&flood));
+                    async move { this.make(entry, &flood).await }
+                },
+            )
+            .await;
         // Calls already on the wire finish; the rest keep their lease and go out after restart.
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}

@@ -376,21 +376,12 @@ async fn identify(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let answer = tokio::select! {
-            answer = telegram.get_me() => answer,
+            answer = telegram.identify(configured.as_deref()) => answer,
             () = shutdown.cancelled() => return,
         };
         match answer {
-            Ok(me) => {
-                let username = me.username.clone();
-                tracing::info!(bot_id = me.id, username = ?username, "Telegram knows the bot");
-                if let (Some(configured), Some(actual)) = (&configured, &username)
-                    && !configured.eq_ignore_ascii_case(actual)
-                {
-                    tracing::warn!(configured = %configured, actual = %actual, "bot_username differs from what Telegram says; using Telegram's");
-                }
-                handling.send_replace(Some(Handling {
-                    bot_username: username.or(configured),
-                }));
+            Ok(known) => {
+                handling.send_replace(Some(known));
                 return;
             }
             Err(e @ CallError::Unauthorized { .. }) => {

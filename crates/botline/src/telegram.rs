@@ -6,6 +6,7 @@
 //! `Debug` shows the URL), and [`Telegram::scrub`] removes the token from any text that leaves
 //! here, in case an answer or a proxy echoes it.
 
+use botline_core::Handling;
 use frankenstein::AsyncTelegramApi;
 use frankenstein::client_reqwest::Bot;
 use frankenstein::methods::{
@@ -252,6 +253,23 @@ impl Telegram {
             .await
             .map(|r| r.result)
             .map_err(|e| self.classify(e))
+    }
+
+    /// What the bot knows of itself, from getMe: its username, or `configured` when Telegram
+    /// gives none. A configured username that differs from Telegram's is logged, and Telegram's
+    /// is used. `serve` asks until Telegram answers; the worker Lambda function once per
+    /// execution environment.
+    pub async fn identify(&self, configured: Option<&str>) -> Result<Handling, CallError> {
+        let me = self.get_me().await?;
+        tracing::info!(bot_id = me.id, username = ?me.username, "Telegram knows the bot");
+        if let (Some(configured), Some(actual)) = (configured, &me.username)
+            && !configured.eq_ignore_ascii_case(actual)
+        {
+            tracing::warn!(configured = %configured, actual = %actual, "bot_username differs from what Telegram says; using Telegram's");
+        }
+        Ok(Handling {
+            bot_username: me.username.or_else(|| configured.map(str::to_owned)),
+        })
     }
 
     /// sendMessage; the id of the message Telegram sent.

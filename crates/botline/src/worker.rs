@@ -6,15 +6,14 @@
 //! `concurrency` at once. A failed attempt is reported back and retried after a backoff; after
 //! the last attempt the update is a dead letter.
 
-use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::handler::{Bot, RetryAfter};
 use crate::metrics as names;
+use crate::pump::Pump;
 use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
 use botline_registrar::{Registrar, RegistrationRequest};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How often the worker looks for work when nothing woke it (retries whose backoff ended,
@@ -92,57 +91,32 @@ impl Worker {
                 () = shutdown.cancelled() => return,
             }
         }
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut in_hand = JoinSet::new();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !shutdown.is_cancelled() {
-            let free = slots.available_permits();
-            let received = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                self.processor.backend.receive(free).await
-            };
-            let idle = match received {
-                Ok(deliveries) => {
-                    backoff.reset();
-                    let idle = deliveries.is_empty();
-                    for delivery in deliveries {
-                        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                            break;
-                        };
-                        let processor = self.processor.clone();
-                        let wake = Arc::clone(&self.wake);
-                        let handling = self.handling.borrow().clone().unwrap_or_default();
-                        let outbox = Arc::clone(&self.outbox);
-                        in_hand.spawn(async move {
-                            let processed = processor.process(&handling, delivery).await;
-                            if processed.wrote_calls {
-                                outbox.notify_one();
-                            }
-                            drop(slot);
-                            // The chat's next update may now be handed out.
-                            wake.notify_one();
-                        });
+        let pump = Pump {
+            slots: self.concurrency,
+            poll_interval: POLL_INTERVAL,
+            wake: Arc::clone(&self.wake),
+            failing: "cannot receive updates",
+        };
+        let backend = Arc::clone(&self.processor.backend);
+        let mut in_hand = pump
+            .run(
+                &shutdown,
+                |free| {
+                    let backend = Arc::clone(&backend);
+                    async move { backend.receive(free).await }
+                },
+                |delivery| {
+                    let processor = self.processor.clone();
+                    let handling = self.handling.borrow().clone().unwrap_or_default();
+                    let outbox = Arc::clone(&self.outbox);
+                    async move {
+                        if processor.process(&handling, delivery).await.wrote_calls {
+                            outbox.notify_one();
+                        }
                     }
-                    idle
-                }
-                Err(e) => {
-                    let wait = backoff.next();
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot receive updates");
-                    sleep_unless_stopped(wait, &shutdown).await;
-                    continue;
-                }
-            };
-            if idle || slots.available_permits() == 0 {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(POLL_INTERVAL) => {}
-                    Some(_) = in_hand.join_next() => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-            while in_hand.try_join_next().is_some() {}
-        }
+                },
+            )
+            .await;
         let unfinished = in_hand.len();
         if unfinished > 0 {
             tracing::info!(updates = unfinished, "finishing the updates in hand");
