@@ -1,5 +1,9 @@
 //! notes-bot, the real binary, against the Bot API stand-in: every reply and reminder exactly
-//! once, with its exact text, through a SIGKILL, a 429 and Telegram's redeliveries.
+//! once, with its exact text, through a SIGKILL, a 429 and Telegram's redeliveries; on the
+//! embedded store, Postgres and AWS (moto).
+
+#[path = "../../../crates/botline-aws/tests/common/mod.rs"]
+mod aws;
 
 use botline_standin::{Fault, Settings as StandInSettings, StandIn};
 use std::path::{Path, PathBuf};
@@ -201,6 +205,25 @@ fn notes_and_reminders_on_postgres() {
         "postgres",
         &format!("DROP DATABASE {database} WITH (FORCE)"),
     );
+}
+
+/// The same on the AWS backend, SQS and DynamoDB on moto's server mode (`scripts/moto.sh`
+/// installs it; the test fails without it).
+#[test]
+fn notes_and_reminders_on_aws() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let backend = runtime.block_on(aws::standard_backend(aws::whole_seconds()));
+    let settings = backend.settings();
+    notes_and_reminders(&[
+        ("BOTLINE_BACKEND".into(), "aws".into()),
+        ("BOTLINE_QUEUE_URL".into(), settings.queue_url.clone()),
+        ("BOTLINE_DLQ_URL".into(), settings.dlq_url.clone()),
+        ("BOTLINE_TABLE_PREFIX".into(), settings.table_prefix.clone()),
+        ("AWS_ENDPOINT_URL".into(), aws::moto().endpoint.clone()),
+        ("AWS_REGION".into(), aws::REGION.into()),
+        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+    ]);
 }
 
 fn psql(database: &str, sql: &str) {
