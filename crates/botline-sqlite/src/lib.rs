@@ -100,8 +100,13 @@ impl SqliteBackend {
                 path.display()
             )));
         }
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-            .map_err(|e| explain(path, unavailable(e)))?;
+        // The schema is written under the write lock; a store that has it whole already (the
+        // operator's commands beside a running `serve`) is not written to, so that opening it
+        // does not queue behind the server's writer.
+        if version < SCHEMA_VERSION || !has_schema(&conn).map_err(unavailable)? {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+                .map_err(|e| explain(path, unavailable(e)))?;
+        }
         let writer = Writer::start(conn)
             .map_err(|e| BackendError::Unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Self {
@@ -140,6 +145,25 @@ impl SqliteBackend {
         .await
         .map_err(|e| BackendError::Unavailable(format!("read task failed: {e}")))?
     }
+}
+
+/// Whether every table and index of [`SCHEMA`] exists (a read: no lock beyond WAL's).
+fn has_schema(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut exists = conn.prepare("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)")?;
+    for name in schema_objects() {
+        if !exists.query_row([name], |row| row.get::<_, bool>(0))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The names of the tables and indexes [`SCHEMA`] creates (`… IF NOT EXISTS <name>`).
+fn schema_objects() -> impl Iterator<Item = &'static str> {
+    SCHEMA.split("IF NOT EXISTS").skip(1).filter_map(|rest| {
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|word| !word.is_empty())
+    })
 }
 
 fn connect(path: &Path, create: bool) -> Result<Connection, BackendError> {
@@ -1237,5 +1261,20 @@ impl Sessions for SqliteBackend {
                 .map_err(unavailable)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_and_index_of_the_schema_is_checked() {
+        let names: Vec<&str> = schema_objects().collect();
+        let created =
+            SCHEMA.matches("CREATE TABLE").count() + SCHEMA.matches("CREATE INDEX").count();
+        assert_eq!(names.len(), created, "{names:?}");
+        assert!(names.contains(&"updates") && names.contains(&"updates_pending_by_key"));
+        assert!(names.iter().all(|name| !name.is_empty()));
     }
 }

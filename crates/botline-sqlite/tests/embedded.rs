@@ -90,6 +90,30 @@ async fn a_reopened_store_has_every_acknowledged_update() {
     assert!(SqliteBackend::open_existing(&dir.path().join("nowhere"), suite_config()).is_err());
 }
 
+/// An operator's command opens the store beside a running server: while another process holds
+/// the write lock (a long write of the server's), the store opens and reads at once, rather
+/// than fail with "database is locked" after the busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_store_opens_and_reads_while_another_process_writes() {
+    let dir = dir();
+    {
+        let backend = SqliteBackend::open(dir.path(), suite_config()).unwrap();
+        backend
+            .enqueue(&message_update(1, 5, 1, "x"))
+            .await
+            .unwrap();
+    }
+    let writer = rusqlite::Connection::open(dir.path().join(botline_sqlite::DB_FILE)).unwrap();
+    writer
+        .execute_batch("BEGIN IMMEDIATE; UPDATE updates SET attempts = attempts;")
+        .unwrap();
+    let backend = SqliteBackend::open_existing(dir.path(), suite_config())
+        .expect("opens while the write lock is held elsewhere");
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.pending, 1, "{stats:?}");
+    writer.execute_batch("COMMIT").unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_of_a_process_that_is_gone_are_released_at_once() {
     let dir = dir();
