@@ -22,11 +22,30 @@
 # (standing in for Telegram's ranges). Nothing acknowledged may be lost, no flood request may
 # get a 2xx; the server's RSS shows what the limiter's table of addresses costs.
 #
+# `scripts/bench.sh forward` measures forwarding to a bot's own handler (issue 16): botline with
+# BOTLINE_HANDLER_URL pointing at examples/grammy-handler (grammY on node:http, built with npm ci
+# and tsc if it is not yet) and BOTLINE_TELEGRAM_API_URL at botline-standin, beside the same load
+# on botline without a handler (the baseline), alternating, ROUNDS times (3 by default):
+#   backlog: UPDATES updates (10,000) in closed loop over 100 connections. "Processed" is the
+#     updates whose reply reached the stand-in (baseline: whose records were stored) per second,
+#     from the load's start to the last one (botline-bench's "replies/s" and "stored/s").
+#   at-RATE: RATE updates/s (200) in open loop for DURATION over 40 connections: receipt→reply,
+#     from the update's first send to its sendMessage's arrival at the stand-in (baseline:
+#     receipt→stored, to the records' createdAt).
+# Both spread the updates over CHATS chats (200,000), so that few chats get two updates and
+# Botline's sender seldom waits for Telegram's per-chat (1 message/s) and per-group (1 per 3 s)
+# limits, which are not settings; BOTLINE_TELEGRAM_CALLS_PER_SECOND=1000 (its maximum)
+# lifts the overall 30/s.
+# botline-bench checks that every acknowledged update was stored exactly once and that every
+# acknowledged text message got exactly one reply with the bot's text (`--verify-replies`).
+#
 #   scripts/bench.sh                    # throughput scenarios (about 2 minutes after the build)
 #   DURATION=60s scripts/bench.sh
 #   BACKEND=postgres scripts/bench.sh
 #   BOT=notes-bot scripts/bench.sh
 #   scripts/bench.sh edge
+#   ROUNDS=3 DURATION=15s scripts/bench.sh forward
+#   BIN=/tmp/kept scripts/bench.sh forward          # binaries built before, copied aside
 #   scripts/bench.sh peak-throughput stored-at-1000     # single scenarios
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,13 +57,20 @@ export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postg
 PORT=${PORT:-18080}
 OUT=bench-results
 mkdir -p "$OUT"
-cargo build --release --locked -p "$BOT" -p botline-bench >&2
-BOTLINE=target/release/$BOT
-BENCH=target/release/botline-bench
+# BIN=DIR takes the binaries ($BOT, botline-bench, botline-standin) from DIR, unbuilt: a build
+# kept aside while the tree changes.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked -p "$BOT" -p botline-bench >&2
+  BIN=target/release
+fi
+BOTLINE=$BIN/$BOT
+BENCH=$BIN/botline-bench
 
 # Set by the edge scenarios: a botline.toml for the server, and the webhook secret.
 server_config=""
 secret=""
+# Set by the forward scenarios: more of the server's environment (KEY=VALUE).
+server_env=()
 
 server_pid=""
 stop_server() {
@@ -62,7 +88,17 @@ drop_database() {
     database=""
   fi
 }
-trap 'stop_server; drop_database' EXIT
+# The forward scenarios' Bot API stand-in and grammY handler.
+helper_pids=()
+stop_helpers() {
+  local pid
+  for pid in ${helper_pids[@]+"${helper_pids[@]}"}; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  helper_pids=()
+}
+trap 'stop_server; drop_database; stop_helpers' EXIT
 
 # Starts a fresh server and sets verify_args to the store it writes.
 start_server() {
@@ -80,7 +116,7 @@ start_server() {
     verify_args=(--verify-data-dir "$data")
   fi
   [ -n "$server_config" ] && store_args+=(--config "$server_config")
-  env ${secret:+BOTLINE_WEBHOOK_SECRET="$secret"} \
+  env ${secret:+BOTLINE_WEBHOOK_SECRET="$secret"} ${server_env[@]+"${server_env[@]}"} \
     "$BOTLINE" serve "${store_args[@]}" --listen "127.0.0.1:$PORT" 2>"$OUT/serve-$1.log" &
   server_pid=$!
   for _ in $(seq 100); do
@@ -117,7 +153,8 @@ run() {
   start_server "$name"
   sleep 1
   local idle; idle=$(rss_kib)
-  local peak before after
+  local peak before after load_at_start
+  load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
   before=$(cpu_jiffies)
   peak=$(peak_rss_while "$OUT/$name.txt" "$BENCH" --url "http://127.0.0.1:$PORT/telegram/webhook" \
     "${verify_args[@]}" --botline-bin "$BOTLINE" --verify-timeout 300s --json-out "$OUT/$name.json" \
@@ -126,8 +163,10 @@ run() {
   stop_server
   drop_database
   [ -n "${data:-}" ] && rm -rf "$data"
+  stop_helpers
   echo "== $name ($*)"
-  grep -E 'acknowledged|ack latency|verification|receipt|non-2xx|given up|flood' "$OUT/$name.txt"
+  echo "  load average at start $load_at_start"
+  grep -E 'acknowledged|ack latency|verification|receipt|non-2xx|given up|flood|stored/s|replies|replied|missing|duplicated|unexpected|failed calls' "$OUT/$name.txt"
   echo "  rss (KiB)           idle $idle  peak under load $peak"
   echo "$before $after" | awk '{printf "  cpu stolen by host  %.0f %%\n", 100 * ($4 - $2) / ($3 - $1)}'
 
@@ -157,9 +196,56 @@ edge() {
   server_config="" secret=""
 }
 
+# Starts botline-standin (as the Bot API, answering getMe as @botline_bench_bot, which the load's
+# group commands address) and the grammY example handler, and points the next server at them.
+start_forwarding() {
+  local token=123456:bench-token handler_secret=bench-handler-secret-$$
+  local standin_port=$((PORT + 1)) handler_port=$((PORT + 2))
+  BOTLINE_STANDIN_TOKEN=$token "$BIN/botline-standin" --listen "127.0.0.1:$standin_port" \
+    --username botline_bench_bot >/dev/null 2>"$OUT/standin-$1.log" &
+  helper_pids+=($!)
+  (cd examples/grammy-handler && BOT_TOKEN=$token SECRET_TOKEN=$handler_secret PORT=$handler_port \
+    TELEGRAM_API_ROOT="http://127.0.0.1:$standin_port" exec node dist/bot.js) \
+    >"$OUT/grammy-$1.log" 2>&1 &
+  helper_pids+=($!)
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$standin_port/_standin/webhook" >/dev/null 2>&1 &&
+      curl -s -o /dev/null "http://127.0.0.1:$handler_port/" 2>/dev/null && break
+    sleep 0.1
+  done
+  standin_url="http://127.0.0.1:$standin_port"
+  server_env=(BOTLINE_HANDLER_URL="http://127.0.0.1:$handler_port/"
+    BOTLINE_HANDLER_SECRET_TOKEN="$handler_secret" BOTLINE_BOT_TOKEN="$token"
+    BOTLINE_TELEGRAM_API_URL="$standin_url" BOTLINE_TELEGRAM_CALLS_PER_SECOND=1000)
+}
+
+ROUNDS=${ROUNDS:-3}
+UPDATES=${UPDATES:-10000}
+RATE=${RATE:-200}
+CHATS=${CHATS:-200000}
+forward() {
+  [ "$BIN" != target/release ] || cargo build --release --locked -p botline-standin >&2
+  [ -f examples/grammy-handler/dist/bot.js ] ||
+    (cd examples/grammy-handler && npm ci --no-audit --no-fund && npm run build) >&2
+  echo "grammY handler: node $(node --version), grammy $(node -p 'require("./examples/grammy-handler/node_modules/grammy/package.json").version')"
+  local backlog=(--connections 100 --chats "$CHATS" --updates "$UPDATES")
+  local at_rate=(--connections 40 --chats "$CHATS" --rate "$RATE" --duration "$DURATION")
+  local round
+  for round in $(seq "$ROUNDS"); do
+    run "baseline-backlog-$round" "${backlog[@]}"
+    start_forwarding "forward-backlog-$round"
+    run "forward-backlog-$round" "${backlog[@]}" --verify-replies "$standin_url"
+    server_env=()
+    run "baseline-at-$RATE-$round" "${at_rate[@]}"
+    start_forwarding "forward-at-$RATE-$round"
+    run "forward-at-$RATE-$round" "${at_rate[@]}" --verify-replies "$standin_url"
+    server_env=()
+  done
+}
+
 for scenario in "${@:-throughput}"; do
   case $scenario in
-    throughput | peak-throughput | ack-at-2000 | stored-at-1000 | edge) "$scenario" ;;
-    *) echo "unknown scenario $scenario (throughput, peak-throughput, ack-at-2000, stored-at-1000, edge)" >&2; exit 2 ;;
+    throughput | peak-throughput | ack-at-2000 | stored-at-1000 | edge | forward) "$scenario" ;;
+    *) echo "unknown scenario $scenario (throughput, peak-throughput, ack-at-2000, stored-at-1000, edge, forward)" >&2; exit 2 ;;
   esac
 done

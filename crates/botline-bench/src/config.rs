@@ -1,6 +1,7 @@
 //! What a run does: [`LoadConfig`], and the checks that turn it into a target to send to.
 
 use crate::flood::FloodConfig;
+use crate::replies::RepliesConfig;
 use hyper::Uri;
 use hyper::header::HeaderValue;
 use std::fmt;
@@ -128,6 +129,9 @@ pub struct LoadConfig {
     pub flood: Option<FloodConfig>,
     /// After the load, check the store (see [`VerifyConfig`]).
     pub verify: Option<VerifyConfig>,
+    /// After the load (and the store's check), check the bot's replies at a Bot API stand-in
+    /// (see [`crate::replies`]).
+    pub replies: Option<RepliesConfig>,
     /// Also write the report as JSON to this file.
     pub json_out: Option<PathBuf>,
     /// Also draw the run over time as an SVG to this file (see [`crate::plot`]).
@@ -151,6 +155,7 @@ impl Default for LoadConfig {
             request_timeout: Duration::from_secs(10),
             flood: None,
             verify: None,
+            replies: None,
             json_out: None,
             plot: None,
             progress: false,
@@ -169,6 +174,8 @@ pub enum BenchError {
         host: String,
         source: std::io::Error,
     },
+    #[error("cannot read the replies at {url}: {detail}")]
+    Replies { url: String, detail: String },
     #[error("cannot export messages with {bin}: {detail}")]
     Export { bin: String, detail: String },
     #[error("cannot write {path}: {source}")]

@@ -35,7 +35,13 @@
 //! - **Verification** ([`verify()`], [`export_and_verify`]): after the load, `botline messages
 //!   export --data-dir DIR --format jsonl` is run until every acknowledged update is stored or
 //!   30 s pass; each must be stored exactly once with `raw` equal, byte for byte, to the body that
-//!   was sent. Also reports receipt-to-stored latency (`createdAt` − first send).
+//!   was sent. Also reports receipt-to-stored latency (`createdAt` − first send) and the rate at
+//!   which the load was stored (stored updates / seconds from the start to the last `createdAt`).
+//! - **Replies** ([`replies`], `--verify-replies STANDIN_URL`): with Botline forwarding to the
+//!   echo-and-`/start` example bot (`BOTLINE_HANDLER_URL`) and sending through `botline-standin`,
+//!   every acknowledged text message must get exactly one `sendMessage` with the bot's text.
+//!   Reports receipt-to-reply latency (arrival at the stand-in − first send) and replies per
+//!   second (`scripts/bench.sh forward`).
 //!
 //! # Command line
 //!
@@ -134,6 +140,7 @@ pub mod flood;
 mod load;
 mod managed;
 pub mod plot;
+pub mod replies;
 mod report;
 pub mod server;
 pub mod timeline;
@@ -144,6 +151,7 @@ pub use config::{
 };
 pub use load::{INITIAL_BACKOFF, MAX_BACKOFF, SECRET_HEADER, run};
 pub use managed::{CrashPlan, ManagedRun, STOP_TIMEOUT, run_managed};
+pub use replies::{RepliesConfig, ReplyCheck, check_replies, expected_reply, fetch_and_check};
 pub use report::{AckedUpdate, GivenUpUpdate, LatencySummary, Report, ServerReport};
 pub use server::{ManagedServer, ServerConfig};
 pub use timeline::SecondStats;

@@ -12,6 +12,7 @@
 
 use crate::body::{Chat, Composer, Population, fingerprint};
 use crate::config::{BenchError, LoadConfig, LoadLimit, Target, VerifyConfig, unix_micros_now};
+use crate::replies::fetch_and_check;
 use crate::report::{AckedUpdate, GivenUpUpdate, LatencySummary, Report, new_histogram};
 use crate::timeline::Timeline;
 use crate::verify::export_and_verify;
@@ -44,7 +45,8 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs the load described by `config`, waits until every issued update is acknowledged or given
-/// up, checks the store if `config.verify` says so, writes `config.json_out` and `config.plot` if
+/// up, checks the store if `config.verify` says so and the bot's replies if `config.replies`
+/// does, writes `config.json_out` and `config.plot` if
 /// set, and returns what it measured. Fails only when the configuration is invalid, the host does
 /// not resolve, the store's export never runs, or a file cannot be written; a server that fails
 /// requests is measured, not an error.
@@ -54,6 +56,16 @@ pub async fn run(config: LoadConfig) -> Result<Report, BenchError> {
     let mut report = prepared.run(&config, live).await?;
     if let Some(verify_config) = config.verify.clone() {
         report = verify_store(report, verify_config).await?;
+    }
+    if let Some(replies_config) = config.replies.clone() {
+        let (mut checked, replies) = tokio::task::spawn_blocking(move || {
+            let replies = fetch_and_check(&report, &replies_config);
+            (report, replies)
+        })
+        .await
+        .map_err(|e| BenchError::Task(e.to_string()))?;
+        checked.replies = Some(replies?);
+        report = checked;
     }
     write_outputs(&config, &report)?;
     Ok(report)
@@ -349,6 +361,7 @@ fn summarize(
         acked_updates,
         flood: None,
         verification: None,
+        replies: None,
         timeline: Vec::new(),
         server: None,
     }

@@ -3,8 +3,8 @@
 use botline_bench::flood::FloodConfig;
 use botline_bench::server::parse_env;
 use botline_bench::{
-    BenchError, CrashPlan, LoadConfig, LoadLimit, ManagedRun, ManagedServer, Report, ServerConfig,
-    VerifyConfig, VerifyStore, parse_duration, run, run_managed,
+    BenchError, CrashPlan, LoadConfig, LoadLimit, ManagedRun, ManagedServer, RepliesConfig, Report,
+    ServerConfig, VerifyConfig, VerifyStore, parse_duration, run, run_managed,
 };
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
@@ -143,6 +143,13 @@ struct Cli {
     #[arg(long)]
     botline_bin: Option<PathBuf>,
 
+    /// After the load, check the bot's replies at this Bot API stand-in (`botline-standin`'s base
+    /// URL, http://HOST:PORT), for Botline forwarding to the echo-and-/start example bot
+    /// (BOTLINE_HANDLER_URL): every acknowledged text message must get exactly one sendMessage
+    /// with the right text. Reports receipt-to-reply latency and replies per second.
+    #[arg(long, value_name = "URL", conflicts_with = "serve")]
+    verify_replies: Option<String>,
+
     /// How long to wait for every acknowledged update to be stored (with --kills at least the
     /// managed server's lease + 30 s: updates in flight at a kill wait out their lease).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -224,6 +231,10 @@ impl Cli {
                 timeout: self.verify_timeout,
                 ..VerifyConfig::of(store, botline_bin)
             });
+        let replies = self.verify_replies.map(|standin_url| RepliesConfig {
+            standin_url,
+            timeout: self.verify_timeout,
+        });
         let flood = self.flood_rate.map(|rate| FloodConfig {
             rate,
             sources: self.flood_sources,
@@ -243,6 +254,7 @@ impl Cli {
             give_up: self.give_up,
             request_timeout: self.request_timeout,
             verify,
+            replies,
             json_out: self.json_out,
             plot: self.plot,
             progress: std::io::stderr().is_terminal(),

@@ -395,6 +395,7 @@ mod tests {
             acked_updates: Vec::new(),
             flood: None,
             verification: None,
+            replies: None,
             timeline,
             server: rss.then(|| ServerReport {
                 bin: PathBuf::from("/bin/botline"),

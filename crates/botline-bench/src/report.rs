@@ -1,6 +1,7 @@
 //! What a run found: [`Report`], printed for people by its `Display` and saved as JSON by serde.
 
 use crate::flood::FloodReport;
+use crate::replies::ReplyCheck;
 use crate::timeline::SecondStats;
 use crate::verify::Verification;
 use bytes::Bytes;
@@ -141,6 +142,9 @@ pub struct Report {
     pub flood: Option<FloodReport>,
     /// The check of the store, when one was asked for.
     pub verification: Option<Verification>,
+    /// The check of the bot's replies at a Bot API stand-in, when one was asked for.
+    #[serde(default)]
+    pub replies: Option<ReplyCheck>,
     /// The run second by second, from the start of the load to its end.
     #[serde(default)]
     pub timeline: Vec<SecondStats>,
@@ -151,9 +155,11 @@ pub struct Report {
 
 impl Report {
     /// Whether nothing acknowledged is missing, duplicated or altered in the store (true when the
-    /// store was not checked).
+    /// store was not checked), and every reply checked arrived exactly once (true when the
+    /// replies were not checked).
     pub fn verified_ok(&self) -> bool {
         self.verification.as_ref().is_none_or(Verification::is_ok)
+            && self.replies.as_ref().is_none_or(ReplyCheck::is_ok)
     }
 
     /// Whether a managed server ran until it was stopped: it did not die on its own (true when
@@ -296,6 +302,9 @@ impl fmt::Display for Report {
         if let Some(verification) = &self.verification {
             write!(f, "{verification}")?;
         }
+        if let Some(replies) = &self.replies {
+            write!(f, "{replies}")?;
+        }
         Ok(())
     }
 }
@@ -390,6 +399,7 @@ mod tests {
                 accepted: 0,
             }),
             verification: None,
+            replies: None,
             timeline: Vec::new(),
             server: None,
         };

@@ -61,6 +61,13 @@ pub struct Verification {
     pub unreadable_created_at: u64,
     /// From the first send of an update to its `createdAt`.
     pub receipt_to_stored: LatencySummary,
+    /// The latest `createdAt` of an acknowledged update, unix milliseconds.
+    #[serde(default)]
+    pub last_stored_unix_ms: Option<i64>,
+    /// `present` divided by the seconds from the start of the load to the latest `createdAt`:
+    /// the rate at which the worker processed the load (it writes the records).
+    #[serde(default)]
+    pub stored_per_sec: f64,
     pub missing_samples: Vec<MessageKey>,
     pub duplicated_samples: Vec<MessageKey>,
     pub mismatch_samples: Vec<RawMismatch>,
@@ -106,6 +113,11 @@ impl fmt::Display for Verification {
                 self.invalid_lines, self.unreadable_created_at
             )?;
         }
+        writeln!(
+            f,
+            "  stored/s            {:.1} (stored / seconds from the load's start to the last createdAt)",
+            self.stored_per_sec
+        )?;
         writeln!(f, "  receipt→stored (ms) {}", self.receipt_to_stored)?;
         for key in &self.missing_samples {
             writeln!(
@@ -211,6 +223,7 @@ pub fn verify(report: &Report, exported_jsonl: &str) -> Verification {
         if entry.copies == 1 {
             match message.created_at.as_deref().and_then(unix_ms_from_iso8601) {
                 Some(created_ms) => {
+                    result.last_stored_unix_ms = result.last_stored_unix_ms.max(Some(created_ms));
                     let micros = created_ms
                         .saturating_mul(1000)
                         .saturating_sub(sent.first_sent_unix_us);
@@ -247,6 +260,12 @@ pub fn verify(report: &Report, exported_jsonl: &str) -> Verification {
         }
     }
     result.receipt_to_stored = LatencySummary::from_micros(&latencies);
+    if let Some(last) = result.last_stored_unix_ms {
+        let secs = (last - report.started_at_unix_ms) as f64 / 1000.0;
+        if secs > 0.0 {
+            result.stored_per_sec = result.present as f64 / secs;
+        }
+    }
     result
 }
 
@@ -399,6 +418,7 @@ mod tests {
             acked_updates,
             flood: None,
             verification: None,
+            replies: None,
             timeline: Vec::new(),
             server: None,
         }
@@ -448,12 +468,17 @@ mod tests {
             line(42, 8, c, sent_ms + 100),
         ]
         .join("\n");
-        let v = verify(&three_acked(), &export);
+        let mut report = three_acked();
+        report.started_at_unix_ms = sent_ms;
+        let v = verify(&report, &export);
         assert!(v.is_ok(), "{v:?}");
         assert_eq!((v.expected, v.present, v.other_records), (3, 3, 1));
         assert_eq!(v.receipt_to_stored.count, 3);
         assert!((v.receipt_to_stored.p50_ms - 20.0).abs() < 0.05, "{v:?}");
         assert!((v.receipt_to_stored.max_ms - 100.0).abs() < 0.1, "{v:?}");
+        // Three stored 100 ms after the load's start.
+        assert_eq!(v.last_stored_unix_ms, Some(sent_ms + 100));
+        assert!((v.stored_per_sec - 30.0).abs() < 0.01, "{v:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! endpoints, and a connection loop that can hang up on a request without answering it.
 
 use crate::methods::{Method, Params, Reply};
-use crate::state::{Call, Fault, Shared};
+use crate::state::{Call, Fault, Shared, unix_micros_now};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -116,6 +116,7 @@ impl Drop for CallRecord {
 /// `/bot<token>/<method>`: token check, injected fault, then the method.
 async fn bot_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let at = shared.started.elapsed();
+    let unix_us = unix_micros_now();
     let (parts, body) = request.into_parts();
     let Some((token, method_name)) = bot_path(parts.uri.path()) else {
         return respond(Reply::not_found());
@@ -132,6 +133,7 @@ async fn bot_api(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             status: None,
             token_ok,
             at,
+            unix_us,
         }),
     };
     if !token_ok {
@@ -252,17 +254,23 @@ fn control_error(message: &str) -> Response {
 #[derive(Debug, Deserialize)]
 struct CallsQuery {
     method: Option<String>,
+    /// Skip the first `from` calls of the list (a load test fetches only the new ones).
+    #[serde(default)]
+    from: usize,
 }
 
-/// `GET /_standin/calls[?method=sendMessage]`
+/// `GET /_standin/calls[?method=sendMessage][&from=N]`: the calls in the order answered, from
+/// the N-th on (0-based; N beyond the end gives `[]`).
 async fn list_calls(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<CallsQuery>,
 ) -> Json<Vec<Call>> {
-    Json(match query.method {
+    let mut calls = match query.method {
         Some(method) => shared.calls_of(&method),
         None => shared.calls(),
-    })
+    };
+    calls.drain(..query.from.min(calls.len()));
+    Json(calls)
 }
 
 /// `DELETE /_standin/calls`
@@ -411,5 +419,55 @@ mod tests {
             Fault::from(request.fault),
             Fault::Delay(Duration::from_millis(250))
         );
+    }
+
+    /// A GET over HTTP/1.0 (the connection closes after the answer): status line and body.
+    fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn calls_carry_their_wall_clock_arrival_and_can_be_listed_from_an_index() {
+        let standin = crate::StandIn::start(crate::Settings {
+            token: "1:T".into(),
+            control_api: true,
+            ..crate::Settings::default()
+        });
+        let before = unix_micros_now();
+        for text in ["one", "two", "three"] {
+            let (status, _) = get(
+                standin.addr(),
+                &format!("/bot1:T/sendMessage?chat_id=5&text={text}"),
+            );
+            assert!(status.contains(" 200 "), "{status}");
+        }
+        get(standin.addr(), "/bot1:T/getMe");
+        let after = unix_micros_now();
+
+        let calls = standin.calls_of("sendMessage");
+        assert_eq!(calls.len(), 3);
+        assert!(calls.windows(2).all(|w| w[0].unix_us <= w[1].unix_us));
+        assert!(calls.iter().all(|c| (before..=after).contains(&c.unix_us)));
+
+        let (status, body) = get(standin.addr(), "/_standin/calls?method=sendMessage&from=1");
+        assert!(status.contains(" 200 "), "{status}");
+        let listed: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let texts: Vec<&str> = listed
+            .iter()
+            .map(|c| c["params"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["two", "three"]);
+        assert_eq!(listed[0]["at_unix_us"], json!(calls[1].unix_us));
+
+        let (_, body) = get(standin.addr(), "/_standin/calls?from=9");
+        assert_eq!(body, "[]");
+        let (_, body) = get(standin.addr(), "/_standin/calls");
+        assert_eq!(serde_json::from_str::<Vec<Value>>(&body).unwrap().len(), 4);
     }
 }

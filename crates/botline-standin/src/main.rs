@@ -15,7 +15,8 @@ const TOKEN_ENV: &str = "BOTLINE_STANDIN_TOKEN";
 /// A local stand-in for Telegram's Bot API server, for manual runs and load tests.
 ///
 /// Prints its base URL once listening. Control endpoints (unauthenticated, keep it local):
-/// GET and DELETE /_standin/calls[?method=NAME], POST /_standin/faults
+/// GET and DELETE /_standin/calls[?method=NAME][&from=N] (each call with its arrival in unix
+/// microseconds, at_unix_us), POST /_standin/faults
 /// ({"method":"sendMessage","count":2,"kind":"too_many_requests","retry_after":3}; kinds
 /// server {status}, api {code, description}, drop, delay {ms}), POST /_standin/updates (an
 /// update or an array), GET /_standin/webhook, POST /_standin/webhook/error {date, message},

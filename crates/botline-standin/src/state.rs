@@ -27,6 +27,11 @@ pub struct Call {
     /// When the request arrived, counted from the stand-in's start (`at_ms` in JSON).
     #[serde(rename = "at_ms", serialize_with = "as_millis")]
     pub at: Duration,
+    /// When the request arrived, by this machine's wall clock: microseconds since the unix
+    /// epoch (`at_unix_us` in JSON), so that a load test can tell how long after it sent an
+    /// update the bot's reply arrived.
+    #[serde(rename = "at_unix_us")]
+    pub unix_us: i64,
 }
 
 impl Call {
@@ -38,6 +43,15 @@ impl Call {
     fn is(&self, method: &str) -> bool {
         self.method.eq_ignore_ascii_case(method)
     }
+}
+
+/// Microseconds since the unix epoch by the wall clock (0 before it).
+pub(crate) fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+        })
 }
 
 fn as_millis<S: serde::Serializer>(at: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
