@@ -555,6 +555,57 @@ async fn end_to_end_on_a_standard_queue() {
     end_to_end(false).await;
 }
 
+/// A worker that forwards to a handler function played by the Invoke API stand-in, with the
+/// ingest function in front, on fresh queues and tables.
+struct Forwarding {
+    standin: StandIn,
+    lambda: LambdaStandIn,
+    client: aws_sdk_lambda::Client,
+    backend: AwsBackend,
+    ingest: Ingest,
+    worker: Worker,
+}
+
+/// The stand-in serves the function `name` (made by `function` from the Bot API stand-in); the
+/// worker invokes it as `requested` (a name or an ARN).
+async fn forwarding<F>(
+    fifo: bool,
+    name: &str,
+    requested: &str,
+    function: impl FnOnce(&StandIn) -> F,
+) -> Forwarding
+where
+    F: Fn(&Invocation) -> Outcome + Send + Sync + 'static,
+{
+    let standin = StandIn::start(botline_standin::Settings {
+        token: TOKEN.into(),
+        username: BOT.into(),
+        ..Default::default()
+    });
+    let lambda = LambdaStandIn::start(name, function(&standin)).await;
+    let client = aws_sdk_lambda::Client::new(
+        &common::sdk_config(&common::options(&lambda.endpoint_url())).await,
+    );
+    let backend =
+        common::backend_with(common::unique_settings(fifo), common::whole_seconds()).await;
+    let settings = settings(Some(&standin));
+    let ingest = ingest_on(&backend, settings.clone()).await;
+    let function = HandlerFunction::new(requested)
+        .unwrap()
+        .with_client(client.clone());
+    let worker = Worker::new(&settings, backend.clone())
+        .unwrap()
+        .with_bot(Bot::new().forward_to(Forward::function(function)));
+    Forwarding {
+        standin,
+        lambda,
+        client,
+        backend,
+        ingest,
+        worker,
+    }
+}
+
 /// The handler function of `the_worker_invokes_the_handler_function`, as a Node handler would
 /// be written: an echo answered as the invocation's result, an API Gateway-style answer, a
 /// handler that returns nothing, one that throws, and one that Lambda throttles at first.
@@ -599,26 +650,15 @@ fn handler_function(invocation: &Invocation) -> Outcome {
 /// Invoke API stand-in (`botline_standin::lambda`): no emulator here runs functions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_invokes_the_handler_function() {
-    let standin = StandIn::start(botline_standin::Settings {
-        token: TOKEN.into(),
-        username: BOT.into(),
-        ..Default::default()
-    });
-    let lambda = LambdaStandIn::start("bot-handler", handler_function).await;
-    let client = aws_sdk_lambda::Client::new(
-        &common::sdk_config(&common::options(&lambda.endpoint_url())).await,
-    );
     let arn = "arn:aws:lambda:eu-north-1:123456789012:function:bot-handler";
-    let backend =
-        common::backend_with(common::unique_settings(false), common::whole_seconds()).await;
-    let settings = settings(Some(&standin));
-    let ingest = ingest_on(&backend, settings.clone()).await;
-    let function = HandlerFunction::new(arn)
-        .unwrap()
-        .with_client(client.clone());
-    let worker = Worker::new(&settings, backend.clone())
-        .unwrap()
-        .with_bot(Bot::new().forward_to(Forward::function(function)));
+    let Forwarding {
+        standin,
+        lambda,
+        client,
+        backend,
+        ingest,
+        worker,
+    } = forwarding(false, "bot-handler", arn, |_| handler_function).await;
 
     let (a, b) = (4_300_001, 4_300_002);
     let boom = 920_002;
@@ -774,25 +814,17 @@ fn grammy_function(api: String) -> impl Fn(&Invocation) -> Outcome + Send + Sync
 /// handler throws at is dead-lettered after its attempts while the chat goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grammy_handler_function_behind_the_worker() {
-    let standin = StandIn::start(botline_standin::Settings {
-        token: TOKEN.into(),
-        username: BOT.into(),
-        ..Default::default()
-    });
-    let lambda = LambdaStandIn::start("grammy-bot", grammy_function(standin.base_url())).await;
-    let client = aws_sdk_lambda::Client::new(
-        &common::sdk_config(&common::options(&lambda.endpoint_url())).await,
-    );
-    let backend =
-        common::backend_with(common::unique_settings(true), common::whole_seconds()).await;
-    let settings = settings(Some(&standin));
-    let ingest = ingest_on(&backend, settings.clone()).await;
-    let function = HandlerFunction::new("grammy-bot")
-        .unwrap()
-        .with_client(client);
-    let worker = Worker::new(&settings, backend.clone())
-        .unwrap()
-        .with_bot(Bot::new().forward_to(Forward::function(function)));
+    let Forwarding {
+        standin,
+        lambda,
+        backend,
+        ingest,
+        worker,
+        ..
+    } = forwarding(true, "grammy-bot", "grammy-bot", |standin| {
+        grammy_function(standin.base_url())
+    })
+    .await;
 
     let chat = 4_400_001;
     let failing = 930_003;

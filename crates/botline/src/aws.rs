@@ -12,7 +12,7 @@
 use crate::config::{ConfigError, Settings};
 use crate::secret::{SigningSecret, WebhookSecret};
 use crate::telegram::BotToken;
-use botline_aws::secrets::{SecretSource, Secrets};
+use botline_aws::secrets::{SecretSource, SecretValue, Secrets};
 use botline_aws::{AwsBackend, AwsError};
 use botline_core::QueueConfig;
 
@@ -69,20 +69,15 @@ impl SecretStore {
         if let Some(secret) = self.webhook_secret().await? {
             settings.fetched.webhook_secret = Some(secret);
         }
-        if self.bot_token
-            && let Some(value) = self.secrets.get("BOT_TOKEN").await.map_err(invalid)?
-        {
+        if let Some(value) = self.get(self.bot_token, "BOT_TOKEN").await? {
             let token = BotToken::new(value.expose()).map_err(|e| {
                 ConfigError::Invalid(format!("the bot token from the secret store: {e}"))
             })?;
             settings.fetched.bot_token = Some(token);
         }
-        if self.handler_secret_token
-            && let Some(value) = self
-                .secrets
-                .get("HANDLER_SECRET_TOKEN")
-                .await
-                .map_err(invalid)?
+        if let Some(value) = self
+            .get(self.handler_secret_token, "HANDLER_SECRET_TOKEN")
+            .await?
         {
             let token = WebhookSecret::new(value.expose().to_owned()).map_err(|e| {
                 ConfigError::Invalid(format!(
@@ -91,12 +86,9 @@ impl SecretStore {
             })?;
             settings.fetched.handler_secret_token = Some(token);
         }
-        if self.handler_signing_secret
-            && let Some(value) = self
-                .secrets
-                .get("HANDLER_SIGNING_SECRET")
-                .await
-                .map_err(invalid)?
+        if let Some(value) = self
+            .get(self.handler_signing_secret, "HANDLER_SIGNING_SECRET")
+            .await?
         {
             settings.fetched.handler_signing_secret = Some(SigningSecret::new(value.expose()));
         }
@@ -105,10 +97,7 @@ impl SecretStore {
 
     /// The webhook secret, when it comes from the store (from the cache, when it is fresh).
     pub async fn webhook_secret(&self) -> Result<Option<WebhookSecret>, ConfigError> {
-        if !self.webhook_secret {
-            return Ok(None);
-        }
-        let Some(value) = self.secrets.get("WEBHOOK_SECRET").await.map_err(invalid)? else {
+        let Some(value) = self.get(self.webhook_secret, "WEBHOOK_SECRET").await? else {
             return Ok(None);
         };
         WebhookSecret::new(value.expose().to_owned())
@@ -116,6 +105,14 @@ impl SecretStore {
             .map_err(|e| {
                 ConfigError::Invalid(format!("the webhook secret from the secret store: {e}"))
             })
+    }
+
+    /// Secret `name` from the store, when it is `stored` there.
+    async fn get(&self, stored: bool, name: &str) -> Result<Option<SecretValue>, ConfigError> {
+        if !stored {
+            return Ok(None);
+        }
+        self.secrets.get(name).await.map_err(invalid)
     }
 }
 
