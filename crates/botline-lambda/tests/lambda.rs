@@ -108,6 +108,14 @@ async fn call(
     )
 }
 
+/// Telegram delivering `updates` to the ingest function, each answered 200.
+async fn deliver_all(ingest: &Ingest, updates: &[Value]) {
+    for update in updates {
+        let (status, body, _) = call(ingest, webhook_event(update, SECRET)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
 async fn ingest_on(backend: &AwsBackend, settings: Settings) -> Ingest {
     Ingest::new(settings, Arc::new(backend.clone()), None)
         .await
@@ -397,10 +405,7 @@ async fn end_to_end(fifo: bool) {
         text(910_006, c, 2, "more from c"),
         text(910_007, b, 3, "bye from b"),
     ];
-    for update in &updates {
-        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    deliver_all(&ingest, &updates).await;
     // Telegram retrying one: still 200, still one.
     assert_eq!(
         call(&ingest, webhook_event(&updates[1], SECRET)).await.0,
@@ -670,10 +675,7 @@ async fn the_worker_invokes_the_handler_function() {
         text(920_005, b, 2, "quiet"),
         text(920_006, b, 3, "busy"),
     ];
-    for update in &updates {
-        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    deliver_all(&ingest, &updates).await;
     let mut source = EventSource::new(&backend);
     source
         .run_until(&worker, "every update done or dead-lettered", || async {
@@ -838,10 +840,7 @@ async fn a_grammy_handler_function_behind_the_worker() {
         fail,
         text(930_004, chat, 4, "after"),
     ];
-    for update in &updates {
-        let (status, body, _) = call(&ingest, webhook_event(update, SECRET)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
+    deliver_all(&ingest, &updates).await;
     let mut source = EventSource::new(&backend);
     source
         .run_until(&worker, "the chat done, /fail dead-lettered", || async {
