@@ -4,7 +4,8 @@
 //! - [`check_update_parser`]: arbitrary bytes through [`InboundUpdate::parse`] and, for what
 //!   parses, [`Handling::records`]. Never a panic; what parses is kept byte for byte; records are
 //!   consistent with the update; a redacted body is still JSON, with the same value as the
-//!   records that were built from it, and holds no registration token.
+//!   records that were built from it, and holds no token of the registration that the built-in
+//!   `/register` would redeem (decided as it decides: [`decide_register`]).
 //! - [`check_webhook_request`]: a [`WebhookRequest`] (method, path, secret header, content type,
 //!   content length, chunking, body) through `botline::http::router` on a real SQLite store,
 //!   driven with tower's `oneshot`. The status must be the one an oracle derives from the
@@ -17,6 +18,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use botline::http::{App, SECRET_HEADER, router};
 use botline::secret::WebhookSecret;
+use botline_core::commands::{RegisterDecision, Registration, decide_register, register_args};
 use botline_core::{Backend, Handling, InboundUpdate, QueueConfig, QueuedUpdate};
 use botline_sqlite::SqliteBackend;
 use http_body_util::BodyExt;
@@ -75,6 +77,7 @@ pub fn check_update_parser(data: &[u8]) {
         assert_eq!(records.event.event_type, update.kind.as_str());
         assert_eq!(records.event.event_id, queued.entry_id);
         let raw = records.redacted_raw.as_deref().unwrap_or(&update.raw);
+        let attempt = register_attempt(&update, raw, handling.bot_username.as_deref());
         if let Some(message) = &records.message {
             assert_eq!(update.kind.as_str(), "message");
             assert_eq!(message.raw, raw, "a message keeps the (redacted) body");
@@ -88,8 +91,8 @@ pub fn check_update_parser(data: &[u8]) {
                 "the redacted body and the event were redacted alike:\n{payload}\n{}",
                 records.event.payload
             );
-            if let Some(attempt) = &records.registration {
-                let token = attempt.token.expose();
+            if let Some(attempt) = &attempt {
+                let token = attempt.token.as_str();
                 assert!(
                     !any_string_contains(&value, token),
                     "the token is gone from every string of the body (its text may still be \
@@ -98,7 +101,8 @@ pub fn check_update_parser(data: &[u8]) {
                 // As in the body: a key of the update may hold the token's text (Telegram's
                 // keys are its schema's names, not what a user typed), nothing else may.
                 let original: Value = serde_json::from_str(&update.raw).expect("parsed before");
-                let mut shown = format!("{records:?}");
+                // The username is stored and echoed in the answer.
+                let mut shown = format!("{records:?} {}", attempt.username);
                 // Longest first, and a `"` (never part of a token) where each stood: taking a
                 // shorter key out of a longer one, or out of its neighbours, must not join the
                 // text around it into the token's.
@@ -122,11 +126,34 @@ pub fn check_update_parser(data: &[u8]) {
                 );
             }
         } else {
-            assert!(records.registration.is_none(), "a registration is redacted");
+            assert!(attempt.is_none(), "a registration is redacted");
         }
         for call in &records.outbox {
             assert!(call.outbox_id.starts_with("fuzz-entry:"));
         }
+    }
+}
+
+/// The `/register` attempt Botline's built-in handler would redeem, decided as it decides it:
+/// from the command's arguments as typed (in `update`) and as stored (in `stored`, the body
+/// with the secrets typed in it redacted).
+fn register_attempt(
+    update: &InboundUpdate,
+    stored: &str,
+    bot_username: Option<&str>,
+) -> Option<Registration> {
+    if update.kind.as_str() != "message" {
+        return None;
+    }
+    let args = |body: &str| -> Option<String> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        let text = value.get("message")?.get("text")?.as_str()?;
+        register_args(text, bot_username).map(str::to_owned)
+    };
+    let (typed, stored) = (args(&update.raw)?, args(stored)?);
+    match decide_register(&typed, &stored) {
+        RegisterDecision::Attempt(registration) => Some(registration),
+        RegisterDecision::TokenGone | RegisterDecision::Malformed => None,
     }
 }
 

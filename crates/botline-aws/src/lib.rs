@@ -234,11 +234,11 @@
 //! an expired one). When the update's own condition fails, it was applied before:
 //! [`Applied::AlreadyDone`], nothing written. When only the message's, a call's, the token's or
 //! a session's fails, the transaction is tried again without that message or call, with the
-//! registration answered as refused, or with the session assumed the other way: the conditions
+//! redemption answered by its refusal, or with the session assumed the other way: the conditions
 //! are decided by the transaction that commits, so a token is redeemed once and answered
 //! accordingly, and a session's `createdAt` is kept exactly when it was live.
 //!
-//! That is 4 items, one more for a token, and one per outbox call (the registration's answer
+//! That is 4 items, one more for a token, and one per outbox call (a redemption's answer
 //! included) and per session written. DynamoDB takes at most 100 items (and 4 MB) in one
 //! transaction: an update whose effects need more is refused before anything is sent
 //! ([`BackendError::Unavailable`], saying so; retried, it is refused again and dead-lettered),

@@ -216,9 +216,10 @@ impl AwsBackend {
         parts.push(Part::Event);
 
         let mut calls: Vec<OutboxMessage> = Vec::with_capacity(records.outbox.len() + 1);
-        if let Some(attempt) = &records.registration {
-            let redeem = attempt.telegram_user_id.filter(|_| !leave.token);
-            if let Some(user) = redeem {
+        if let Some(redemption) = &records.redemption {
+            let redeem = !leave.token;
+            if redeem {
+                let user = redemption.telegram_user_id;
                 let update = "SET #usedAt = :now, #usedBy = :user, #usedChatId = :chat, \
                               #registeredAt = :registeredAt";
                 let condition = "attribute_exists(#tokenDigest) AND #username = :username \
@@ -228,16 +229,16 @@ impl AwsBackend {
                         .update(built(
                             Update::builder()
                                 .table_name(&t.tokens)
-                                .set_key(Some(key("tokenDigest", s(&attempt.token_digest))))
+                                .set_key(Some(key("tokenDigest", s(&redemption.token_digest))))
                                 .update_expression(update)
                                 .condition_expression(condition)
                                 .set_expression_attribute_names(names([update, condition]))
                                 .set_expression_attribute_values(values([
                                     (":now", n(now)),
                                     (":user", n(user)),
-                                    (":chat", n(attempt.chat_id)),
+                                    (":chat", n(redemption.chat_id)),
                                     (":registeredAt", s(clock::iso8601(now))),
-                                    (":username", s(&attempt.username)),
+                                    (":username", s(&redemption.username)),
                                 ]))
                                 .build(),
                         )?)
@@ -245,7 +246,7 @@ impl AwsBackend {
                 );
                 parts.push(Part::Token);
             }
-            calls.push(attempt.reply(redeem.is_some()));
+            calls.push(redemption.answer(redeem).clone());
         }
         calls.extend(records.outbox.iter().cloned());
         for (index, call) in calls.iter().enumerate() {
@@ -295,7 +296,7 @@ impl AwsBackend {
                  changes make {} items, more than the {MAX_TRANSACTION_ITEMS} one DynamoDB \
                  transaction takes",
                 update.update_id,
-                records.outbox.len() + usize::from(records.registration.is_some()),
+                records.outbox.len() + usize::from(records.redemption.is_some()),
                 records.session_writes().len(),
                 items.len()
             )));
@@ -358,7 +359,7 @@ impl Store for AwsBackend {
     /// message (unless one with its key exists), the user, the event, the token's redemption,
     /// the outbox calls and the sessions put or deleted. A condition that fails on the message,
     /// the token or an outbox call cancels the try; the next try leaves that item out (or
-    /// answers the registration with a refusal); one that fails on a session put makes the next
+    /// writes the redemption's refusal); one that fails on a session put makes the next
     /// try assume the session was the other way (live, or absent or expired). More than the
     /// 100 items DynamoDB takes in one transaction is an error, before anything is sent. Then
     /// the message is deleted from SQS.

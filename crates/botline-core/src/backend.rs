@@ -258,8 +258,9 @@ pub trait Store: Send + Sync {
     /// Writes an update's records and marks it done, in one transaction. A second call for the
     /// same update writes nothing. The first record of a (`chatId`, `messageId`) wins; a user's
     /// `createdAt` is kept and the rest of the user moves to the latest values. The same
-    /// transaction redeems a registration token when the records carry a `/register`, writes the
-    /// answer and the other outbox calls, and replaces the queue's copy of the body with its
+    /// transaction redeems the token of [`Records::redemption`] (the store knows a token, not
+    /// the command that redeems it), writes the call that answers it before the other outbox
+    /// calls, and replaces the queue's copy of the body with its
     /// redacted form.
     ///
     /// The same transaction puts or deletes the sessions of [`Records::sessions`]: of several
@@ -362,7 +363,8 @@ pub trait Outbox: Send + Sync {
     async fn outbox_stats(&self) -> Result<OutboxStats, BackendError>;
 }
 
-/// Single-use registration tokens, issued by the operator and redeemed by `/register`.
+/// Single-use registration tokens, issued by the operator and redeemed by an update's handler
+/// ([`Records::redemption`]; Botline's built-in `/register`).
 #[async_trait]
 pub trait RegistrationTokens: Send + Sync {
     /// Keeps a token's digest for `username` until `expires_at_ms`.

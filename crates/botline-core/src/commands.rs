@@ -158,6 +158,38 @@ pub fn register_args<'a>(text: &'a str, bot_username: Option<&str>) -> Option<&'
         .map(|command| command.args)
 }
 
+/// What `/register` does with its arguments ([`decide_register`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterDecision {
+    /// A well-formed attempt: redeem the token for the username.
+    Attempt(Registration),
+    /// A well-formed attempt whose token was redacted before it was processed (a dead letter,
+    /// redriven): it cannot be checked, so it is answered as failed and the user types it again.
+    TokenGone,
+    /// Anything else: answered with the format ([`replies::REGISTER_FORMAT`]).
+    Malformed,
+}
+
+/// Decides a `/register` from its arguments as the user typed them and as they are stored
+/// (with every secret typed in the update redacted, [`crate::redact_typed_secrets`]).
+///
+/// A username that is not stored as typed held a secret typed in the same update (another
+/// `/register` in it, say a quoted one): it would be stored and echoed with it, so such an
+/// attempt is malformed, as [`Registration::parse`] makes one whose username holds its own
+/// token.
+pub fn decide_register(typed_args: &str, stored_args: &str) -> RegisterDecision {
+    match Registration::parse(typed_args) {
+        Some(registration)
+            if stored_args.split_whitespace().next() == Some(registration.username.as_str()) =>
+        {
+            RegisterDecision::Attempt(registration)
+        }
+        Some(_) => RegisterDecision::Malformed,
+        None if crate::redact::is_token_gone(typed_args) => RegisterDecision::TokenGone,
+        None => RegisterDecision::Malformed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +267,30 @@ mod tests {
         assert_eq!(register_args("/register@me a b", Some("me")), Some("a b"));
         assert_eq!(register_args("/register@other a b", Some("me")), None);
         assert_eq!(register_args("/start a b", None), None);
+    }
+
+    #[test]
+    fn register_decisions() {
+        let attempt = decide_register("alice s3cr3t-T0ken", "alice [redacted]");
+        assert!(matches!(&attempt, RegisterDecision::Attempt(r) if r.username == "alice"));
+        // A username holding a secret typed elsewhere in the update is stored redacted.
+        assert_eq!(
+            decide_register(
+                "ann_0ther-T0ken_x own-T0ken-1",
+                "ann_[redacted]_x [redacted]"
+            ),
+            RegisterDecision::Malformed
+        );
+        assert_eq!(
+            decide_register("alice [redacted]", "alice [redacted]"),
+            RegisterDecision::TokenGone
+        );
+        for args in ["", "alice", "[redacted]", "alice tok en x", "alice short"] {
+            assert_eq!(
+                decide_register(args, args),
+                RegisterDecision::Malformed,
+                "{args:?}"
+            );
+        }
     }
 }

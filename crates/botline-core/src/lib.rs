@@ -36,8 +36,8 @@ pub use backend::{
 };
 pub use ids::{ChatId, MessageId, UpdateId, UserId};
 pub use records::{
-    EventRecord, Handling, MessageRecord, OutboxAction, OutboxMessage, Records,
-    RegistrationAttempt, SessionChange, SessionRecord, UserRecord, build_records,
+    EventRecord, Handling, MessageRecord, OutboxAction, OutboxMessage, Records, Redemption,
+    SessionChange, SessionRecord, UserRecord, build_records,
 };
 pub use redact::redact_typed_secrets;
 pub use update::{InboundUpdate, InvalidUpdate, OrderKey, UpdateKind};

@@ -6,7 +6,7 @@
 
 use crate::backend::QueuedUpdate;
 use crate::clock;
-use crate::commands::{self, Registration, replies};
+use crate::commands;
 use crate::ids::{UpdateId, UserId};
 use crate::redact::{self, Redacted};
 use serde::{Deserialize, Serialize};
@@ -100,8 +100,9 @@ pub struct Records {
     pub event: EventRecord,
     /// Bot API calls the update asks for, written to the outbox with the records.
     pub outbox: Vec<OutboxMessage>,
-    /// A `/register` whose answer depends on the store, resolved in the same transaction.
-    pub registration: Option<RegistrationAttempt>,
+    /// A single-use token the handler redeems, with the call to make either way: resolved in
+    /// the same transaction ([`Redemption`]).
+    pub redemption: Option<Redemption>,
     /// The update's body with the secrets a user typed replaced, when it held any: it replaces
     /// the queue's copy of the body when the update is marked done.
     pub redacted_raw: Option<String>,
@@ -246,38 +247,38 @@ impl OutboxAction {
     }
 }
 
-/// `/register <username> <token>` as the store must check it: the token only as its digest.
+/// A single-use token (`botline tokens issue <username>`) that an update's handler redeems, and
+/// the call to make whether it is redeemed or not. The store checks the token's digest in the
+/// transaction that writes the update's records, marks it used by the sender, records the
+/// registration, and writes one of the two calls, before the update's other calls; with a
+/// registration backend outside the store (a database function), the worker asks that
+/// backend first and writes the call it answers for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistrationAttempt {
+pub struct Redemption {
+    /// The username the token must have been issued for.
     pub username: String,
     /// SHA-256 of the token, hex ([`commands::token_digest`]): what the embedded store checks.
     pub token_digest: String,
-    /// The token as typed, for a registration backend outside the store (a database function),
-    /// which is called before the update's records are written. Never stored or printed.
+    /// The token as typed, for a registration backend outside the store. Never stored or
+    /// printed.
     pub token: commands::TypedSecret,
-    pub telegram_user_id: Option<i64>,
+    /// Who redeems it.
+    pub telegram_user_id: i64,
+    /// Where they did.
     pub chat_id: i64,
-    pub message_id: i64,
-    /// The outbox id of the answer.
-    pub reply_id: String,
+    /// The call made when the token is redeemed.
+    pub redeemed: OutboxMessage,
+    /// The call made when it is not (unknown, used, expired, or issued for another username).
+    pub refused: OutboxMessage,
 }
 
-impl RegistrationAttempt {
-    /// The answer, once the store knows whether the credentials were good.
-    pub fn reply(&self, registered: bool) -> OutboxMessage {
-        let text = if registered {
-            replies::registered(&self.username)
+impl Redemption {
+    /// The call to make, once the store knows whether the token was redeemed.
+    pub fn answer(&self, redeemed: bool) -> &OutboxMessage {
+        if redeemed {
+            &self.redeemed
         } else {
-            replies::REGISTRATION_FAILED.to_owned()
-        };
-        OutboxMessage {
-            outbox_id: self.reply_id.clone(),
-            chat_id: self.chat_id,
-            action: OutboxAction::SendMessage {
-                text,
-                reply_to_message_id: Some(self.message_id),
-            },
-            send_at_ms: None,
+            &self.refused
         }
     }
 }
@@ -301,114 +302,23 @@ pub fn build_records(update: &QueuedUpdate, now_ms: i64) -> Result<Records, Corr
 }
 
 impl Handling {
-    /// The records a queued update becomes, as of `now_ms`.
+    /// The records a queued update becomes, as of `now_ms`: the message, user and event, with
+    /// every secret a user typed in the update redacted ([`crate::redact_typed_secrets`]). What
+    /// the update asks for (calls, sessions, a token to redeem) is its handler's to add.
     pub fn records(&self, update: &QueuedUpdate, now_ms: i64) -> Result<Records, CorruptUpdate> {
         let corrupt = |_| CorruptUpdate(update.update_id);
-        let body: Value = serde_json::from_str(&update.raw).map_err(corrupt)?;
-        let kind = update.kind.as_str();
-        let command = (kind == "message")
-            .then(|| self.command_in(body.get(kind)?, &update.entry_id))
-            .flatten();
-        // Every `/register` text in the update is redacted, not only the one acted on: an edit of
-        // it, a reply quoting it, a caption, one addressed to another bot.
         let Redacted {
             body,
             raw: redacted_raw,
-            tokens,
-        } = redact::redact_parsed(&update.raw, body).map_err(corrupt)?;
+            ..
+        } = redact::redact(&update.raw).map_err(corrupt)?;
         let raw = redacted_raw.as_deref().unwrap_or(&update.raw);
         let Value::Object(body) = body else {
             return Err(CorruptUpdate(update.update_id));
         };
         let mut records = records_of(update, &body, raw, now_ms);
-        if let Some(mut command) = command {
-            // A username holding a token typed in the same update (another `/register` in it,
-            // say a quoted one) would be stored and echoed with it: such a registration is
-            // answered as malformed, as `Registration::parse` does for the command's own token.
-            if (command.registration.as_ref())
-                .is_some_and(|r| tokens.iter().any(|token| r.username.contains(token)))
-            {
-                command.registration = None;
-            }
-            let sender = records.user.as_ref().map(|user| user.telegram_id);
-            command.decide(&mut records, sender);
-        }
         records.redacted_raw = redacted_raw;
         Ok(records)
-    }
-
-    fn command_in(&self, message: &Value, entry_id: &str) -> Option<RegisterCommand> {
-        let text = message.get("text")?.as_str()?;
-        let args = commands::register_args(text, self.bot_username.as_deref())?;
-        let chat = message.get("chat")?;
-        Some(RegisterCommand {
-            registration: Registration::parse(args),
-            token_gone: redact::is_token_gone(args),
-            has_args: !args.trim().is_empty(),
-            chat_id: chat.get("id")?.as_i64()?,
-            in_group: chat.get("type").and_then(Value::as_str) != Some("private"),
-            message_id: message.get("message_id")?.as_i64()?,
-            entry_id: entry_id.to_owned(),
-        })
-    }
-}
-
-/// A `/register` message addressed to this bot.
-#[derive(Debug)]
-struct RegisterCommand {
-    registration: Option<Registration>,
-    /// A well-formed attempt whose token was redacted before it was processed (a dead letter,
-    /// redriven): it cannot be checked, so it is answered as failed and the user types it again.
-    token_gone: bool,
-    has_args: bool,
-    chat_id: i64,
-    in_group: bool,
-    message_id: i64,
-    entry_id: String,
-}
-
-impl RegisterCommand {
-    /// Adds the answer (or the attempt the store answers) and, in a group, the deletion of the
-    /// message that carried the secret.
-    fn decide(self, records: &mut Records, sender: Option<i64>) {
-        let reply_id = format!("{}:1", self.entry_id);
-        match self.registration {
-            Some(registration) => {
-                records.registration = Some(RegistrationAttempt {
-                    token_digest: registration.token_digest(),
-                    token: commands::TypedSecret::new(registration.token),
-                    username: registration.username,
-                    telegram_user_id: sender,
-                    chat_id: self.chat_id,
-                    message_id: self.message_id,
-                    reply_id,
-                });
-            }
-            None => records.outbox.push(OutboxMessage {
-                outbox_id: reply_id,
-                chat_id: self.chat_id,
-                action: OutboxAction::SendMessage {
-                    text: if self.token_gone {
-                        replies::REGISTRATION_FAILED
-                    } else {
-                        replies::REGISTER_FORMAT
-                    }
-                    .to_owned(),
-                    reply_to_message_id: Some(self.message_id),
-                },
-                send_at_ms: None,
-            }),
-        }
-        if self.in_group && self.has_args {
-            records.outbox.push(OutboxMessage {
-                outbox_id: format!("{}:2", self.entry_id),
-                chat_id: self.chat_id,
-                action: OutboxAction::DeleteMessage {
-                    message_id: self.message_id,
-                },
-                send_at_ms: None,
-            });
-        }
     }
 }
 
@@ -448,7 +358,7 @@ fn records_of(update: &QueuedUpdate, body: &Map<String, Value>, raw: &str, now_m
         user,
         event,
         outbox: Vec::new(),
-        registration: None,
+        redemption: None,
         redacted_raw: None,
         sessions: Vec::new(),
     }
@@ -655,16 +565,10 @@ mod tests {
     }
 
     #[test]
-    fn a_registration_is_left_to_the_store_with_the_token_redacted_everywhere() {
+    fn a_registration_token_is_redacted_everywhere_and_nothing_is_decided() {
         let update = register_update(7, "private", "/register alice s3cr3t-T0ken");
         let records = handling().records(&update, 0).unwrap();
-        let attempt = records.registration.clone().unwrap();
-        assert_eq!(attempt.username, "alice");
-        assert_eq!(attempt.token_digest, commands::token_digest("s3cr3t-T0ken"));
-        assert_eq!((attempt.chat_id, attempt.message_id), (7, 17));
-        assert_eq!(attempt.telegram_user_id, Some(7));
-        assert_eq!(attempt.reply_id, "entry-1:1");
-        assert!(records.outbox.is_empty(), "no deletion in a private chat");
+        assert!(records.redemption.is_none() && records.outbox.is_empty());
         let redacted = records.redacted_raw.clone().unwrap();
         assert_eq!(
             redacted,
@@ -677,27 +581,42 @@ mod tests {
         assert_eq!(records.event.payload["text"], "/register alice [redacted]");
         let everything = format!("{records:?}");
         assert!(!everything.contains("s3cr3t-T0ken"), "{everything}");
-        let reply = attempt.reply(true);
-        assert_eq!(
-            reply.action,
-            OutboxAction::SendMessage {
-                text: "Registration successful! Welcome alice".into(),
-                reply_to_message_id: Some(17)
-            }
-        );
-        assert!(matches!(attempt.reply(false).action,
-            OutboxAction::SendMessage { text, .. } if text == replies::REGISTRATION_FAILED));
     }
 
     #[test]
-    fn edits_quotes_and_captions_of_a_registration_are_redacted_but_not_acted_on() {
+    fn a_redemption_answers_with_one_of_its_calls() {
+        let call = |id: &str, text: &str| {
+            OutboxMessage::new(
+                id,
+                7,
+                OutboxAction::SendMessage {
+                    text: text.into(),
+                    reply_to_message_id: Some(17),
+                },
+            )
+        };
+        let redemption = Redemption {
+            username: "alice".into(),
+            token_digest: commands::token_digest("s3cr3t-T0ken"),
+            token: commands::TypedSecret::new("s3cr3t-T0ken".into()),
+            telegram_user_id: 7,
+            chat_id: 7,
+            redeemed: call("e:1", "yes"),
+            refused: call("e:2", "no"),
+        };
+        assert_eq!(redemption.answer(true).outbox_id, "e:1");
+        assert_eq!(redemption.answer(false).outbox_id, "e:2");
+        assert!(!format!("{redemption:?}").contains("s3cr3t-T0ken"));
+    }
+
+    #[test]
+    fn edits_quotes_and_captions_of_a_registration_are_redacted() {
         let edited = queued(
             r#"{"update_id":9,"edited_message":{"message_id":17,"date":1,"edit_date":2,
                 "chat":{"id":7,"type":"private"},"from":{"id":7,"is_bot":false,"first_name":"A"},
                 "text":"/register alice s3cr3t-T0ken"}}"#,
         );
         let records = handling().records(&edited, 0).unwrap();
-        assert!(records.registration.is_none() && records.outbox.is_empty());
         assert_eq!(records.event.payload["text"], "/register alice [redacted]");
         assert!(
             !records
@@ -716,7 +635,6 @@ mod tests {
                 "quote":{"text":"/register alice s3cr3t-T0ken","position":0}}}"#,
         );
         let records = handling().records(&reply, 0).unwrap();
-        assert!(records.registration.is_none() && records.outbox.is_empty());
         let raw = records.redacted_raw.clone().unwrap();
         assert_eq!(raw, reply.raw.replace("s3cr3t-T0ken", REDACTED));
         assert!(!format!("{records:?}").contains("s3cr3t-T0ken"));
@@ -731,52 +649,25 @@ mod tests {
         assert!(!raw.contains("tok en"), "{raw}");
         let _: Value = serde_json::from_str(&raw).unwrap();
 
-        let plain = queued(
-            r#"{"update_id":12,"message":{"message_id":1,"date":1,"chat":{"id":1,"type":"private"},
-                "text":"/registered is not /register"}}"#,
-        );
-        assert!(
-            handling()
-                .records(&plain, 0)
-                .unwrap()
-                .redacted_raw
-                .is_none()
-        );
+        for text in [
+            "/registered is not /register",
+            "/register",
+            "/start",
+            "hello /register a b",
+            "register a b",
+            "/register alice [redacted]",
+        ] {
+            let records = handling()
+                .records(&register_update(-1, "group", text), 0)
+                .unwrap();
+            assert!(records.redacted_raw.is_none(), "{text}");
+        }
     }
 
     #[test]
-    fn in_a_group_the_message_carrying_the_token_is_deleted_after_the_answer() {
-        let update = register_update(
-            -100,
-            "supergroup",
-            "/register@botline_bot alice s3cr3t-T0ken",
-        );
-        let records = handling().records(&update, 0).unwrap();
-        assert_eq!(records.registration.unwrap().reply_id, "entry-1:1");
-        assert_eq!(
-            records.outbox,
-            vec![OutboxMessage {
-                outbox_id: "entry-1:2".into(),
-                chat_id: -100,
-                action: OutboxAction::DeleteMessage { message_id: 17 },
-                send_at_ms: None,
-            }]
-        );
-    }
-
-    #[test]
-    fn a_malformed_registration_gets_the_format_and_hides_what_was_typed() {
+    fn a_malformed_registration_hides_everything_that_was_typed() {
         let update = register_update(-5, "group", "/register alice \"tok en\"");
         let records = handling().records(&update, 0).unwrap();
-        assert!(records.registration.is_none());
-        assert_eq!(records.outbox.len(), 2);
-        assert_eq!(
-            records.outbox[0].action,
-            OutboxAction::SendMessage {
-                text: replies::REGISTER_FORMAT.into(),
-                reply_to_message_id: Some(17)
-            }
-        );
         let message = records.message.unwrap();
         assert_eq!(message.text.as_deref(), Some("/register [redacted]"));
         assert!(!message.raw.contains("tok en") && !message.raw.contains("alice"));
@@ -784,31 +675,11 @@ mod tests {
     }
 
     #[test]
-    fn other_commands_and_other_bots_are_left_alone() {
-        let bare = handling()
-            .records(&register_update(7, "private", "/register"), 0)
-            .unwrap();
-        assert_eq!(bare.outbox.len(), 1, "the format answer");
-        assert!(bare.redacted_raw.is_none());
-        for text in ["/start", "hello /register a b", "register a b"] {
-            let records = handling()
-                .records(&register_update(-1, "group", text), 0)
-                .unwrap();
-            assert!(
-                records.outbox.is_empty() && records.registration.is_none(),
-                "{text}"
-            );
-            assert!(records.redacted_raw.is_none(), "{text}");
-        }
-    }
-
-    #[test]
-    fn a_registration_for_another_bot_is_not_acted_on_but_redacted() {
+    fn a_registration_for_another_bot_is_redacted_too() {
         // Whether the bot's username is known or not (issue 21, item 6).
         for handling in [handling(), Handling::default()] {
             let update = register_update(-1, "group", "/register@some_bot alice s3cr3t-T0ken");
             let records = handling.records(&update, 0).unwrap();
-            assert!(records.outbox.is_empty() && records.registration.is_none());
             let raw = records.redacted_raw.clone().expect("redacted");
             assert!(!raw.contains("s3cr3t-T0ken"), "{raw}");
             assert_eq!(
@@ -819,35 +690,9 @@ mod tests {
     }
 
     #[test]
-    fn a_registration_whose_token_was_redacted_is_answered_as_failed() {
-        // A dead letter is redacted; redriven, its token is gone and the user types it again.
-        let update = register_update(-5, "group", "/register alice [redacted]");
-        let records = handling().records(&update, 0).unwrap();
-        assert!(records.registration.is_none());
-        assert!(records.redacted_raw.is_none(), "nothing left to redact");
-        assert_eq!(
-            records.outbox[0].action,
-            OutboxAction::SendMessage {
-                text: replies::REGISTRATION_FAILED.into(),
-                reply_to_message_id: Some(17)
-            }
-        );
-        assert_eq!(
-            records.outbox[1].action,
-            OutboxAction::DeleteMessage { message_id: 17 }
-        );
-        // A malformed attempt redacted as a whole still gets the format.
-        let update = register_update(7, "private", "/register [redacted]");
-        let records = handling().records(&update, 0).unwrap();
-        assert!(matches!(&records.outbox[0].action,
-            OutboxAction::SendMessage { text, .. } if text == replies::REGISTER_FORMAT));
-    }
-
-    #[test]
     fn a_token_in_a_body_escaped_like_the_bot_api_is_still_found() {
         let body = r#"{"update_id":91,"message":{"message_id":3,"date":1,"chat":{"id":7,"type":"private"},"from":{"id":7,"first_name":"\u0410nn"},"text":"\/register alice s3cr3t-T0ken"}}"#;
         let records = handling().records(&queued(body), 0).unwrap();
-        assert!(records.registration.is_some());
         assert_eq!(
             records.redacted_raw.unwrap(),
             body.replace("s3cr3t-T0ken", REDACTED)

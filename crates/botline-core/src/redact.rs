@@ -20,8 +20,6 @@ pub(crate) struct Redacted {
     pub body: Value,
     /// The raw body, redacted: `None` when it held no secret.
     pub raw: Option<String>,
-    /// The well-formed tokens that were found (secrets: never to print).
-    pub tokens: Vec<String>,
 }
 
 /// `raw` with every secret a user typed in it replaced by [`REDACTED`], or `None` when it holds
@@ -36,11 +34,7 @@ pub fn redact_typed_secrets(raw: &str) -> Option<String> {
 
 /// Redacts an update's body: see the module docs.
 pub(crate) fn redact(raw: &str) -> Result<Redacted, serde_json::Error> {
-    redact_parsed(raw, serde_json::from_str(raw)?)
-}
-
-/// Redacts an update's body, `body` being `raw` parsed.
-pub(crate) fn redact_parsed(raw: &str, mut body: Value) -> Result<Redacted, serde_json::Error> {
+    let mut body: Value = serde_json::from_str(raw)?;
     let mut found = Found::default();
     redact_registrations(&mut body, &mut found);
     // A token also typed elsewhere in the update (a quoted message that is not a command, a
@@ -52,7 +46,6 @@ pub(crate) fn redact_parsed(raw: &str, mut body: Value) -> Result<Redacted, serd
     Ok(Redacted {
         body,
         raw: redacted_raw,
-        tokens: found.tokens,
     })
 }
 

@@ -17,11 +17,13 @@
 //! ```
 
 use crate::backend::{Applied, Backend, BackendError, Enqueued, Failed, MessageQuery, QueueConfig};
-use crate::commands::{replies, token_digest};
-use crate::records::{
-    Handling, OutboxAction, OutboxMessage, Records, SessionChange, SessionRecord, build_records,
+use crate::commands::{
+    RegisterDecision, TypedSecret, decide_register, register_args, token_digest,
 };
-use crate::{Delivery, InboundUpdate, RetryPolicy, UpdateId, clock};
+use crate::records::{
+    OutboxAction, OutboxMessage, Records, Redemption, SessionChange, SessionRecord, build_records,
+};
+use crate::{Delivery, InboundUpdate, QueuedUpdate, RetryPolicy, UpdateId, clock};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -56,7 +58,7 @@ macro_rules! backend_suite {
             events_are_queryable_by_user_and_time,
             messages_filter_and_page,
             sessions_expire,
-            a_registration_token_is_redeemed_once,
+            a_token_is_redeemed_once_and_answered_first,
             outbox_calls_go_out_once_in_order_per_chat,
             any_bot_api_call_is_kept_as_written,
             a_delayed_call_waits_for_its_time_and_holds_up_nothing,
@@ -487,12 +489,13 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!delivery.update.raw.contains(token));
-    let records = Handling::default()
-        .records(&delivery.update, clock::now_ms())
-        .unwrap();
-    assert!(records.registration.is_none(), "no token left to check");
-    assert!(matches!(&records.outbox[0].action,
-        OutboxAction::SendMessage { text, .. } if text == replies::REGISTRATION_FAILED));
+    let body: serde_json::Value = serde_json::from_str(&delivery.update.raw).unwrap();
+    let args = register_args(body["message"]["text"].as_str().unwrap(), None).unwrap();
+    assert_eq!(
+        decide_register(args, args),
+        RegisterDecision::TokenGone,
+        "no token left to check: the user is asked to type it again"
+    );
 }
 
 fn ids_of(dead: &[crate::DeadLetter]) -> Vec<i64> {
@@ -884,17 +887,67 @@ where
     assert_eq!(backend.session("s-other").await.unwrap(), None);
 }
 
+/// The text of the first call of [`outbox_calls_go_out_once_in_order_per_chat`].
+const FORMAT: &str = "Please use format: /start";
+
 /// A `/register` message from user 1000 + |chat| in `chat`.
 pub fn register_update(update_id: i64, chat: i64, args: &str) -> InboundUpdate {
     message_update(update_id, chat, update_id, &format!("/register {args}"))
 }
 
-async fn apply_with<B: Backend>(backend: &B, delivery: &Delivery, handling: &Handling) -> Records {
-    let records = handling
-        .records(&delivery.update, clock::now_ms())
-        .expect("records");
+/// The records of `update` with `calls` (an action and a chat each) as its handler's effects.
+pub fn records_with_calls(update: &QueuedUpdate, calls: &[(OutboxAction, i64)]) -> Records {
+    let mut records = build_records(update, clock::now_ms()).expect("records");
+    for (n, (action, chat)) in calls.iter().enumerate() {
+        records.outbox.push(OutboxMessage::new(
+            format!("{}:{}", update.entry_id, n + 1),
+            *chat,
+            action.clone(),
+        ));
+    }
+    records
+}
+
+/// The records of `update` (a message of `user` in `chat`) with its handler redeeming `token`
+/// for `username`: answered `hi <username>` or `refused`.
+pub fn records_redeeming(
+    update: &QueuedUpdate,
+    user: i64,
+    chat: i64,
+    username: &str,
+    token: &str,
+) -> Records {
+    let mut records = build_records(update, clock::now_ms()).expect("records");
+    let answer =
+        |said: String| OutboxMessage::new(format!("{}:0", update.entry_id), chat, text(&said));
+    records.redemption = Some(Redemption {
+        username: username.to_owned(),
+        token_digest: token_digest(token),
+        token: TypedSecret::new(token.to_owned()),
+        telegram_user_id: user,
+        chat_id: chat,
+        redeemed: answer(format!("hi {username}")),
+        refused: answer("refused".to_owned()),
+    });
+    records
+}
+
+/// [`records_with_calls`], applied.
+async fn apply_with_calls<B: Backend>(
+    backend: &B,
+    delivery: &Delivery,
+    calls: &[(OutboxAction, i64)],
+) -> Records {
+    let records = records_with_calls(&delivery.update, calls);
     backend.apply(delivery, &records).await.expect("apply");
     records
+}
+
+fn text(text: &str) -> OutboxAction {
+    OutboxAction::SendMessage {
+        text: text.to_owned(),
+        reply_to_message_id: None,
+    }
 }
 
 fn sent_text(action: &OutboxAction) -> &str {
@@ -908,13 +961,17 @@ fn sent_text(action: &OutboxAction) -> &str {
     }
 }
 
-pub async fn a_registration_token_is_redeemed_once<B: Backend, F, Fut>(make: F, config: QueueConfig)
-where
+/// A handler's token redemption: the token is redeemed once, by the username it was issued
+/// for, before it expires; the call for the outcome is written before the update's other calls,
+/// once however often the update is applied.
+pub async fn a_token_is_redeemed_once_and_answered_first<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
     F: Fn(QueueConfig) -> Fut,
     Fut: Future<Output = B>,
 {
     let backend = fresh(&make, config).await;
-    let handling = Handling::default();
     let token = "s3cr3t-T0ken-1";
     let far = clock::now_ms() + 3_600_000;
     backend
@@ -927,18 +984,28 @@ where
         .unwrap();
 
     let attempts = [
-        (200, format!("alice {token}")),
-        (201, format!("alice {token}")),
-        (202, "bob expired-T0ken".to_owned()),
-        (203, format!("mallory {token}")),
-        (204, "alice".to_owned()),
+        (200, "alice", token),
+        (201, "alice", token),
+        (202, "bob", "expired-T0ken"),
+        (203, "mallory", token),
     ];
-    for (id, args) in &attempts {
-        enqueue(&backend, &register_update(*id, 9, args)).await;
+    for (id, username, typed) in attempts {
+        enqueue(
+            &backend,
+            &register_update(id, 9, &format!("{username} {typed}")),
+        )
+        .await;
         let delivery = receive(&backend, 1).await.remove(0);
-        apply_with(&backend, &delivery, &handling).await;
-        // A retried update answers nothing new.
-        apply_with(&backend, &delivery, &handling).await;
+        let entry = &delivery.update.entry_id;
+        let mut records = records_redeeming(&delivery.update, 1009, 9, username, typed);
+        records.outbox.push(OutboxMessage::new(
+            format!("{entry}:2"),
+            9,
+            text(&format!("after {id}")),
+        ));
+        backend.apply(&delivery, &records).await.expect("apply");
+        // A retried update redeems and answers nothing new.
+        backend.apply(&delivery, &records).await.expect("apply");
     }
     let mut answers = Vec::new();
     loop {
@@ -957,17 +1024,17 @@ where
                 .unwrap();
         }
     }
-    assert_eq!(
-        answers,
-        vec![
-            (200, replies::registered("alice")),
-            (201, replies::REGISTRATION_FAILED.to_owned()),
-            (202, replies::REGISTRATION_FAILED.to_owned()),
-            (203, replies::REGISTRATION_FAILED.to_owned()),
-            (204, replies::REGISTER_FORMAT.to_owned()),
-        ],
-        "one answer per update, in order"
-    );
+    let mut expected = Vec::new();
+    for (id, answer) in [
+        (200, "hi alice"),
+        (201, "refused"),
+        (202, "refused"),
+        (203, "refused"),
+    ] {
+        expected.push((id, answer.to_owned()));
+        expected.push((id, format!("after {id}")));
+    }
+    assert_eq!(answers, expected, "one answer per update, first, in order");
     let stored = backend
         .messages(&MessageQuery {
             limit: 10,
@@ -997,13 +1064,18 @@ pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(
     Fut: Future<Output = B>,
 {
     let backend = fresh(&make, config).await;
-    let handling = Handling::default();
-    // Malformed registrations in a group: an answer, then the deletion of the message.
-    enqueue(&backend, &register_update(300, -50, "only-one-word")).await;
-    enqueue(&backend, &register_update(301, -51, "x")).await;
+    // In two groups: an answer, then the deletion of the message answered.
+    enqueue(&backend, &message_update(300, -50, 300, "/start")).await;
+    enqueue(&backend, &message_update(301, -51, 301, "/start")).await;
     for delivery in receive(&backend, 10).await {
-        apply_with(&backend, &delivery, &handling).await;
-        apply_with(&backend, &delivery, &handling).await;
+        let chat = delivery.update.order_key.chat().expect("a chat").0;
+        let message_id = delivery.update.update_id.0;
+        let calls = [
+            (text(FORMAT), chat),
+            (OutboxAction::DeleteMessage { message_id }, chat),
+        ];
+        apply_with_calls(&backend, &delivery, &calls).await;
+        apply_with_calls(&backend, &delivery, &calls).await;
     }
     assert_eq!(
         backend.outbox_stats().await.unwrap().pending,
@@ -1014,11 +1086,7 @@ pub async fn outbox_calls_go_out_once_in_order_per_chat<B: Backend, F, Fut>(
     let lease = Duration::from_millis(400);
     let first = backend.due_calls(10, lease).await.unwrap();
     assert_eq!(first.len(), 2, "one call per chat at a time");
-    assert!(
-        first
-            .iter()
-            .all(|c| sent_text(&c.call.action) == replies::REGISTER_FORMAT)
-    );
+    assert!(first.iter().all(|c| sent_text(&c.call.action) == FORMAT));
     assert!(first.iter().all(|c| c.attempt == 1));
     assert!(
         backend.due_calls(10, lease).await.unwrap().is_empty(),

@@ -1,6 +1,7 @@
 //! What fuzzing (`fuzz/`, `scripts/fuzz.sh`) found in botline-core, replayed as plain tests so
 //! that CI runs them.
 
+use botline_core::commands::{RegisterDecision, decide_register, register_args};
 use botline_core::{Handling, InboundUpdate, InvalidUpdate, QueuedUpdate};
 use serde_json::Value;
 
@@ -26,25 +27,19 @@ fn a_registration_token_found_elsewhere_in_the_body_leaves_it_json_and_secret() 
     let handling = Handling {
         bot_username: Some("botline_bot".to_owned()),
     };
-    let mut bodies: Vec<String> = ["17145648", "1714564800", "message_id", "first_name"]
+    let mut bodies: Vec<(String, &str)> = ["17145648", "1714564800", "message_id", "first_name"]
         .into_iter()
-        .map(register_with_token)
+        .map(|token| (register_with_token(token), token))
         .collect();
     // As the fuzzer found it (minimized by hand): the token also stands in a text that is not a
     // `/register` command.
-    bodies.push(
+    bodies.push((
         r#"{"update_id":91,"message":{"message_id":18,"date":1,"chat":{"id":7,"type":"private"},"text":"/register alice s3cr3t-T0ken","reply_to_message":{"message_id":17,"date":1,"chat":{"id":7,"type":"private"},"text":"my token is s3cr3t-T0ken"}}}"#.to_owned(),
-    );
-    for body in &bodies {
+        "s3cr3t-T0ken",
+    ));
+    for (body, token) in &bodies {
         let original: Value = serde_json::from_str(body).unwrap();
         let records = handling.records(&queued(body), 0).expect("records");
-        let token = records
-            .registration
-            .as_ref()
-            .expect("a registration")
-            .token
-            .expose()
-            .to_owned();
         let redacted = records
             .redacted_raw
             .clone()
@@ -69,7 +64,7 @@ fn a_registration_token_found_elsewhere_in_the_body_leaves_it_json_and_secret() 
         let mut strings = Vec::new();
         collect_strings(&value, &mut strings);
         assert!(
-            strings.iter().all(|s| !s.contains(&token)),
+            strings.iter().all(|s| !s.contains(token)),
             "{token:?} left in a string: {redacted}"
         );
         let message = records.message.as_ref().expect("the message is stored");
@@ -177,9 +172,10 @@ fn a_key_reserved_by_the_json_reader_is_refused_wherever_it_stands() {
 /// Finding 4 (update_parser, 2026-12-04): a `/register` whose username contains its token
 /// (`alicelas3cr3tUT0kennguage_c s3cr3tUT0ken`). The token was redacted from the texts, but the
 /// registration attempt kept the username, token and all, for the store and for the reply
-/// ("Registration successful! Welcome <username>"). Such a registration is now malformed: the whole argument text is
-/// redacted and the answer is the format reply. The same holds for a username holding a token
-/// typed elsewhere in the update (a quoted `/register`).
+/// ("Registration successful! Welcome <username>"). Such a registration is now malformed: the
+/// whole argument text is redacted and the answer is the format reply. The same holds for a
+/// username holding a token typed elsewhere in the update (a quoted `/register`): the built-in
+/// `/register` decides from the arguments as typed and as stored ([`decide_register`]).
 #[test]
 fn a_username_holding_a_token_is_not_a_registration() {
     let handling = Handling {
@@ -187,30 +183,32 @@ fn a_username_holding_a_token_is_not_a_registration() {
     };
     let found = r#"{"update_id":70003,"message":{"message_id":57,"from":{"guage_code":"en"},"chat":{"id":-803464400080,"text":"/register@bot!lin=_bot alice ss3cr3tAT0ken#3cr3tUT0ken","all_members_are_admini(strators":true},"date":1732200040,"text":"/register@botline_bot alicelas3cr3tUT0kennguage_c s3cr3tUT0ken","entities":[{"offype":"bot_comusmand"}]}}"#;
     let quoted = r#"{"update_id":70004,"message":{"message_id":58,"date":1,"chat":{"id":7,"type":"private"},"from":{"id":7,"is_bot":false,"first_name":"Ann"},"text":"/register ann_0ther-T0ken_x own-T0ken-1","reply_to_message":{"message_id":50,"date":1,"chat":{"id":7,"type":"private"},"text":"/register bob 0ther-T0ken"}}}"#;
-    for (body, tokens) in [
-        (found, &["s3cr3tUT0ken"][..]),
-        (quoted, &["0ther-T0ken", "own-T0ken-1"][..]),
+    let plain = register_with_token("s3cr3t-T0ken");
+    for (body, tokens, registers) in [
+        (found, &["s3cr3tUT0ken"][..], false),
+        (quoted, &["0ther-T0ken", "own-T0ken-1"][..], false),
+        (plain.as_str(), &["s3cr3t-T0ken"][..], true),
     ] {
         let records = handling.records(&queued(body), 0).expect("records");
-        assert!(records.registration.is_none(), "{records:?}");
-        let [reply, ..] = &records.outbox[..] else {
-            panic!("an answer: {records:?}");
-        };
-        assert_eq!(
-            serde_json::to_value(&reply.action).unwrap()["text"],
-            "Please use format: /register [username] [token]"
-        );
         let shown = format!("{records:?}");
         for token in tokens {
             assert!(!shown.contains(token), "{token} in {shown}");
         }
+        let args = |body: &str| {
+            let value: Value = serde_json::from_str(body).unwrap();
+            let text = value["message"]["text"].as_str().unwrap().to_owned();
+            register_args(&text, Some("botline_bot"))
+                .unwrap()
+                .to_owned()
+        };
+        let stored = records.redacted_raw.as_deref().expect("redacted");
+        let decision = decide_register(&args(body), &args(stored));
+        match decision {
+            RegisterDecision::Attempt(registration) => {
+                assert!(registers, "{body}");
+                assert_eq!(registration.username, "alice");
+            }
+            other => assert!(!registers && other == RegisterDecision::Malformed, "{body}"),
+        }
     }
-    // A registration whose username holds no token is still one.
-    let records = handling
-        .records(&queued(&register_with_token("s3cr3t-T0ken")), 0)
-        .expect("records");
-    assert_eq!(
-        records.registration.expect("a registration").username,
-        "alice"
-    );
 }

@@ -228,7 +228,7 @@ async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(),
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed
-/// registration token and the registration, the outbox calls, the sessions.
+/// registration token, the registration and its answer, the outbox calls, the sessions.
 async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(), Fault> {
     let now = clock::now_ms();
     if let Some(raw) = &records.redacted_raw {
@@ -239,41 +239,36 @@ async fn write_outcome(conn: &mut PgConnection, records: &Records) -> Result<(),
             .await?;
     }
     let mut calls: Vec<OutboxMessage> = Vec::with_capacity(records.outbox.len() + 1);
-    if let Some(attempt) = &records.registration {
-        let registered = match attempt.telegram_user_id {
-            Some(user) => {
-                let redeemed = sqlx::query(
-                    "UPDATE registration_tokens SET used_at = $4, used_by = $3
-                     WHERE token_digest = $1 AND username = $2 AND used_at IS NULL
-                       AND expires_at > $4",
-                )
-                .bind(&attempt.token_digest)
-                .bind(text(&attempt.username))
-                .bind(user)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                if redeemed {
-                    sqlx::query(
-                        "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
-                         VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
-                             chat_id = excluded.chat_id, registered_at = excluded.registered_at",
-                    )
-                    .bind(user)
-                    .bind(text(&attempt.username))
-                    .bind(attempt.chat_id)
-                    .bind(clock::iso8601(now))
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                redeemed
-            }
-            None => false,
-        };
-        calls.push(attempt.reply(registered));
+    if let Some(redemption) = &records.redemption {
+        let user = redemption.telegram_user_id;
+        let redeemed = sqlx::query(
+            "UPDATE registration_tokens SET used_at = $4, used_by = $3
+             WHERE token_digest = $1 AND username = $2 AND used_at IS NULL
+               AND expires_at > $4",
+        )
+        .bind(&redemption.token_digest)
+        .bind(text(&redemption.username))
+        .bind(user)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if redeemed {
+            sqlx::query(
+                "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
+                     chat_id = excluded.chat_id, registered_at = excluded.registered_at",
+            )
+            .bind(user)
+            .bind(text(&redemption.username))
+            .bind(redemption.chat_id)
+            .bind(clock::iso8601(now))
+            .execute(&mut *conn)
+            .await?;
+        }
+        calls.push(redemption.answer(redeemed).clone());
     }
     calls.extend(records.outbox.iter().cloned());
     // One at a time, in order: (`created_at`, `seq`) orders a chat's calls. A delayed call is

@@ -4,9 +4,11 @@
 
 mod common;
 
-use botline_core::testsuite::{message_update, register_update, suite_config};
+use botline_core::testsuite::{
+    message_update, records_redeeming, records_with_calls, register_update, suite_config,
+};
 use botline_core::{
-    Applied, BackendError, Enqueued, Failed, Handling, Outbox, OutboxAction, OutboxMessage, Queue,
+    Applied, BackendError, Enqueued, Failed, Outbox, OutboxAction, OutboxMessage, Queue,
     QueueConfig, SessionChange, SessionRecord, Sessions, Store, build_records, clock,
     commands::token_digest,
 };
@@ -377,8 +379,7 @@ async fn concurrent_applies_of_one_update_write_once_and_redeem_once() {
     let second = b.receive(1).await.unwrap().remove(0);
     assert_eq!(second.attempt, 2);
 
-    let handling = Handling::default();
-    let records = handling.records(&first.update, clock::now_ms()).unwrap();
+    let records = records_redeeming(&first.update, 1009, 9, "alice", token);
     let (at_a, at_b) = tokio::join!(a.apply(&first, &records), b.apply(&second, &records));
     let mut applied = [at_a.unwrap(), at_b.unwrap()];
     applied.sort_by_key(|applied| *applied == Applied::AlreadyDone);
@@ -519,15 +520,19 @@ async fn a_nul_character_in_a_message_is_stored_not_refused() {
 async fn an_outbox_chat_another_instance_is_sending_from_is_skipped() {
     let db = TestDb::new().await;
     let backend = db.backend(suite_config()).await;
-    let handling = Handling::default();
     for (id, chat) in [(300, -50), (301, 51)] {
         backend
-            .enqueue(&register_update(id, chat, "only-one-word"))
+            .enqueue(&message_update(id, chat, id, "/start"))
             .await
             .unwrap();
     }
     for delivery in backend.receive(10).await.unwrap() {
-        let records = handling.records(&delivery.update, clock::now_ms()).unwrap();
+        let chat = delivery.update.order_key.chat().unwrap().0;
+        let answer = OutboxAction::SendMessage {
+            text: "hi".into(),
+            reply_to_message_id: None,
+        };
+        let records = records_with_calls(&delivery.update, &[(answer, chat)]);
         backend.apply(&delivery, &records).await.unwrap();
     }
     let mut other = db.conn().await;

@@ -922,7 +922,7 @@ fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed
-/// registration token, the outbox calls, the sessions.
+/// registration token and its answer, the outbox calls, the sessions.
 fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
     let now = clock::now_ms();
     if let Some(raw) = &records.redacted_raw {
@@ -930,30 +930,35 @@ fn write_outcome(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
             .execute(params![records.update_id.0, raw])?;
     }
     let mut calls: Vec<OutboxMessage> = Vec::with_capacity(records.outbox.len() + 1);
-    if let Some(attempt) = &records.registration {
-        let registered = match attempt.telegram_user_id {
-            Some(user) => {
-                let redeemed = conn
-                    .prepare_cached(
-                        "UPDATE registration_tokens SET used_at = ?4, used_by = ?3
-                         WHERE token_digest = ?1 AND username = ?2 AND used_at IS NULL
-                           AND expires_at > ?4",
-                    )?
-                    .execute(params![attempt.token_digest, attempt.username, user, now])?;
-                if redeemed == 1 {
-                    conn.prepare_cached(
-                        "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
-                         VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
-                             chat_id = excluded.chat_id, registered_at = excluded.registered_at",
-                    )?
-                    .execute(params![user, attempt.username, attempt.chat_id, clock::iso8601(now)])?;
-                }
-                redeemed == 1
-            }
-            None => false,
-        };
-        calls.push(attempt.reply(registered));
+    if let Some(redemption) = &records.redemption {
+        let user = redemption.telegram_user_id;
+        let redeemed =
+            conn.prepare_cached(
+                "UPDATE registration_tokens SET used_at = ?4, used_by = ?3
+                 WHERE token_digest = ?1 AND username = ?2 AND used_at IS NULL
+                   AND expires_at > ?4",
+            )?
+            .execute(params![
+                redemption.token_digest,
+                redemption.username,
+                user,
+                now
+            ])? == 1;
+        if redeemed {
+            conn.prepare_cached(
+                "INSERT INTO registrations (telegram_user_id, username, chat_id, registered_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (telegram_user_id) DO UPDATE SET username = excluded.username,
+                     chat_id = excluded.chat_id, registered_at = excluded.registered_at",
+            )?
+            .execute(params![
+                user,
+                redemption.username,
+                redemption.chat_id,
+                clock::iso8601(now)
+            ])?;
+        }
+        calls.push(redemption.answer(redeemed).clone());
     }
     calls.extend(records.outbox.iter().cloned());
     for call in calls {

@@ -22,10 +22,11 @@
 //! elsewhere (an LLM, another database) is at least once, and [`Context::update_id`] is the key
 //! to make those calls idempotent.
 
-use botline_core::commands::Command;
+use botline_core::commands::{Command, TypedSecret, token_digest};
 use botline_core::update::KNOWN_KINDS;
 use botline_core::{
-    OutboxAction, OutboxMessage, QueuedUpdate, SessionChange, SessionRecord, UserId, clock,
+    OutboxAction, OutboxMessage, QueuedUpdate, Redemption, SessionChange, SessionRecord, UserId,
+    clock,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,7 +34,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -148,23 +149,20 @@ impl Filter {
         }
     }
 
-    fn matches(&self, update: &Incoming) -> bool {
-        if self.unknown_kinds && KNOWN_KINDS.contains(&update.kind.as_str()) {
+    fn matches(&self, update: &Probe<'_>) -> bool {
+        if self.unknown_kinds && KNOWN_KINDS.contains(&update.kind) {
             return false;
         }
-        if self.kind.as_ref().is_some_and(|kind| *kind != update.kind) {
+        if self.kind.as_ref().is_some_and(|kind| kind != update.kind) {
             return false;
         }
         if let Some(chat_type) = &self.chat_type
-            && update.chat_type.as_deref() != Some(chat_type.as_str())
+            && update.chat_type != Some(chat_type.as_str())
         {
             return false;
         }
         if let Some(prefix) = &self.text_prefix
-            && !update
-                .text
-                .as_deref()
-                .is_some_and(|t| t.starts_with(prefix))
+            && !update.text.is_some_and(|t| t.starts_with(prefix))
         {
             return false;
         }
@@ -220,8 +218,15 @@ impl Bot {
     /// How long a session lives after its last write, unless the bot says otherwise.
     pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-    /// A bot with no handlers (Botline's built-in records and `/register` only).
+    /// A bot with Botline's built-in handler, `/register` ([`crate::register`]); add yours
+    /// after it. A command of your own named `register` replaces it.
     pub fn new() -> Self {
+        Self::empty().command("register", crate::register::register)
+    }
+
+    /// A bot with no handlers at all, not even the built-in `/register`: every update is
+    /// stored, and nothing answers.
+    pub fn empty() -> Self {
         Self {
             routes: Arc::new(Vec::new()),
             session_ttl: Self::DEFAULT_SESSION_TTL,
@@ -237,12 +242,16 @@ impl Bot {
     }
 
     /// `/name` (any case), `/name@thisbot` and their arguments ([`Context::args`]), in a
-    /// message.
-    pub fn command(self, name: &str, handler: impl Handler) -> Self {
-        self.route(
-            Matcher::Command(name.trim_start_matches('/').to_owned()),
-            handler,
-        )
+    /// message. A command added again under the same name replaces the earlier handler, in its
+    /// place (so a bot can take over the built-in `/register`).
+    pub fn command(mut self, name: &str, handler: impl Handler) -> Self {
+        let name = name.trim_start_matches('/').to_owned();
+        let same = |route: &Route| matches!(&route.matcher, Matcher::Command(other) if other.eq_ignore_ascii_case(&name));
+        if let Some(route) = Arc::make_mut(&mut self.routes).iter_mut().find(|r| same(r)) {
+            route.handler = Arc::new(handler);
+            return self;
+        }
+        self.route(Matcher::Command(name), handler)
     }
 
     /// Updates that `filter` takes.
@@ -288,7 +297,7 @@ impl Bot {
         }
     }
 
-    /// Whether the bot has handlers of its own.
+    /// Whether the bot has no handlers, not even the built-in ones.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -300,39 +309,49 @@ impl Bot {
     }
 
     /// The handler for `update`, if any takes it.
-    fn handler_for(&self, update: &Incoming, bot_username: Option<&str>) -> Option<&Route> {
+    fn handler_for(&self, update: &Probe<'_>, bot_username: Option<&str>) -> Option<&Route> {
         self.routes.iter().find(|route| match &route.matcher {
-            Matcher::Command(name) => update.command.as_ref().is_some_and(|(command, _)| {
-                Command::parse(command).is_some_and(|c| c.is(name) && c.is_for(bot_username))
-            }),
+            Matcher::Command(name) => update
+                .command
+                .is_some_and(|command| command.is(name) && command.is_for(bot_username)),
             Matcher::Filter(filter) => filter.matches(update),
         })
     }
 
     /// Runs the handler that takes `update`, if any, and returns the effects it recorded.
-    /// `backend` reads the session when the handler asks for it.
+    /// `update` is the update as stored (secrets a user typed redacted) and `payload` its
+    /// kind's object, parsed; `typed` is the update as received when it differs (a secret was
+    /// redacted), for [`Context::args_as_typed`]. `backend` reads the session when the handler
+    /// asks for it.
     pub(crate) async fn handle(
         &self,
-        update: &QueuedUpdate,
+        seen: Seen<'_>,
         attempt: u32,
         bot_username: Option<&str>,
         sessions: Arc<dyn botline_core::Backend>,
     ) -> Result<Effects, HandlerError> {
-        let Ok(raw) = serde_json::from_str::<Value>(&update.raw) else {
-            return Ok(Effects::default());
-        };
-        let mut incoming = Incoming::read(update, raw);
-        let Some(route) = self.handler_for(&incoming, bot_username) else {
+        let Seen {
+            update,
+            payload,
+            typed,
+        } = seen;
+        let probe = Probe::read(update.kind.as_str(), payload);
+        let Some(route) = self.handler_for(&probe, bot_username) else {
             return Ok(Effects::default());
         };
         let handler = Arc::clone(&route.handler);
-        // Typed only for an update a handler takes: most updates of a busy bot match none.
-        incoming.typed = Incoming::typed(&incoming.raw);
+        let typed_args = typed.and_then(|typed| {
+            let raw: Value = serde_json::from_str(&typed.raw).ok()?;
+            let text = raw.get(typed.kind.as_str())?.get("text")?.as_str()?;
+            Some(Command::parse(text)?.args.to_owned())
+        });
+        let incoming = Incoming::read(update, probe, payload);
         let effects = Arc::new(Mutex::new(Effects::default()));
         let cx = Context {
             inner: Arc::new(Inner {
                 incoming,
                 body: update.raw.clone(),
+                typed_args,
                 attempt,
                 bot_username: bot_username.map(str::to_owned),
                 entry_id: update.entry_id.clone(),
@@ -353,6 +372,17 @@ impl Bot {
     }
 }
 
+/// An update as a handler sees it ([`Bot::handle`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen<'a> {
+    /// As stored: with the secrets a user typed redacted.
+    pub update: &'a QueuedUpdate,
+    /// The object of the update's kind, as stored, parsed.
+    pub payload: &'a Value,
+    /// As received, when that differs from `update`.
+    pub typed: Option<&'a QueuedUpdate>,
+}
+
 fn lock(effects: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
     effects
         .lock()
@@ -364,87 +394,141 @@ fn lock(effects: &Mutex<Effects>) -> std::sync::MutexGuard<'_, Effects> {
 pub(crate) struct Effects {
     calls: Vec<(OutboxAction, i64, Option<i64>)>,
     session: Option<SessionChange>,
+    redemption: Option<PendingRedemption>,
+}
+
+/// A token to redeem ([`Context::redeem_token`]), and the texts that answer it.
+#[derive(Debug)]
+struct PendingRedemption {
+    username: String,
+    token: TypedSecret,
+    telegram_user_id: i64,
+    chat_id: i64,
+    message_id: Option<i64>,
+    redeemed: String,
+    refused: String,
 }
 
 impl Effects {
-    /// Into the update's records: calls with ids derived from the queue entry (`<entry>:h<n>`),
-    /// so a retried update writes the same ids and nothing twice.
+    /// Into the update's records: calls with ids derived from the queue entry (`<entry>:h0001`
+    /// on, a redemption's answer `<entry>:h0000`), so a retried update writes the same ids and
+    /// nothing twice. The number is zero-padded: the embedded store orders a chat's calls made
+    /// at the same millisecond by id, and `h10` would go out before `h2`.
     pub(crate) fn into_records(self, entry_id: &str, records: &mut botline_core::Records) {
         for (n, (action, chat_id, send_at)) in self.calls.into_iter().enumerate() {
-            let call = OutboxMessage::new(format!("{entry_id}:h{}", n + 1), chat_id, action);
+            let call = OutboxMessage::new(format!("{entry_id}:h{:04}", n + 1), chat_id, action);
             records.outbox.push(match send_at {
                 Some(at) => call.at(at),
                 None => call,
             });
         }
         records.sessions.extend(self.session);
+        records.redemption = self.redemption.map(|pending| {
+            let answer = |text: String| {
+                OutboxMessage::new(
+                    format!("{entry_id}:h0000"),
+                    pending.chat_id,
+                    OutboxAction::SendMessage {
+                        text,
+                        reply_to_message_id: pending.message_id,
+                    },
+                )
+            };
+            Redemption {
+                token_digest: token_digest(pending.token.expose()),
+                token: pending.token,
+                telegram_user_id: pending.telegram_user_id,
+                chat_id: pending.chat_id,
+                redeemed: answer(pending.redeemed),
+                refused: answer(pending.refused),
+                username: pending.username,
+            }
+        });
     }
 }
 
-/// An update as the router reads it.
+/// What routing reads of an update, borrowed from its payload: most updates of a busy bot
+/// match no handler and are read no further.
+#[derive(Debug, Clone, Copy)]
+struct Probe<'a> {
+    kind: &'a str,
+    chat_type: Option<&'a str>,
+    /// The text, or the caption.
+    text: Option<&'a str>,
+    /// A message's command.
+    command: Option<Command<'a>>,
+}
+
+impl<'a> Probe<'a> {
+    fn read(kind: &'a str, payload: &'a Value) -> Self {
+        let chat = chat_of(payload);
+        let text = ["text", "caption"]
+            .iter()
+            .find_map(|field| payload.get(*field)?.as_str());
+        let command = (kind == "message")
+            .then(|| Command::parse(payload.get("text")?.as_str()?))
+            .flatten();
+        Self {
+            kind,
+            chat_type: chat.and_then(|c| c.get("type")?.as_str()),
+            text,
+            command,
+        }
+    }
+}
+
+/// The chat an update's object is in (a callback query's: its message's).
+fn chat_of(payload: &Value) -> Option<&Value> {
+    message_of(payload)?.get("chat")
+}
+
+/// The message an update's object is or carries (a callback query's message).
+fn message_of(payload: &Value) -> Option<&Value> {
+    if payload.get("chat").is_some() {
+        Some(payload)
+    } else {
+        payload.get("message")
+    }
+}
+
+/// An update a handler takes, as its [`Context`] gives it.
 #[derive(Debug)]
 struct Incoming {
     update_id: i64,
     kind: String,
-    raw: Value,
+    /// The whole update, parsed when a handler asks ([`Context::raw`]).
+    raw: OnceLock<Value>,
     /// The object of the update's kind (`update.message`, …).
     payload: Value,
     chat_id: Option<i64>,
     chat_type: Option<String>,
     sender: Option<frankenstein::types::User>,
     text: Option<String>,
-    /// The message's text when it is a command: (text, its arguments).
-    command: Option<(String, String)>,
+    /// A message's command's arguments.
+    args: Option<String>,
     message_id: Option<i64>,
     typed: Option<frankenstein::updates::Update>,
 }
 
 impl Incoming {
-    /// The update as frankenstein's types read it; `None` for a kind or field they do not know.
-    fn typed(raw: &Value) -> Option<frankenstein::updates::Update> {
-        serde_json::from_value(raw.clone()).ok()
-    }
-
-    /// What routing needs of an update; [`Incoming::typed`] is filled in once a handler takes
-    /// it.
-    fn read(update: &QueuedUpdate, raw: Value) -> Self {
-        let kind = update.kind.as_str().to_owned();
-        let payload = raw.get(&kind).cloned().unwrap_or(Value::Null);
-        let message = if payload.get("chat").is_some() {
-            Some(&payload)
-        } else {
-            // A callback query's chat is its message's.
-            payload.get("message")
-        };
-        let chat = message.and_then(|m| m.get("chat"));
-        let text = ["text", "caption"]
-            .iter()
-            .find_map(|field| payload.get(*field)?.as_str())
-            .map(str::to_owned);
-        let command = (kind == "message")
-            .then(|| {
-                let text = payload.get("text")?.as_str()?;
-                let command = Command::parse(text)?;
-                Some((text.to_owned(), command.args.to_owned()))
-            })
-            .flatten();
+    fn read(update: &QueuedUpdate, probe: Probe<'_>, payload: &Value) -> Self {
+        let message = message_of(payload);
         let sender = ["from", "user"]
             .iter()
             .find_map(|field| serde_json::from_value(payload.get(*field)?.clone()).ok());
         Self {
             update_id: update.update_id.0,
-            chat_id: chat.and_then(|c| c.get("id")?.as_i64()),
-            chat_type: chat
-                .and_then(|c| c.get("type")?.as_str())
-                .map(str::to_owned),
+            kind: probe.kind.to_owned(),
+            raw: OnceLock::new(),
+            chat_id: chat_of(payload).and_then(|c| c.get("id")?.as_i64()),
+            chat_type: probe.chat_type.map(str::to_owned),
             message_id: message.and_then(|m| m.get("message_id")?.as_i64()),
-            typed: None,
+            // Typed only for an update a handler takes.
+            typed: serde_json::from_str(&update.raw).ok(),
             sender,
-            text,
-            command,
-            kind,
-            payload,
-            raw,
+            text: probe.text.map(str::to_owned),
+            args: probe.command.map(|command| command.args.to_owned()),
+            payload: payload.clone(),
         }
     }
 }
@@ -454,6 +538,8 @@ struct Inner {
     incoming: Incoming,
     /// The update's JSON as stored.
     body: String,
+    /// A command's arguments as the user typed them, when a secret was redacted from them.
+    typed_args: Option<String>,
     attempt: u32,
     bot_username: Option<String>,
     entry_id: String,
@@ -493,7 +579,10 @@ impl Context {
 
     /// The whole update as Telegram sent it (with `/register` tokens redacted).
     pub fn raw(&self) -> &Value {
-        &self.inner.incoming.raw
+        self.inner
+            .incoming
+            .raw
+            .get_or_init(|| serde_json::from_str(&self.inner.body).unwrap_or(Value::Null))
     }
 
     /// The object of the update's kind (`update.message`, `update.callback_query`, …), raw.
@@ -521,13 +610,25 @@ impl Context {
         self.inner.incoming.text.as_deref()
     }
 
-    /// A command's arguments (`/note buy milk` → `buy milk`); empty otherwise.
+    /// A command's arguments (`/note buy milk` → `buy milk`); empty otherwise. As stored: a
+    /// secret typed in them (a `/register` token) reads `[redacted]`.
     pub fn args(&self) -> &str {
+        self.inner.incoming.args.as_deref().map_or("", str::trim)
+    }
+
+    /// A command's arguments as the user typed them, before Botline redacted the secrets in
+    /// them (a `/register` token): for the handler that checks such a secret. Never log, store
+    /// or send what this returns.
+    pub fn args_as_typed(&self) -> &str {
         self.inner
-            .incoming
-            .command
-            .as_ref()
-            .map_or("", |(_, args)| args.trim())
+            .typed_args
+            .as_deref()
+            .map_or_else(|| self.args(), str::trim)
+    }
+
+    /// The type of the update's chat: `private`, `group`, `supergroup` or `channel`.
+    pub fn chat_type(&self) -> Option<&str> {
+        self.inner.incoming.chat_type.as_deref()
     }
 
     /// The message's id, when the update carries one.
@@ -545,6 +646,59 @@ impl Context {
         if let Some(chat_id) = self.chat_id() {
             self.send_message(chat_id, text);
         }
+    }
+
+    /// `text` to the update's chat, as a reply to the update's message.
+    pub fn reply_to_message(&self, text: impl Into<String>) {
+        if let Some(chat_id) = self.chat_id() {
+            self.push(
+                OutboxAction::SendMessage {
+                    text: text.into(),
+                    reply_to_message_id: self.message_id(),
+                },
+                chat_id,
+                None,
+            );
+        }
+    }
+
+    /// deleteMessage: the message `message_id` of `chat_id`.
+    pub fn delete_message(&self, chat_id: i64, message_id: i64) {
+        self.push(OutboxAction::DeleteMessage { message_id }, chat_id, None);
+    }
+
+    /// Redeems a single-use token that `botline tokens issue <username>` issued, for the
+    /// update's sender, in the transaction that commits the update's effects: `redeemed` is
+    /// the answer when the token was issued for `username` and is neither used nor expired,
+    /// `refused` otherwise. The answer goes to the update's chat as a reply to its message,
+    /// before the handler's other calls. The token is handled as a secret: only its SHA-256 is
+    /// compared and stored (or, with `BOTLINE_REGISTRAR_URL`, it is handed to that
+    /// registration database). One redemption per update; an update without a sender or a
+    /// chat has none to make.
+    pub fn redeem_token(
+        &self,
+        username: &str,
+        token: &str,
+        redeemed: impl Into<String>,
+        refused: impl Into<String>,
+    ) -> HandlerResult {
+        let (Some(chat_id), Some(sender)) = (self.chat_id(), self.sender()) else {
+            return Err("a token is redeemed by the sender of an update in a chat".into());
+        };
+        let mut effects = lock(&self.effects);
+        if effects.redemption.is_some() {
+            return Err("one token redemption per update".into());
+        }
+        effects.redemption = Some(PendingRedemption {
+            username: username.to_owned(),
+            token: TypedSecret::new(token.to_owned()),
+            telegram_user_id: i64::try_from(sender.id)?,
+            chat_id,
+            message_id: self.message_id(),
+            redeemed: redeemed.into(),
+            refused: refused.into(),
+        });
+        Ok(())
     }
 
     /// sendMessage: `text` to `chat_id`.
@@ -699,14 +853,27 @@ mod tests {
         Ok(())
     }
 
-    fn incoming(body: Value) -> Incoming {
-        let update = InboundUpdate::parse(body.to_string().as_bytes()).unwrap();
-        let queued = QueuedUpdate::new(update, "entry".into(), 0);
-        let raw = serde_json::from_str(&queued.raw).unwrap();
-        Incoming::read(&queued, raw)
+    /// An update, and its kind's object parsed.
+    struct Held(QueuedUpdate, Value);
+
+    impl Held {
+        fn probe(&self) -> Probe<'_> {
+            Probe::read(self.0.kind.as_str(), &self.1)
+        }
+
+        fn incoming(&self) -> Incoming {
+            Incoming::read(&self.0, self.probe(), &self.1)
+        }
     }
 
-    fn message(chat_type: &str, text: &str) -> Incoming {
+    fn incoming(body: Value) -> Held {
+        let update = InboundUpdate::parse(body.to_string().as_bytes()).unwrap();
+        let queued = QueuedUpdate::new(update, "entry".into(), 0);
+        let payload = body.get(queued.kind.as_str()).cloned().unwrap_or_default();
+        Held(queued, payload)
+    }
+
+    fn message(chat_type: &str, text: &str) -> Held {
         incoming(serde_json::json!({
             "update_id": 1,
             "message": {
@@ -719,14 +886,14 @@ mod tests {
     }
 
     /// Which route takes the update: its index in the order they were added.
-    fn taken_by(bot: &Bot, update: &Incoming, username: Option<&str>) -> Option<usize> {
-        let route = bot.handler_for(update, username)?;
+    fn taken_by(bot: &Bot, update: &Held, username: Option<&str>) -> Option<usize> {
+        let route = bot.handler_for(&update.probe(), username)?;
         bot.routes.iter().position(|r| std::ptr::eq(r, route))
     }
 
     #[test]
     fn commands_are_matched_by_name_and_addressee() {
-        let bot = Bot::new()
+        let bot = Bot::empty()
             .command("note", noop)
             .command("/notes", noop)
             .on_message(noop);
@@ -764,14 +931,14 @@ mod tests {
         );
         let update = message("private", "/note  buy milk ");
         assert_eq!(
-            update.command.as_ref().map(|(_, args)| args.trim()),
+            update.incoming().args.as_deref().map(str::trim),
             Some("buy milk")
         );
     }
 
     #[test]
     fn kinds_filters_and_unknown_kinds() {
-        let bot = Bot::new()
+        let bot = Bot::empty()
             .on(
                 Filter::kind("message")
                     .chat_type("private")
@@ -796,19 +963,14 @@ mod tests {
             }
         }));
         assert_eq!(taken_by(&bot, &callback, None), Some(1));
-        assert_eq!(
-            callback.chat_id,
-            Some(9),
-            "a callback's chat is its message's"
-        );
-        assert_eq!(callback.sender.as_ref().map(|u| u.id), Some(7));
+        let read = callback.incoming();
+        assert_eq!(read.chat_id, Some(9), "a callback's chat is its message's");
+        assert_eq!(read.sender.as_ref().map(|u| u.id), Some(7));
+        assert!(read.typed.is_some(), "a known kind reads typed");
         let future = incoming(serde_json::json!({"update_id": 3, "future_kind": {"x": 1}}));
         assert_eq!(taken_by(&bot, &future, None), Some(2));
-        assert!(Incoming::typed(&future.raw).is_none() && future.raw["future_kind"]["x"] == 1);
-        assert!(
-            Incoming::typed(&callback.raw).is_some(),
-            "a known kind reads typed"
-        );
+        let read = future.incoming();
+        assert!(read.typed.is_none() && read.payload["x"] == 1);
         let edited = incoming(serde_json::json!({
             "update_id": 4,
             "edited_message": {"message_id": 3, "date": 1, "edit_date": 2,
@@ -819,6 +981,18 @@ mod tests {
             Some(3),
             "an edit is not a command"
         );
-        assert!(Bot::new().handler_for(&edited, None).is_none());
+        assert!(Bot::new().handler_for(&edited.probe(), None).is_none());
+    }
+
+    #[test]
+    fn register_is_built_in_and_a_command_of_the_same_name_replaces_it() {
+        let register = message("private", "/register alice s3cr3t-T0ken");
+        let bot = Bot::new().on_any(noop);
+        assert_eq!(taken_by(&bot, &register, None), Some(0));
+        assert_eq!(taken_by(&bot, &message("private", "/start"), None), Some(1));
+        assert!(Bot::empty().handler_for(&register.probe(), None).is_none());
+        let own = Bot::new().on_any(noop).command("/Register", noop);
+        assert_eq!(own.routes.len(), 2, "replaced in its place, not added");
+        assert!(matches!(&own.routes[0].matcher, Matcher::Command(name) if name == "register"));
     }
 }

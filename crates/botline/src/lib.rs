@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod ops;
 pub mod poll;
 mod pump;
+pub mod register;
 pub mod runner;
 pub mod secret;
 pub mod sender;

@@ -6,7 +6,7 @@
 //! `concurrency` at once. A failed attempt is reported back and retried after a backoff; after
 //! the last attempt the update is a dead letter.
 
-use crate::handler::{Bot, RetryAfter};
+use crate::handler::{Bot, RetryAfter, Seen};
 use crate::metrics as names;
 use crate::pump::Pump;
 use botline_core::{Applied, Backend, BackendError, Delivery, Failed, Handling, Records, clock};
@@ -44,7 +44,8 @@ pub struct Worker {
 #[derive(Debug, Clone)]
 pub struct Processor {
     pub backend: Arc<dyn Backend>,
-    /// Decides `/register` outside the store (a database function), when configured.
+    /// Decides token redemptions (`/register`) outside the store (a database function), when
+    /// configured.
     pub registrar: Option<Arc<dyn Registrar>>,
     /// The bot's own handlers.
     pub bot: Bot,
@@ -74,7 +75,7 @@ impl Processor {
         self
     }
 
-    /// Asks `registrar` about `/register` attempts instead of the store.
+    /// Asks `registrar` about token redemptions (`/register`) instead of the store.
     pub fn with_registrar(mut self, registrar: Option<Arc<dyn Registrar>>) -> Self {
         self.registrar = registrar;
         self
@@ -125,48 +126,44 @@ impl Worker {
     }
 }
 
-/// With a registration backend outside the store, asks it about a `/register` attempt and turns
-/// the answer into the reply, written to the outbox with the records. (Without one, the store
-/// decides inside the transaction that writes the records.)
+/// With a registration backend outside the store, asks it about the token the handler
+/// redeems and writes the answer for its verdict to the outbox with the records. (Without one,
+/// the store decides inside the transaction that writes the records.)
 ///
 /// The backend is called before the records are committed: if the process dies in between, the
 /// update is processed again and the backend asked again, so its function should be idempotent
 /// for the same user and token (the example function is). A backend that cannot answer fails
 /// the attempt, which is retried with the queue's backoff and dead-lettered after the last one.
-async fn decide_registration(
+async fn decide_redemption(
     registrar: Option<&dyn Registrar>,
     records: &mut Records,
 ) -> Result<(), BackendError> {
     let Some(registrar) = registrar else {
         return Ok(());
     };
-    let Some(attempt) = records.registration.take() else {
+    let Some(redemption) = records.redemption.take() else {
         return Ok(());
     };
-    let registered = match attempt.telegram_user_id {
-        Some(telegram_user_id) => {
-            let request = RegistrationRequest {
-                username: &attempt.username,
-                token: attempt.token.expose(),
-                telegram_user_id,
-                chat_id: attempt.chat_id,
-            };
-            match registrar.register(&request).await {
-                Ok(registered) => registered,
-                Err(e) => {
-                    if !e.is_retryable() {
-                        tracing::error!(error = %e, "the registration backend is misconfigured");
-                    }
-                    records.registration = Some(attempt);
-                    return Err(BackendError::Unavailable(e.to_string()));
-                }
-            }
-        }
-        // A message with no sender (a channel post) cannot register anyone.
-        None => false,
+    let request = RegistrationRequest {
+        username: &redemption.username,
+        token: redemption.token.expose(),
+        telegram_user_id: redemption.telegram_user_id,
+        chat_id: redemption.chat_id,
     };
-    records.outbox.insert(0, attempt.reply(registered));
-    Ok(())
+    match registrar.register(&request).await {
+        Ok(registered) => {
+            records
+                .outbox
+                .insert(0, redemption.answer(registered).clone());
+            Ok(())
+        }
+        Err(e) => {
+            if !e.is_retryable() {
+                tracing::error!(error = %e, "the registration backend is misconfigured");
+            }
+            Err(BackendError::Unavailable(e.to_string()))
+        }
+    }
 }
 
 /// Forgets dedupe ids past their window and purges expired sessions, now and every ten minutes,
@@ -232,9 +229,9 @@ impl Processor {
             let mut records = handling
                 .records(update, clock::now_ms())
                 .map_err(|corrupt| BackendError::Corrupt(corrupt.to_string()))?;
-            decide_registration(self.registrar.as_deref(), &mut records).await?;
             self.run_handlers(handling, &delivery, &mut records).await?;
-            calls = !records.outbox.is_empty() || records.registration.is_some();
+            decide_redemption(self.registrar.as_deref(), &mut records).await?;
+            calls = !records.outbox.is_empty() || records.redemption.is_some();
             let applied = backend.apply(&delivery, &records).await?;
             if !backend.apply_acknowledges() {
                 backend.ack(&delivery).await?;
@@ -349,16 +346,17 @@ impl Processor {
         }
         let update = &delivery.update;
         // The handler reads the body as stored: with `/register` tokens redacted.
-        let redacted;
-        let seen = match &records.redacted_raw {
-            Some(raw) => {
-                redacted = botline_core::QueuedUpdate {
-                    raw: raw.clone(),
-                    ..update.clone()
-                };
-                &redacted
-            }
-            None => update,
+        let redacted = records
+            .redacted_raw
+            .as_ref()
+            .map(|raw| botline_core::QueuedUpdate {
+                raw: raw.clone(),
+                ..update.clone()
+            });
+        let seen = Seen {
+            update: redacted.as_ref().unwrap_or(update),
+            payload: &records.event.payload,
+            typed: redacted.is_some().then_some(update),
         };
         let handled = self.bot.handle(
             seen,

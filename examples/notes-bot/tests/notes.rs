@@ -1,6 +1,6 @@
 //! notes-bot, the real binary, against the Bot API stand-in: every reply and reminder exactly
-//! once, with its exact text, through a SIGKILL, a 429 and Telegram's redeliveries; on the
-//! embedded store, Postgres and AWS (moto).
+//! once, with its exact text, through a SIGKILL, a 429 and Telegram's redeliveries, and the
+//! built-in `/register` beside them; on the embedded store, Postgres and AWS (moto).
 
 #[path = "../../../crates/botline-aws/tests/common/mod.rs"]
 mod aws;
@@ -285,6 +285,24 @@ fn notes_and_reminders(env: &[(String, String)]) {
     bot.deliver(&message(8, chat, 8, "/note mine"));
     let sent = wait_for_replies(&standin, chat, 8);
     assert_eq!(sent[7], "Saved note #1.");
+    // Botline's built-in `/register` works beside the bot's own commands.
+    let issued = Command::new(BIN)
+        .args(["tokens", "issue", "alice", "--data-dir"])
+        .arg(&bot.data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let stdout = String::from_utf8(issued.stdout).unwrap();
+    let token = stdout.lines().last().unwrap().trim();
+    bot.deliver(&message(9, chat, 7, &format!("/register alice {token}")));
+    let sent = wait_for_replies(&standin, chat, 9);
+    assert_eq!(sent[8], "Registration successful! Welcome alice");
+    assert!(!bot.logs().contains(token), "the token reached the logs");
     // The reminder in the outbox, done: one of each reply, and no more calls pending.
     let out = Command::new(BIN)
         .args(["stats", "--json", "--data-dir"])
@@ -294,6 +312,6 @@ fn notes_and_reminders(env: &[(String, String)]) {
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["outbox"]["pending"], 0, "{stats}");
-    assert_eq!(stats["outbox"]["done"], 8, "{stats}");
-    assert_eq!(replies(&standin, chat).len(), 8, "nothing sent twice");
+    assert_eq!(stats["outbox"]["done"], 9, "{stats}");
+    assert_eq!(replies(&standin, chat).len(), 9, "nothing sent twice");
 }
