@@ -338,7 +338,7 @@ fn batch_failures(ids: Vec<String>) -> SqsBatchResponse {
 
 /// The worker function's `main` with `bot`'s handlers: reads the settings and secrets, opens the
 /// backend, and serves Lambda's invocations until the environment ends. The `botline-worker`
-/// binary is this with no handlers; a bot's own worker function is one line:
+/// binary is this with the built-in `/register` only; a bot's own worker function is one line:
 ///
 /// ```no_run
 /// # async fn handlers() -> Result<(), lambda_runtime::Error> {

@@ -995,4 +995,29 @@ mod tests {
         assert_eq!(own.routes.len(), 2, "replaced in its place, not added");
         assert!(matches!(&own.routes[0].matcher, Matcher::Command(name) if name == "register"));
     }
+
+    #[test]
+    fn call_ids_sort_in_the_order_the_calls_were_made() {
+        let update = message("private", "/note x");
+        let mut records = botline_core::build_records(&update.0, 0).unwrap();
+        let mut effects = Effects::default();
+        for n in 0..12 {
+            effects
+                .calls
+                .push((OutboxAction::DeleteMessage { message_id: n }, 9, None));
+        }
+        effects.into_records("entry", &mut records);
+        let ids: Vec<&str> = records
+            .outbox
+            .iter()
+            .map(|c| c.outbox_id.as_str())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            ids, sorted,
+            "the embedded store orders one millisecond's calls by id"
+        );
+        assert_eq!(ids[11], "entry:h0012");
+    }
 }

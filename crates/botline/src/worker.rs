@@ -58,7 +58,7 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// A processor without handlers of its own, with the lease and timeouts of `settings`.
+    /// A processor with the built-in handlers only (`/register`), with the lease and timeouts of `settings`.
     pub fn new(backend: Arc<dyn Backend>, settings: &crate::config::Settings) -> Self {
         Self {
             backend,
