@@ -51,6 +51,7 @@ macro_rules! backend_suite {
             a_dead_letter_does_not_block_its_chat,
             a_dead_letter_keeps_no_typed_token,
             one_chat_at_a_time_in_update_id_order,
+            a_long_backlog_of_one_chat_drains_in_order,
             per_chat_order_holds_under_concurrency,
             apply_is_idempotent,
             the_first_write_of_a_message_wins,
@@ -547,6 +548,84 @@ where
         backend.ack(delivery).await.unwrap();
     }
     assert_eq!(ids(&receive(&backend, 10).await), vec![12]);
+}
+
+/// One chat with a long backlog (as after a bot was down, or its handler failed for a while),
+/// beside another chat: every update is handed out once its turn comes, in `update_id` order,
+/// whatever order they arrived in; a retried update holds up its chat, a dead letter does not.
+/// (How fast a backlog drains is measured by `cargo bench -p botline-bench --bench backlog`.)
+pub async fn a_long_backlog_of_one_chat_drains_in_order<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    const FIRST: i64 = 5000;
+    const LAST: i64 = 5099;
+    let config = QueueConfig {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            ..config.retry
+        },
+        ..config
+    };
+    let backend = fresh(&make, config).await;
+    // The second half arrives first; another chat's update comes in between.
+    for id in (FIRST + 50..=LAST).chain(FIRST..FIRST + 50) {
+        enqueue(&backend, &message_update(id, 70, id, "x")).await;
+        if id == FIRST + 70 {
+            enqueue(&backend, &message_update(9000, 71, 1, "y")).await;
+        }
+    }
+    let give_up = std::time::Instant::now() + (config.lease * 300).max(Duration::from_secs(120));
+    let (mut handed_out, mut failed_once) = (Vec::new(), HashSet::new());
+    let mut last_of_chat = i64::MIN;
+    while !handed_out.contains(&LAST) || !handed_out.contains(&9000) {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the backlog did not drain: {handed_out:?}"
+        );
+        let deliveries = receive(&backend, 10).await;
+        if deliveries.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for delivery in deliveries {
+            let id = delivery.update.update_id.0;
+            handed_out.push(id);
+            if id != 9000 {
+                assert!(
+                    id >= last_of_chat,
+                    "{id} handed out after {last_of_chat}, a later update of its chat"
+                );
+                last_of_chat = id;
+            }
+            // 5010 fails once and is retried; 5020 fails on both of its attempts and is
+            // dead-lettered; the chat goes on behind each.
+            if id == FIRST + 20 || (id == FIRST + 10 && failed_once.insert(id)) {
+                backend
+                    .fail_after(&delivery, "handler failed", Duration::ZERO)
+                    .await
+                    .expect("fail");
+                continue;
+            }
+            apply(&backend, &delivery, clock::now_ms()).await;
+        }
+    }
+    let chat: Vec<i64> = handed_out
+        .iter()
+        .copied()
+        .filter(|&id| id != 9000)
+        .collect();
+    let mut expected: Vec<i64> = (FIRST..=LAST).collect();
+    expected.insert(11, FIRST + 10);
+    expected.insert(22, FIRST + 20);
+    assert_eq!(
+        chat, expected,
+        "in update_id order, each once but for retries"
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 1), "{stats:?}");
 }
 
 pub async fn per_chat_order_holds_under_concurrency<B: Backend + 'static, F, Fut>(

@@ -3,8 +3,9 @@
 -- transaction.
 
 -- The queue and the dedupe set: one row per update_id seen within the dedupe window.
--- state: 0 pending (visible at visible_at; leased while receipt is set and visible_at is ahead),
---        1 done, 2 dead letter.
+-- state: 0 pending (visible at visible_at; leased while receipt is set and visible_at is ahead;
+--          parked behind its chat's head while visible_at is the largest integer), 1 done,
+--        2 dead letter.
 -- The body lives in update_bodies, so that leasing and finishing rewrite a short row.
 CREATE TABLE IF NOT EXISTS updates (
     update_id   INTEGER PRIMARY KEY,
@@ -21,6 +22,18 @@ CREATE TABLE IF NOT EXISTS updates (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS updates_pending_by_key ON updates (order_key, update_id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS updates_pending_by_time ON updates (visible_at) WHERE state = 0;
+-- A pending update queued behind another of its chat waits parked: visible_at is the largest
+-- integer, out of the range `receive` scans, so `receive` reads chat heads only however long a
+-- chat's backlog. When a chat's update leaves the pending state (done, dead), the chat's next
+-- one, if parked, becomes visible then. The lowest pending update of a chat is never parked.
+CREATE TRIGGER IF NOT EXISTS updates_next_of_chat AFTER UPDATE OF state ON updates
+WHEN OLD.state = 0 AND NEW.state <> 0
+BEGIN
+    UPDATE updates SET visible_at = coalesce(NEW.finished_at, 0)
+    WHERE update_id = (SELECT min(update_id) FROM updates
+                       WHERE state = 0 AND order_key = OLD.order_key)
+      AND visible_at = 9223372036854775807;
+END;
 CREATE INDEX IF NOT EXISTS updates_done ON updates (received_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS updates_dead ON updates (finished_at) WHERE state = 2;
 
