@@ -64,9 +64,22 @@
 //! lease an update of a key is therefore made by the one transaction holding that key's lock, on
 //! a snapshot that contains every earlier decision: at most one update of a key is ever in
 //! flight. Acknowledging, failing, applying and expiry only ever take an update out of flight,
-//! and need no key lock. A hash collision between two keys only makes them wait for each other.
+//! and need no claim lock. A hash collision between two keys only makes them wait for each other.
 //! An update that arrives late with a lower id than one already in flight waits until that one
 //! is done (the embedded backend would hand it out at once): one at a time wins over order.
+//!
+//! A key's backlog drains in linear time: an update enqueued behind a lower pending one of its key
+//! is *parked* (`visible_at` = the largest bigint), out of the range the claim scans, and a
+//! trigger brings the key's next one forward when an update leaves the pending state
+//! (migration 0003). Enqueueing and bringing forward serialise per key on an advisory lock of a
+//! third namespace, held for the rest of their transaction, so the lowest pending update of a key
+//! is never left parked; enqueueing takes it last, after its own rows are written, so that a
+//! redelivery waiting on a finishing update's row never holds it. The claim's ranges stop below
+//! the parked value, and the lease finds a claimed key's head as its lowest pending update
+//! through the pending index, so no statement reads a key's backlog
+//! (`cargo bench -p botline-bench --bench backlog`). Parking is an optimisation only: the claim
+//! still takes an update only with no lower one of its key pending. A redriven update is not
+//! parked.
 //!
 //! The outbox hands out Bot API calls the same way, one per chat at a time, under locks of its own
 //! namespace.

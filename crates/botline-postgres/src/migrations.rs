@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox delayed calls",
         include_str!("../migrations/0002_outbox_delayed_calls.sql"),
     ),
+    (
+        3,
+        "park behind chat head",
+        include_str!("../migrations/0003_park_behind_chat_head.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as sqlx's migrator takes them.

@@ -19,13 +19,16 @@ const FORGET_BATCH: i64 = 10_000;
 
 /// Pending updates that could be handed out now, as `u`: the head of their key (no pending
 /// update with a lower id), visible (not leased, backoff over) and with no update of their key
-/// in flight (one leased while it arrived late with a higher id).
+/// in flight (one leased while it arrived late with a higher id). The largest bigint is a parked
+/// update's `visible_at` (migration 0003): bounding the in-flight range below it keeps a long
+/// parked backlog out of that range too.
 const HEADS: &str = "u.state = 0 AND u.visible_at <= botline_now_ms()
     AND NOT EXISTS (SELECT 1 FROM updates AS p
                     WHERE p.state = 0 AND p.order_key = u.order_key AND p.update_id < u.update_id)
     AND NOT EXISTS (SELECT 1 FROM updates AS p
                     WHERE p.state = 0 AND p.order_key = u.order_key
-                      AND p.receipt IS NOT NULL AND p.visible_at > botline_now_ms())";
+                      AND p.receipt IS NOT NULL AND p.visible_at > botline_now_ms()
+                      AND p.visible_at < 9223372036854775807)";
 
 /// Step 1 of `receive`: the keys of up to $1 heads, each locked for this transaction by an
 /// advisory lock, skipping keys another transaction holds. The subquery's `LIMIT` keeps
@@ -42,11 +45,16 @@ static CLAIM_KEYS_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Step 2 of `receive`, in a new snapshot with the claimed keys ($1) locked: leases up to $2
 /// heads for $3 ms, dead-letters those with $4 attempts behind them, and returns the leased.
+/// A key's head is its lowest pending update, found by the pending index whatever the length of
+/// the key's backlog (left to itself, the planner may read a key's whole backlog to filter it).
 static LEASE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH heads AS (
              SELECT u.update_id, u.attempts FROM updates AS u
-             WHERE u.order_key = ANY($1) AND {HEADS}
+             WHERE u.update_id IN (SELECT (SELECT min(p.update_id) FROM updates AS p
+                                           WHERE p.state = 0 AND p.order_key = k.key)
+                                   FROM unnest($1::text[]) AS k (key))
+               AND {HEADS}
              ORDER BY u.visible_at, u.update_id LIMIT $2
              FOR UPDATE OF u SKIP LOCKED
          ), dead AS (
@@ -161,26 +169,20 @@ impl Queue for PostgresBackend {
     async fn enqueue(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError> {
         let entry_id = uuid::Uuid::now_v7().to_string();
         self.run(async {
-            let inserted: Option<i64> = sqlx::query_scalar(
-                "WITH queued AS (
-                     INSERT INTO updates (update_id, entry_id, order_key, kind, received_at, visible_at)
-                     VALUES ($1, $2, $3, $4, botline_now_ms(), botline_now_ms())
-                     ON CONFLICT (update_id) DO NOTHING
-                     RETURNING update_id
-                 )
-                 INSERT INTO update_bodies (update_id, raw) SELECT update_id, $5 FROM queued
-                 RETURNING update_id",
-            )
-            .bind(update.id.0)
-            .bind(&entry_id)
-            .bind(update.order_key.to_string())
-            .bind(text(update.kind.as_str()))
-            .bind(&update.raw)
-            .fetch_optional(self.pool())
-            .await?;
-            Ok(match inserted {
-                Some(_) => Enqueued::New,
-                None => Enqueued::Duplicate,
+            // The insert, and the parking behind a lower pending update of the key
+            // (migration 0003), in one function: one round trip.
+            let new: bool = sqlx::query_scalar("SELECT botline_enqueue($1, $2, $3, $4, $5)")
+                .bind(update.id.0)
+                .bind(&entry_id)
+                .bind(update.order_key.to_string())
+                .bind(text(update.kind.as_str()))
+                .bind(&update.raw)
+                .fetch_one(self.pool())
+                .await?;
+            Ok(if new {
+                Enqueued::New
+            } else {
+                Enqueued::Duplicate
             })
         })
         .await
