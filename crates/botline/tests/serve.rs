@@ -393,3 +393,111 @@ fn the_edge_guard_refuses_addresses_outside_the_allowlist_and_trusts_only_named_
     server.wait_drained();
     assert_eq!(server.messages().len(), 2);
 }
+
+/// Issue 17, goal 6: the operator's commands (`stats`, `messages export`, `dlq list`) answer
+/// while the server takes updates as fast as four senders post them. Each export is complete up
+/// to its start: it holds at least every update `stats` counted done just before, never one
+/// twice, and every message of the export before it. Once the load stops and the queue drains,
+/// the export holds every acknowledged update exactly once.
+#[test]
+fn operator_commands_answer_beside_a_busy_server() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let server = Server::start(&[]);
+    let url = server.url("/telegram/webhook");
+    let next_id = Arc::new(AtomicI64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::<i64>::new()));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, next_id, stop, acknowledged) = (
+                url.clone(),
+                Arc::clone(&next_id),
+                Arc::clone(&stop),
+                Arc::clone(&acknowledged),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let body = message(id, -(id % 50) - 1, id, "busy");
+                    common::deliver(&url, None, &body, Duration::from_secs(60));
+                    acknowledged.lock().unwrap().insert(id);
+                }
+            })
+        })
+        .collect();
+    let acknowledged_count = || acknowledged.lock().unwrap().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while acknowledged_count() < 1_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let key = |m: &serde_json::Value| (m["chatId"].to_string(), m["messageId"].to_string());
+    let mut previous = BTreeSet::new();
+    for _ in 0..3 {
+        let before = acknowledged_count();
+        let done_before = server.stats()["done"].as_u64().expect("a done count");
+        let exported = server.messages();
+        let keys: BTreeSet<_> = exported.iter().map(key).collect();
+        assert_eq!(keys.len(), exported.len(), "a message exported twice");
+        assert!(
+            exported.len() as u64 >= done_before,
+            "the export holds {} messages, {done_before} were done before it began",
+            exported.len()
+        );
+        assert!(
+            keys.is_superset(&previous),
+            "an exported message went missing"
+        );
+        let list = server.cli(&["dlq", "list"]);
+        assert!(
+            list.status.success(),
+            "dlq list: {}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+        let done_after = server.stats()["done"].as_u64().expect("a done count");
+        assert!(exported.len() as u64 <= done_after);
+        // The server kept taking updates while the commands ran.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while acknowledged_count() <= before {
+            assert!(std::time::Instant::now() < deadline, "the load stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        previous = keys;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let stats = loop {
+        let stats = server.stats();
+        if stats["pending"] == 0 && stats["inFlight"] == 0 {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never drained: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_eq!(stats["done"], acknowledged.len(), "{stats}");
+    let exported: Vec<i64> = server
+        .messages()
+        .iter()
+        .map(|m| m["messageId"].as_i64().expect("a message id"))
+        .collect();
+    assert_eq!(
+        exported.len(),
+        acknowledged.len(),
+        "each update exported once"
+    );
+    assert_eq!(exported.into_iter().collect::<BTreeSet<_>>(), acknowledged);
+}
