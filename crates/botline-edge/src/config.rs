@@ -247,14 +247,53 @@ fn parse_list(entries: Vec<String>) -> Result<Vec<IpNet>, String> {
     Ok(nets)
 }
 
+/// A network list's entries: a list, as TOML writes it, or one string of entries separated by
+/// commas, as an environment variable holds it (`BOTLINE_EDGE_ALLOWLIST="telegram, 10.0.0.0/8"`).
+struct Entries(Vec<String>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of networks, or one string of networks separated by commas")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Entries, E> {
+                Ok(Entries(
+                    text.split(',')
+                        .map(str::trim)
+                        .filter(|entry| !entry.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element::<String>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 fn nets<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-    parse_list(Vec::<String>::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    parse_list(Entries::deserialize(deserializer)?.0).map_err(serde::de::Error::custom)
 }
 
 fn optional_nets<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Vec<IpNet>>, D::Error> {
-    match Option::<Vec<String>>::deserialize(deserializer)? {
+    match Option::<Entries>::deserialize(deserializer)?.map(|entries| entries.0) {
         None => Ok(None),
         Some(entries) => parse_list(entries)
             .map(Some)
@@ -273,6 +312,34 @@ mod tests {
             .merge(Toml::string(toml))
             .extract()
             .map_err(Box::new)
+    }
+
+    #[test]
+    fn a_list_may_be_one_string_separated_by_commas() {
+        let config = from_toml(
+            r#"
+            allowlist = "telegram, 127.0.0.1 ,"
+            trusted_proxies = "10.0.0.0/8"
+            "#,
+        )
+        .unwrap();
+        let mut expected = TELEGRAM_WEBHOOK_RANGES.to_vec();
+        expected.push("127.0.0.1/32".parse().unwrap());
+        assert_eq!(config.allowlist, Some(expected));
+        assert_eq!(
+            config.trusted_proxies,
+            ["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        let error = from_toml(r#"allowlist = "telegram, nowhere""#).unwrap_err();
+        assert!(
+            error.to_string().contains("\"nowhere\" is not a network"),
+            "{error}"
+        );
+        let error = from_toml("allowlist = 7").unwrap_err();
+        assert!(error.to_string().contains("separated by commas"), "{error}");
+        // An empty string is an empty allowlist, which validation refuses.
+        let empty = from_toml(r#"allowlist = """#).unwrap();
+        assert_eq!(empty.validate(), Err(ConfigError::EmptyAllowlist));
     }
 
     #[test]

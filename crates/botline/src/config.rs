@@ -245,6 +245,41 @@ const ENV_SETTINGS: &[&str] = &[
     "registration_database_url_file",
 ];
 
+/// The edge guard's settings (`[edge]` in `botline.toml`) as `BOTLINE_EDGE_*` variables: the
+/// variable's name after `BOTLINE_EDGE_`, lowercased, and the setting it sets. Lists take one
+/// string of entries separated by commas (`BOTLINE_EDGE_ALLOWLIST="telegram, 10.0.0.0/8"`).
+const EDGE_ENV_SETTINGS: &[(&str, &str)] = &[
+    ("allowlist", "edge.allowlist"),
+    ("trusted_proxies", "edge.trusted_proxies"),
+    ("proxy_header", "edge.proxy_header"),
+    ("rate_limit_enabled", "edge.rate_limit.enabled"),
+    ("rate_limit_rate", "edge.rate_limit.rate"),
+    ("rate_limit_burst", "edge.rate_limit.burst"),
+    ("rate_limit_max_keys", "edge.rate_limit.max_keys"),
+    ("rate_limit_ipv6_prefix", "edge.rate_limit.ipv6_prefix"),
+    (
+        "rate_limit_cleanup_interval",
+        "edge.rate_limit.cleanup_interval",
+    ),
+    ("webapp_enabled", "edge.webapp.enabled"),
+    ("webapp_path", "edge.webapp.path"),
+    ("webapp_max_age", "edge.webapp.max_age"),
+    ("webapp_session_ttl", "edge.webapp.session_ttl"),
+    ("webapp_rate", "edge.webapp.rate"),
+    ("webapp_burst", "edge.webapp.burst"),
+    ("webapp_max_keys", "edge.webapp.max_keys"),
+];
+
+/// The `BOTLINE_EDGE_*` variables of [`EDGE_ENV_SETTINGS`], as nested settings.
+fn edge_env() -> Env {
+    Env::prefixed("BOTLINE_EDGE_").filter_map(|key| {
+        EDGE_ENV_SETTINGS
+            .iter()
+            .find(|(name, _)| key == *name)
+            .map(|(_, path)| (*path).into())
+    })
+}
+
 /// The flags of a command that has none of the settings' flags, for [`Settings::load`] (a
 /// struct with no fields: figment layers a map, which `()` is not).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -269,6 +304,7 @@ impl Settings {
         }
         let settings: Settings = figment
             .merge(Env::prefixed("BOTLINE_").only(ENV_SETTINGS))
+            .merge(edge_env())
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -284,6 +320,9 @@ impl Settings {
         if self.max_attempts == 0 {
             return invalid("max_attempts must be at least 1");
         }
+        self.edge
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.worker_concurrency == 0 {
             return invalid("worker_concurrency must be at least 1");
         }
@@ -739,6 +778,45 @@ mod tests {
                 listen: Some("127.0.0.1:3000".parse().unwrap()),
             };
             assert_eq!(load(None, &flags).unwrap().listen.port(), 3000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn edge_settings_come_from_the_environment_too() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "botline.toml",
+                "[edge]\nproxy_header = \"forwarded\"\n[edge.rate_limit]\nrate = 3\nburst = 10\n",
+            )?;
+            jail.set_env("BOTLINE_EDGE_ALLOWLIST", "telegram, 10.0.0.0/8");
+            jail.set_env("BOTLINE_EDGE_TRUSTED_PROXIES", "10.1.0.0/16");
+            jail.set_env("BOTLINE_EDGE_RATE_LIMIT_ENABLED", "true");
+            jail.set_env("BOTLINE_EDGE_RATE_LIMIT_RATE", "5");
+            jail.set_env("BOTLINE_EDGE_WEBAPP_ENABLED", "true");
+            jail.set_env("BOTLINE_EDGE_WEBAPP_MAX_AGE", "2h");
+            // Not a setting: ignored, as other unknown BOTLINE_* variables are.
+            jail.set_env("BOTLINE_EDGE_RATE_LIMIT", "true");
+            let edge = load(None, &Flags::default())?.edge;
+            let mut allowlist = botline_edge::EdgeConfig::telegram_default()
+                .allowlist
+                .unwrap();
+            allowlist.push("10.0.0.0/8".parse().unwrap());
+            assert_eq!(edge.allowlist, Some(allowlist));
+            assert_eq!(edge.trusted_proxies, ["10.1.0.0/16".parse().unwrap()]);
+            assert_eq!(edge.proxy_header, botline_edge::ProxyHeader::Forwarded);
+            assert!(edge.rate_limit.enabled);
+            assert_eq!((edge.rate_limit.rate, edge.rate_limit.burst), (5, 10));
+            assert!(edge.webapp.enabled);
+            assert_eq!(edge.webapp.max_age, Duration::from_secs(7200));
+
+            jail.set_env("BOTLINE_EDGE_TRUSTED_PROXIES", "10.1.0.0/16, the-proxy");
+            let error = load(None, &Flags::default()).unwrap_err();
+            assert!(error.contains("\"the-proxy\" is not a network"), "{error}");
+            jail.set_env("BOTLINE_EDGE_TRUSTED_PROXIES", "");
+            jail.set_env("BOTLINE_EDGE_RATE_LIMIT_BURST", "0");
+            let error = load(None, &Flags::default()).unwrap_err();
+            assert!(error.contains("edge.rate_limit.burst"), "{error}");
             Ok(())
         });
     }

@@ -365,11 +365,12 @@ fn the_edge_guard_refuses_addresses_outside_the_allowlist_and_trusts_only_named_
     drop(server);
 
     // Behind a trusted proxy on this machine, the proxy's X-Forwarded-For names the client; a
-    // header the client wrote itself further left does not help it.
-    let server = Server::start_with_config(
-        "[edge]\nallowlist = [\"telegram\"]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-        &[],
-    );
+    // header the client wrote itself further left does not help it. (Set by BOTLINE_EDGE_*
+    // variables this time, as a container would.)
+    let server = Server::start(&[
+        ("BOTLINE_EDGE_ALLOWLIST", "telegram"),
+        ("BOTLINE_EDGE_TRUSTED_PROXIES", "127.0.0.1"),
+    ]);
     let url = server.url("/telegram/webhook");
     let forwarded = |chain: &str, id: i64| {
         ureq::Agent::config_builder()
