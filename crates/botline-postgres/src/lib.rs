@@ -106,8 +106,16 @@
 //! Give Botline a database of its own, or a schema of its own through the URL
 //! (`?options=-c%20search_path%3Dbotline`), on Postgres 13 or newer. [`PostgresBackend::connect`]
 //! runs the migrations in `migrations/` (sqlx's migrator, under its own advisory lock, so
-//! instances starting together migrate once). TLS is not built in: connect over a private
-//! network or a local socket (`sslmode=disable` or `prefer`).
+//! instances starting together migrate once).
+//!
+//! TLS (rustls) follows the URL's `sslmode` as libpq does: `disable`; `prefer` (the default:
+//! TLS when the server offers it, its certificate not checked); `require` (TLS or no
+//! connection, certificate not checked); `verify-ca` (the server's certificate must chain to the
+//! system's certificate store or to the CA file named by `sslrootcert`); `verify-full` (that, and
+//! the certificate must name the host in the URL). Managed Postgres (RDS, Cloud SQL, Neon,
+//! Supabase) wants `verify-full` with the provider's CA bundle as `sslrootcert`. Unlike libpq,
+//! `verify-ca` checks the host name too (sqlx 0.8 with rustls 0.23.24 or newer, sqlx issue
+//! #3793, fixed in sqlx 0.9): stricter, never weaker.
 //!
 //! # Limits
 //!
@@ -124,7 +132,7 @@ mod store;
 
 use botline_core::{BackendError, QueueConfig};
 use secrets::Secrets;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx_core::migrate::MigrateError;
 use std::borrow::Cow;
 use std::fmt;
@@ -253,17 +261,6 @@ impl PostgresBackend {
                 secrets.scrub(&e.to_string())
             ))
         })?;
-        if matches!(
-            connect.get_ssl_mode(),
-            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-        ) {
-            return Err(BackendError::Unavailable(
-                "the Postgres URL asks for TLS (sslmode=require, verify-ca or verify-full), which \
-                 this build of botline-postgres cannot do: use sslmode=disable or prefer over a \
-                 private network or a local socket"
-                    .into(),
-            ));
-        }
         let target = format!(
             "postgres://{}@{}:{}/{}",
             connect.get_username(),
@@ -526,11 +523,20 @@ mod tests {
         assert!(!format!("{err} {err:?}").contains("Pa55-w0rd"), "{err}");
 
         let err = PostgresBackend::connect_lazy(
-            "postgres://bot:Pa55-w0rd@db.example/botline?sslmode=require",
+            "postgres://bot:Pa55-w0rd@db.example/botline?sslmode=sometimes",
             QueueConfig::default(),
             PostgresOptions::default(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(err.to_string().contains("ssl_mode"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("Pa55-w0rd"), "{err}");
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            PostgresBackend::connect_lazy(
+                &format!("postgres://bot:Pa55-w0rd@db.example/botline?sslmode={mode}"),
+                QueueConfig::default(),
+                PostgresOptions::default(),
+            )
+            .unwrap();
+        }
     }
 }

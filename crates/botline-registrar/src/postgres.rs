@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Column, Executor, Postgres, Statement, Type, TypeInfo};
 
 use crate::identifier::{Dialect, QualifiedName};
@@ -89,7 +89,11 @@ impl PostgresRegistrar {
     /// signature: [`RegistrarError::Unavailable`] when the server cannot be reached within the
     /// acquire timeout, [`RegistrarError::Misconfigured`] when the URL or the function is wrong.
     ///
-    /// `url` is a libpq-style URL (`postgres://user:password@host:5432/db?sslmode=disable`);
+    /// `url` is a libpq-style URL (`postgres://user:password@host:5432/db?sslmode=verify-full`);
+    /// `sslmode` is `disable`, `prefer` (the default: TLS when the server offers it, its
+    /// certificate unchecked), `require` (TLS, certificate unchecked), `verify-ca` or
+    /// `verify-full` (the certificate checked against the system's store and the file named by
+    /// `sslrootcert`, and for `verify-full` the host name too), as libpq reads them;
     /// `function` is `name` or `schema.name`, unquoted parts folded to lower case as Postgres
     /// does, `"Quoted"` parts kept as written.
     pub async fn connect(
@@ -119,17 +123,6 @@ impl PostgresRegistrar {
                 secrets.scrub(&e.to_string(), &[])
             ))
         })?;
-        if matches!(
-            connect.get_ssl_mode(),
-            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-        ) {
-            return Err(RegistrarError::Misconfigured(
-                "the Postgres URL asks for TLS (sslmode=require, verify-ca or verify-full), \
-                 which this build of botline-registrar cannot do: use sslmode=disable or prefer \
-                 over a private network or a local socket"
-                    .into(),
-            ));
-        }
         let connect = connect.application_name("botline-registrar").options([(
             "statement_timeout",
             options.statement_timeout.as_millis().to_string(),

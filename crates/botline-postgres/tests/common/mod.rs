@@ -223,3 +223,206 @@ async fn cut(links: &mut watch::Receiver<Link>) -> Link {
         }
     }
 }
+
+/// A certificate authority made for one test, and a server certificate for `localhost` it
+/// signed (rcgen: ECDSA P-256 keys), all PEM.
+pub struct TestCertificates {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+impl TestCertificates {
+    pub fn new(ca_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        let ca = ca.self_signed(&ca_key).expect("the CA certificate");
+        let server_key = KeyPair::generate().expect("a server key");
+        let server = CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("server parameters")
+            .signed_by(&server_key, &ca, &ca_key)
+            .expect("the server certificate");
+        Self {
+            ca: ca.pem(),
+            server_cert: server.pem(),
+            server_key: server_key.serialize_pem(),
+        }
+    }
+}
+
+/// A Postgres server of the test's own (initdb in a temporary directory, TLS on with the
+/// given certificate, trust authentication, on a free port of 127.0.0.1), stopped and removed
+/// when dropped. Needs the server's programs (`pg_config --bindir`, or
+/// /usr/lib/postgresql/*/bin); run as root, it runs them as the `postgres` user, as initdb
+/// refuses root. Fails, never skips, when they are missing.
+pub struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    as_postgres: bool,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    pub fn start(certificates: &TestCertificates) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = postgres_bindir();
+        let as_postgres = is_root();
+        let dir =
+            std::env::temp_dir().join(format!("botline-pg-{}", uuid::Uuid::new_v4().simple()));
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let server = Self {
+            dir,
+            bin,
+            as_postgres,
+            port: free_port(),
+        };
+        if as_postgres {
+            run_ok(
+                std::process::Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&server.dir),
+            );
+        }
+        server.run(
+            &[
+                "initdb",
+                "--auth=trust",
+                "--username=postgres",
+                "--no-sync",
+                "-D",
+            ],
+            &data,
+        );
+        for (name, pem) in [
+            ("server.crt", &certificates.server_cert),
+            ("server.key", &certificates.server_key),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).expect("a certificate file");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_postgres {
+                run_ok(
+                    std::process::Command::new("chown")
+                        .arg("postgres:")
+                        .arg(&path),
+                );
+            }
+        }
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c ssl=on -c fsync=off",
+            server.port,
+            server.dir.display()
+        );
+        let log = server.dir.join("log");
+        server.run(
+            &[
+                "pg_ctl",
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &options,
+                "-l",
+                &log.to_string_lossy(),
+                "start",
+                "-D",
+            ],
+            &data,
+        );
+        server
+    }
+
+    /// `postgres://postgres:{password}@{host}:{port}/postgres?{params}`.
+    pub fn url(&self, host: &str, password: &str, params: &str) -> String {
+        format!(
+            "postgres://postgres:{password}@{host}:{}/postgres?{params}",
+            self.port
+        )
+    }
+
+    fn run(&self, program_and_args: &[&str], data: &std::path::Path) {
+        let program = self.bin.join(program_and_args[0]);
+        let mut command = if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        command.args(&program_and_args[1..]).arg(data);
+        run_ok(&mut command);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let program = self.bin.join("pg_ctl");
+        let mut command = if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        let _ = command
+            .args(["-m", "immediate", "stop", "-D"])
+            .arg(&data)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_ok(command: &mut std::process::Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    let out = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+fn postgres_bindir() -> std::path::PathBuf {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("these tests need Postgres's server programs (initdb, pg_ctl): none found")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
