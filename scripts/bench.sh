@@ -7,7 +7,8 @@
 #
 # With BACKEND=postgres the server runs `--backend postgres` on a fresh database of the local
 # Postgres (PGHOST/PGPORT/PGUSER as psql takes them; 127.0.0.1:5432, user postgres by default),
-# created for each scenario and dropped after it. The RSS figures are then Botline's alone.
+# created for each scenario and dropped after it (PGSSLMODE, default prefer, is Botline's
+# sslmode). The RSS figures are then Botline's alone.
 #
 # With BOT=notes-bot the server is examples/notes-bot instead of botline: the same command line
 # and store, plus its handlers, so that the two side by side show what the handler seam costs.
@@ -54,6 +55,9 @@ DURATION=${DURATION:-20s}
 BACKEND=${BACKEND:-embedded}
 BOT=${BOT:-botline}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
+# Botline's (and the verifier's) sslmode: prefer (libpq's default) encrypts when the server
+# offers TLS; disable measures without it.
+PGSSLMODE=${PGSSLMODE:-prefer}
 PORT=${PORT:-18080}
 OUT=bench-results
 mkdir -p "$OUT"
@@ -107,7 +111,7 @@ start_server() {
     database="botline_bench_$$_$1"
     database=${database//-/_}
     psql -q -d postgres -c "CREATE DATABASE $database" >/dev/null
-    export BOTLINE_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$database"
+    export BOTLINE_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$database?sslmode=$PGSSLMODE"
     store_args=(--backend postgres)
     verify_args=(--verify-database-url "$BOTLINE_DATABASE_URL")
   else
