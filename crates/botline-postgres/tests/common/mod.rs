@@ -345,33 +345,30 @@ impl PrivatePostgres {
     }
 
     fn run(&self, program_and_args: &[&str], data: &std::path::Path) {
-        let program = self.bin.join(program_and_args[0]);
-        let mut command = if self.as_postgres {
+        let mut command = self.command(program_and_args[0]);
+        command.args(&program_and_args[1..]).arg(data);
+        run_ok(&mut command);
+    }
+
+    /// One of the server's programs, run as the `postgres` user when the test runs as root.
+    fn command(&self, program: &str) -> std::process::Command {
+        let program = self.bin.join(program);
+        if self.as_postgres {
             let mut command = std::process::Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(program);
             command
         } else {
             std::process::Command::new(program)
-        };
-        command.args(&program_and_args[1..]).arg(data);
-        run_ok(&mut command);
+        }
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let program = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut command = std::process::Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            std::process::Command::new(program)
-        };
-        let _ = command
+        let _ = self
+            .command("pg_ctl")
             .args(["-m", "immediate", "stop", "-D"])
-            .arg(&data)
+            .arg(self.dir.join("data"))
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
