@@ -328,7 +328,7 @@ pub mod secrets;
 mod settings;
 mod store;
 
-pub use provision::provision;
+pub use provision::{Provisioned, provision, provision_report};
 pub use queue::{Claimed, MAX_RECEIVE_COUNT, QueueMessage, Receipt};
 pub use settings::{AwsClients, AwsSettings, ClientOptions, FifoGroup};
 

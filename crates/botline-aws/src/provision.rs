@@ -1,15 +1,17 @@
-//! Creates the queues and tables the crate docs describe, for tests and for a development
-//! stack (the CDK app creates them in a deployment).
+//! Creates the queues and tables the crate docs describe, or brings existing ones up to date:
+//! `botline provision --backend aws`, the tests, a stack made outside the CDK app (which
+//! creates them in its deployment).
 
 use crate::outbox::OUTBOX_PENDING_INDEX;
 use crate::queue::{MAX_RECEIVE_COUNT, PENDING_INDEX};
 use crate::settings::queue_name;
 use crate::store::USER_ID_INDEX;
-use crate::{AwsClients, AwsError, AwsSettings, Tables, describe, unavailable};
+use crate::{AwsClients, AwsError, AwsSettings, Tables, unavailable};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use botline_core::BackendError;
@@ -32,10 +34,31 @@ pub async fn provision(
     clients: &AwsClients,
     settings: &AwsSettings,
 ) -> Result<AwsSettings, AwsError> {
+    Ok(provision_report(clients, settings).await?.settings)
+}
+
+/// What [`provision_report`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The settings, with the URLs SQS answered with.
+    pub settings: AwsSettings,
+    /// One line per queue, table, index and TTL: what was created, changed or found as wanted.
+    pub actions: Vec<String>,
+}
+
+/// [`provision`], and what it did: `botline provision --backend aws` prints it. A table that
+/// exists without an index the backend needs (the seed documents' layout has no `PendingIndex`)
+/// gets the index added (UpdateTable), and the call waits until it is active.
+pub async fn provision_report(
+    clients: &AwsClients,
+    settings: &AwsSettings,
+) -> Result<Provisioned, AwsError> {
     settings.validate()?;
+    let mut actions = Vec::new();
     let fifo = settings.is_fifo();
     let dlq_url = create_queue(
         clients,
+        &mut actions,
         queue_name(&settings.dlq_url),
         fifo,
         HashMap::from([(
@@ -62,6 +85,7 @@ pub async fn provision(
     .to_string();
     let queue_url = create_queue(
         clients,
+        &mut actions,
         queue_name(&settings.queue_url),
         fifo,
         HashMap::from([
@@ -75,22 +99,50 @@ pub async fn provision(
     )
     .await?;
     for table in table_specs(&Tables::with_prefix(&settings.table_prefix)) {
-        create_table(clients, &table).await?;
+        create_table(clients, &mut actions, &table).await?;
     }
-    Ok(AwsSettings {
-        queue_url,
-        dlq_url,
-        ..settings.clone()
+    Ok(Provisioned {
+        settings: AwsSettings {
+            queue_url,
+            dlq_url,
+            ..settings.clone()
+        },
+        actions,
     })
 }
 
 async fn create_queue(
     clients: &AwsClients,
+    actions: &mut Vec<String>,
     name: &str,
     fifo: bool,
-    mut attributes: HashMap<QueueAttributeName, String>,
+    attributes: HashMap<QueueAttributeName, String>,
 ) -> Result<String, BackendError> {
-    let mut create = attributes.clone();
+    // CreateQueue answers an existing queue with the same attributes as if it made it: ask
+    // first, to say which it was.
+    let existing = match clients.sqs.get_queue_url().queue_name(name).send().await {
+        Ok(found) => found.queue_url,
+        Err(e)
+            if e.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
+                || e.code() == Some("QueueDoesNotExist") =>
+        {
+            None
+        }
+        Err(e) => return Err(unavailable("GetQueueUrl", e)),
+    };
+    if let Some(url) = existing {
+        clients
+            .sqs
+            .set_queue_attributes()
+            .queue_url(&url)
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(|e| unavailable("SetQueueAttributes", e))?;
+        actions.push(format!("queue {name}: exists, attributes set"));
+        return Ok(url);
+    }
+    let mut create = attributes;
     if fifo {
         create.insert(QueueAttributeName::FifoQueue, "true".into());
         create.insert(
@@ -104,35 +156,12 @@ async fn create_queue(
         .queue_name(name)
         .set_attributes(Some(create))
         .send()
-        .await;
-    match created {
-        Ok(created) => created
-            .queue_url
-            .ok_or_else(|| BackendError::Unavailable(format!("CreateQueue {name}: no URL"))),
-        // It exists with other attributes: bring them to these.
-        Err(e) if e.code() == Some("QueueAlreadyExists") || e.code() == Some("QueueNameExists") => {
-            let url = clients
-                .sqs
-                .get_queue_url()
-                .queue_name(name)
-                .send()
-                .await
-                .map_err(|e| unavailable("GetQueueUrl", e))?
-                .queue_url
-                .ok_or_else(|| BackendError::Unavailable(format!("GetQueueUrl {name}: no URL")))?;
-            attributes.remove(&QueueAttributeName::FifoQueue);
-            clients
-                .sqs
-                .set_queue_attributes()
-                .queue_url(&url)
-                .set_attributes(Some(attributes))
-                .send()
-                .await
-                .map_err(|e| unavailable("SetQueueAttributes", e))?;
-            Ok(url)
-        }
-        Err(e) => Err(unavailable("CreateQueue", e)),
-    }
+        .await
+        .map_err(|e| unavailable("CreateQueue", e))?;
+    actions.push(format!("queue {name}: created"));
+    created
+        .queue_url
+        .ok_or_else(|| BackendError::Unavailable(format!("CreateQueue {name}: no URL")))
 }
 
 /// A global secondary index: name, hash key, range key, projected attributes (all when `None`).
@@ -248,7 +277,71 @@ fn key_schema(hash: &str, range: Option<&str>) -> Result<Vec<KeySchemaElement>, 
         .collect()
 }
 
-async fn create_table(clients: &AwsClients, spec: &TableSpec) -> Result<(), BackendError> {
+fn attribute_definition(
+    name: &str,
+    kind: &ScalarAttributeType,
+) -> Result<AttributeDefinition, aws_sdk_dynamodb::error::BuildError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind.clone())
+        .build()
+}
+
+fn secondary_index(spec: &IndexSpec) -> Result<GlobalSecondaryIndex, BackendError> {
+    let (name, hash, range, projected) = spec;
+    let projection = match projected {
+        None => Projection::builder()
+            .projection_type(ProjectionType::All)
+            .build(),
+        Some(attributes) => Projection::builder()
+            .projection_type(ProjectionType::Include)
+            .set_non_key_attributes(Some(attributes.iter().map(|a| (*a).to_owned()).collect()))
+            .build(),
+    };
+    GlobalSecondaryIndex::builder()
+        .index_name(*name)
+        .set_key_schema(Some(key_schema(hash, *range)?))
+        .projection(projection)
+        .build()
+        .map_err(|e| BackendError::Unavailable(format!("index {name}: {e}")))
+}
+
+/// Waits until the table and its indexes are ACTIVE (at once on an emulator, a while on AWS),
+/// and returns the names of its indexes.
+async fn wait_active(clients: &AwsClients, table: &str) -> Result<Vec<String>, BackendError> {
+    for _ in 0..600 {
+        let described = clients
+            .dynamodb
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| unavailable("DescribeTable", e))?
+            .table
+            .ok_or_else(|| BackendError::Unavailable(format!("DescribeTable {table}: no table")))?;
+        let indexes = described.global_secondary_indexes();
+        let active = described.table_status() == Some(&TableStatus::Active)
+            && indexes
+                .iter()
+                .all(|i| i.index_status().is_none_or(|s| s.as_str() == "ACTIVE"));
+        if active {
+            return Ok(indexes
+                .iter()
+                .filter_map(|i| i.index_name().map(str::to_owned))
+                .collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(BackendError::Unavailable(format!(
+        "table {table} did not become active within 5 minutes"
+    )))
+}
+
+async fn create_table(
+    clients: &AwsClients,
+    actions: &mut Vec<String>,
+    spec: &TableSpec,
+) -> Result<(), BackendError> {
     let built = |e: aws_sdk_dynamodb::error::BuildError| {
         BackendError::Unavailable(format!("CreateTable {}: {e}", spec.name))
     };
@@ -259,74 +352,96 @@ async fn create_table(clients: &AwsClients, spec: &TableSpec) -> Result<(), Back
         .billing_mode(BillingMode::PayPerRequest)
         .set_key_schema(Some(key_schema(spec.hash, spec.range)?));
     for (name, kind) in &spec.attributes {
-        create = create.attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(*name)
-                .attribute_type(kind.clone())
-                .build()
-                .map_err(built)?,
-        );
+        create = create.attribute_definitions(attribute_definition(name, kind).map_err(built)?);
     }
-    for (name, hash, range, projected) in &spec.indexes {
-        let projection = match projected {
-            None => Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-            Some(attributes) => Projection::builder()
-                .projection_type(ProjectionType::Include)
-                .set_non_key_attributes(Some(attributes.iter().map(|a| (*a).to_owned()).collect()))
-                .build(),
-        };
-        create = create.global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(*name)
-                .set_key_schema(Some(key_schema(hash, *range)?))
-                .projection(projection)
-                .build()
-                .map_err(built)?,
-        );
+    for index in &spec.indexes {
+        create = create.global_secondary_indexes(secondary_index(index)?);
     }
-    match create.send().await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some("ResourceInUseException") => {}
+    let existed = match create.send().await {
+        Ok(_) => {
+            actions.push(format!("table {}: created", spec.name));
+            false
+        }
+        Err(e) if e.code() == Some("ResourceInUseException") => true,
         Err(e) => return Err(unavailable("CreateTable", e)),
+    };
+    let mut indexes = wait_active(clients, &spec.name).await?;
+    if existed {
+        actions.push(format!("table {}: exists", spec.name));
+        // A table made before, or by hand from the seed documents: add the indexes it lacks,
+        // one at a time (DynamoDB creates one per UpdateTable).
+        for index in &spec.indexes {
+            let name = index.0;
+            if indexes.iter().any(|i| i == name) {
+                continue;
+            }
+            let keys = [Some(index.1), index.2];
+            let definitions = spec
+                .attributes
+                .iter()
+                .filter(|(attribute, _)| keys.contains(&Some(*attribute)))
+                .map(|(attribute, kind)| attribute_definition(attribute, kind))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(built)?;
+            let secondary = secondary_index(index)?;
+            clients
+                .dynamodb
+                .update_table()
+                .table_name(&spec.name)
+                .set_attribute_definitions(Some(definitions))
+                .global_secondary_index_updates(
+                    GlobalSecondaryIndexUpdate::builder()
+                        .create(
+                            CreateGlobalSecondaryIndexAction::builder()
+                                .index_name(name)
+                                .set_key_schema(Some(secondary.key_schema))
+                                .set_projection(secondary.projection)
+                                .build()
+                                .map_err(built)?,
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| unavailable("UpdateTable", e))?;
+            indexes = wait_active(clients, &spec.name).await?;
+            actions.push(format!("table {}: index {name} added", spec.name));
+        }
     }
-    // A table takes a while to become ACTIVE on AWS (at once on an emulator).
-    for _ in 0..120 {
-        let described = clients
+    if let Some(attribute) = spec.ttl {
+        let current = clients
             .dynamodb
-            .describe_table()
+            .describe_time_to_live()
             .table_name(&spec.name)
             .send()
             .await
-            .map_err(|e| unavailable("DescribeTable", e))?;
-        let status = described.table.and_then(|t| t.table_status);
-        if status == Some(TableStatus::Active) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    if let Some(attribute) = spec.ttl {
-        let enabled = clients
-            .dynamodb
-            .update_time_to_live()
-            .table_name(&spec.name)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(attribute)
-                    .enabled(true)
-                    .build()
-                    .map_err(built)?,
-            )
-            .send()
-            .await;
-        match enabled {
-            Ok(_) => {}
-            // Enabled before (by an earlier run).
-            Err(e) if e.code() == Some("ValidationException") => {
-                tracing::debug!(table = %spec.name, error = %describe("UpdateTimeToLive", &e), "TTL left as it is");
-            }
-            Err(e) => return Err(unavailable("UpdateTimeToLive", e)),
+            .map_err(|e| unavailable("DescribeTimeToLive", e))?
+            .time_to_live_description;
+        let on = current.is_some_and(|ttl| {
+            ttl.attribute_name() == Some(attribute)
+                && matches!(
+                    ttl.time_to_live_status().map(|s| s.as_str()),
+                    Some("ENABLED" | "ENABLING")
+                )
+        });
+        if on {
+            actions.push(format!("table {}: TTL on {attribute} already", spec.name));
+        } else {
+            clients
+                .dynamodb
+                .update_time_to_live()
+                .table_name(&spec.name)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(attribute)
+                        .enabled(true)
+                        .build()
+                        .map_err(built)?,
+                )
+                .send()
+                .await
+                .map_err(|e| unavailable("UpdateTimeToLive", e))?;
+            actions.push(format!("table {}: TTL on {attribute}", spec.name));
         }
     }
     Ok(())

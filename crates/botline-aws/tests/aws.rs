@@ -664,6 +664,101 @@ async fn provisioning_is_idempotent_and_makes_what_the_docs_say() {
     }
 }
 
+/// Issue 18: provisioning tables laid out as the seed documents give them (`updates` without
+/// `PendingIndex`, no `outbox` or `tokens` table) adds the index and the two tables and says so;
+/// the backend then works; a second run finds everything as wanted and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_brings_the_seed_layout_up_to_date_and_says_what_it_did() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let clients = common::clients().await;
+    let wanted = common::unique_settings(false);
+    let tables = botline_aws::Tables::with_prefix(&wanted.table_prefix);
+    for (table, key, kind) in [
+        (&tables.messages, "chatId", ScalarAttributeType::S),
+        (&tables.users, "userId", ScalarAttributeType::S),
+        (&tables.events, "eventId", ScalarAttributeType::S),
+        (&tables.sessions, "sessionId", ScalarAttributeType::S),
+        (&tables.updates, "updateId", ScalarAttributeType::N),
+    ] {
+        let mut create = clients
+            .dynamodb
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(kind)
+                    .build()
+                    .unwrap(),
+            );
+        if table == &tables.messages {
+            create = create
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("messageId")
+                        .key_type(KeyType::Range)
+                        .build()
+                        .unwrap(),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("messageId")
+                        .attribute_type(ScalarAttributeType::N)
+                        .build()
+                        .unwrap(),
+                );
+        }
+        create.send().await.expect("a seed table");
+    }
+
+    let first = botline_aws::provision_report(&clients, &wanted)
+        .await
+        .unwrap();
+    let said = first.actions.join("\n");
+    for line in [
+        format!("table {}: exists", tables.updates),
+        format!("table {}: index PendingIndex added", tables.updates),
+        format!("table {}: index UserIdIndex added", tables.events),
+        format!("table {}: created", tables.outbox),
+        format!("table {}: created", tables.tokens),
+    ] {
+        assert!(said.lines().any(|l| l == line), "{line:?} not in:\n{said}");
+    }
+    assert!(
+        !said.contains(&format!("table {}: created", tables.updates)),
+        "{said}"
+    );
+
+    let backend = AwsBackend::new(clients.clone(), first.settings.clone(), config());
+    backend
+        .enqueue(&message_update(4242, 77, 1, "after provisioning"))
+        .await
+        .unwrap();
+    let delivered = backend.receive(10).await.unwrap();
+    assert_eq!(delivered.len(), 1, "the claim works with the added index");
+    backend.ack(&delivered[0]).await.unwrap();
+
+    let again = botline_aws::provision_report(&clients, &wanted)
+        .await
+        .unwrap();
+    assert_eq!(again.settings, first.settings);
+    let said = again.actions.join("\n");
+    assert!(
+        !said.contains("created") && !said.contains("added"),
+        "the second run changed something:\n{said}"
+    );
+}
+
 /// A TCP server that accepts connections and never answers.
 async fn silent_endpoint() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

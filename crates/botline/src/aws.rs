@@ -25,6 +25,18 @@ pub async fn open_backend(config: QueueConfig) -> Result<AwsBackend, ConfigError
         .map_err(|e| ConfigError::Invalid(format!("--backend aws: {e}")))
 }
 
+/// `botline provision --backend aws`: the queues and tables the environment names, created or
+/// brought up to date ([`botline_aws::provision_report`]); what was done, one line each.
+pub async fn provision() -> Result<Vec<String>, ConfigError> {
+    let invalid = |e: AwsError| ConfigError::Invalid(format!("--backend aws: {e}"));
+    let settings = botline_aws::AwsSettings::from_env().map_err(invalid)?;
+    let clients = botline_aws::AwsClients::load(&botline_aws::ClientOptions::default()).await;
+    let provisioned = botline_aws::provision_report(&clients, &settings)
+        .await
+        .map_err(invalid)?;
+    Ok(provisioned.actions)
+}
+
 /// The secrets of the settings that come from Secrets Manager or SSM.
 #[derive(Debug)]
 pub struct SecretStore {

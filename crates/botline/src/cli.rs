@@ -47,6 +47,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Create what the backend needs, or bring it up to date: the embedded store's schema,
+    /// Postgres's migrations, or on AWS both queues (with the redrive policy) and the seven
+    /// tables with their indexes and TTL, adding an index an existing table lacks. Idempotent;
+    /// prints what it did.
+    Provision {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Queue depth, updates in flight, dead letters, updates remembered.
     Stats {
         #[command(flatten)]

@@ -84,6 +84,11 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
                 .map_err(|e| e.to_string());
         }
         Command::Webhook { command } => return webhook(command, &settings).await,
+        Command::Provision { .. } => {
+            return crate::serve::provision(&settings, std::io::stdout().lock())
+                .await
+                .map_err(|e| e.to_string());
+        }
         _ => {}
     }
     // Tokens may be issued before the first `serve`; the other commands read what serve wrote.
@@ -93,7 +98,10 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
         .map_err(|e| e.to_string())?;
     let out = std::io::stdout().lock();
     let result = match command {
-        Command::Serve(_) | Command::Poll(_) | Command::Webhook { .. } => Ok(()),
+        Command::Serve(_)
+        | Command::Poll(_)
+        | Command::Webhook { .. }
+        | Command::Provision { .. } => Ok(()),
         Command::Messages {
             command:
                 MessagesCommand::Export {
@@ -142,7 +150,8 @@ fn store_args(command: &Command) -> Option<&StoreArgs> {
         | Command::Tokens {
             command: TokensCommand::Issue { store, .. },
         }
-        | Command::Stats { store, .. } => Some(store),
+        | Command::Stats { store, .. }
+        | Command::Provision { store } => Some(store),
         Command::Webhook { .. } => None,
     }
 }

@@ -73,6 +73,46 @@ pub async fn open_backend(
     })
 }
 
+/// `botline provision`: creates what the configured backend needs, or brings it up to date,
+/// and writes one line per thing it created, changed or found as wanted.
+pub async fn provision(
+    settings: &Settings,
+    mut out: impl std::io::Write,
+) -> Result<(), ServeError> {
+    let config = settings.queue_config();
+    let actions = match settings.backend {
+        #[cfg(feature = "sqlite")]
+        BackendKind::Embedded => {
+            botline_sqlite::SqliteBackend::open(&settings.data_dir, config)?;
+            vec![format!(
+                "embedded store {}: schema up to date",
+                settings.data_dir.display()
+            )]
+        }
+        BackendKind::Postgres => {
+            let backend =
+                botline_postgres::PostgresBackend::connect(&settings.postgres_url()?, config)
+                    .await?;
+            vec![format!(
+                "postgres {}: migrations applied, schema up to date",
+                backend.target()
+            )]
+        }
+        #[cfg(feature = "aws")]
+        BackendKind::Aws => crate::aws::provision().await?,
+        #[allow(unreachable_patterns)] // with every backend compiled in
+        _ => {
+            open_backend(settings, false).await?;
+            Vec::new()
+        }
+    };
+    for action in actions {
+        writeln!(out, "{action}")
+            .map_err(|e| ConfigError::Invalid(format!("cannot write the report: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Opens the backend `serve` runs on. A Postgres that is down at start does not stop the
 /// server: it answers 503 and keeps trying to migrate until the database is back.
 async fn open_serving_backend(

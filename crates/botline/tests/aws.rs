@@ -130,3 +130,30 @@ async fn serve_and_the_operator_commands_work_on_aws() {
     assert!(!list.contains("920001"), "{list}");
     drop(server);
 }
+
+/// Issue 18: `botline provision --backend aws` from nothing creates both queues and the seven
+/// tables and says so; run again, it finds them and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_creates_the_queues_and_tables_once() {
+    let unprovisioned = AwsBackend::new(
+        aws::clients().await,
+        aws::unique_settings(true),
+        aws::whole_seconds(),
+    );
+    let first = String::from_utf8(cli(&unprovisioned, &["provision"]).stdout).unwrap();
+    let created = first.lines().filter(|l| l.ends_with(": created")).count();
+    assert_eq!(created, 2 + 7, "both queues and seven tables:\n{first}");
+    let again = String::from_utf8(cli(&unprovisioned, &["provision"]).stdout).unwrap();
+    assert!(
+        !again.contains("created") && !again.contains("added"),
+        "{again}"
+    );
+    assert_eq!(
+        again.lines().filter(|l| l.ends_with(": exists")).count(),
+        7,
+        "{again}"
+    );
+    let stats = cli(&unprovisioned, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["pending"], 0, "{stats}");
+}

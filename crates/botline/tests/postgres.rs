@@ -235,3 +235,28 @@ fn an_absent_database_gets_503_never_200_and_everything_resumes_when_it_returns(
         "the password reached the logs"
     );
 }
+
+/// Issue 18: `botline provision --backend postgres` runs the migrations and says so; the
+/// schema is then there (the table a later `serve` writes first).
+#[test]
+fn provision_migrates_the_database() {
+    let db = PgDb::new("botline_provision");
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .args(["provision", "--backend", "postgres"])
+            .env("BOTLINE_DATABASE_URL", db.url())
+            .stdin(Stdio::null())
+            .output()
+            .expect("botline runs");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("migrations applied, schema up to date"),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        common::psql(&db.name, "SELECT count(*) FROM updates").trim(),
+        "0"
+    );
+}
