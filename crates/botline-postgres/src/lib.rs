@@ -143,6 +143,17 @@ use std::time::Duration;
 #[cfg(doc)]
 use botline_core::{Applied, DeadLetters, Queue, RetryPolicy, Store};
 
+/// Makes rustls's ring provider the process's default, unless one is set already. sqlx brings
+/// its own provider for its connections but, for `sslmode=verify-ca`, builds the certificate
+/// verifier with the process's default, which rustls cannot pick by itself when a build enables
+/// both of its providers (the AWS SDK in the same binary enables aws-lc-rs): it panics.
+pub fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may have installed one in between: that one serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// How [`PostgresBackend`] uses its pool. Built from [`Default`] and the setters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
@@ -254,6 +265,7 @@ impl PostgresBackend {
         config: QueueConfig,
         options: PostgresOptions,
     ) -> Result<Self, BackendError> {
+        install_tls_provider();
         let secrets = Secrets::of_url(url);
         let connect = PgConnectOptions::from_str(url).map_err(|e| {
             BackendError::Unavailable(format!(

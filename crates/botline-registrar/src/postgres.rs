@@ -114,6 +114,12 @@ impl PostgresRegistrar {
         function: &str,
         options: PostgresOptions,
     ) -> Result<Self, RegistrarError> {
+        // As botline-postgres's `install_tls_provider`: sqlx's verify-ca path needs the
+        // process's default rustls provider, which rustls cannot pick when a build enables both
+        // of its providers.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let function = QualifiedName::parse(function, Dialect::Postgres)
             .map_err(RegistrarError::Misconfigured)?;
         let secrets = url_secrets(url)?;
