@@ -11,6 +11,7 @@
 //! | [`redact`] | secrets users type (`/register` tokens), found and replaced: [`redact_typed_secrets`] |
 //! | [`backend`] | the [`Queue`], [`DeadLetters`], [`Store`] and [`Sessions`] contracts |
 //! | [`clock`] | unix-millisecond time and its ISO 8601 text |
+//! | [`limits`] | token buckets shared by every instance ([`SharedLimiter`]) and Telegram's limits as buckets |
 //! | `testsuite` | (feature `testsuite`) the behaviours every backend must pass: [`backend_suite!`] |
 //!
 //! # Features
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod clock;
 pub mod commands;
 pub mod ids;
+pub mod limits;
 pub mod records;
 pub mod redact;
 #[cfg(feature = "testsuite")]
@@ -35,6 +37,7 @@ pub use backend::{
     RegistrationTokens, RetryPolicy, Sessions, Store,
 };
 pub use ids::{ChatId, MessageId, UpdateId, UserId};
+pub use limits::{Bucket, SharedLimiter, Taken};
 pub use records::{
     EventRecord, Handling, MessageRecord, OutboxAction, OutboxMessage, Records, Redemption,
     SessionChange, SessionRecord, UserRecord, build_records,

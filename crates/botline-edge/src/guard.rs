@@ -5,6 +5,12 @@
 //! (400 when a trusted proxy's forwarding header does not tell it), the allowlist (403), then
 //! the per-address token bucket (429), which requests carrying the correct webhook secret skip.
 //! A refused request never reaches the inner service, and its body is not read.
+//!
+//! With a [`SharedLimiter`] ([`EdgeGuard::sharing`]), the address buckets are the shared store's,
+//! so every instance counts the same requests. While the store cannot be asked, each instance
+//! falls back to its own buckets (the failure is logged and counted in
+//! `botline_shared_limiter_errors_total{limiter="edge"}`); requests carrying the webhook secret
+//! are never limited, so Telegram's deliveries pass either way.
 
 use crate::client::{BadForwarding, ProxyHeader, canonical, peer_addr, resolve};
 use crate::config::{ConfigError, EdgeConfig, canonical_net};
@@ -14,7 +20,8 @@ use crate::secret::Secret;
 use crate::{REFUSED_METRIC, SECRET_HEADER};
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::{Either, Ready, ready};
+use botline_core::limits::{Bucket, SHARED_LIMITER_ERRORS_METRIC, SharedLimiter, Taken};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use ipnet::{IpNet, Ipv6Net};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,10 +73,25 @@ pub struct EdgeGuard {
     trusted_proxies: Vec<IpNet>,
     proxy_header: ProxyHeader,
     limiter: Option<KeyedLimiter<IpAddr>>,
+    /// The buckets every instance shares, when configured; `limiter` stands in while they
+    /// cannot be asked.
+    shared: Option<Arc<dyn SharedLimiter>>,
+    rate: u32,
+    burst: u32,
     ipv6_prefix: u8,
     webhook_secret: Option<Secret>,
     /// Whether the missing-peer misconfiguration was logged already.
     warned_no_peer: AtomicBool,
+    /// Whether the shared store failed on the last request that asked it.
+    shared_down: AtomicBool,
+}
+
+/// What the guard decided without asking anyone.
+enum Admission {
+    /// Let the request in.
+    Pass,
+    /// The client's bucket (of the shared store) decides.
+    Shared(IpAddr),
 }
 
 impl EdgeGuard {
@@ -98,10 +120,24 @@ impl EdgeGuard {
             trusted_proxies: canonical_list(&config.trusted_proxies),
             proxy_header: config.proxy_header,
             limiter,
+            shared: None,
+            rate: limits.rate,
+            burst: limits.burst,
             ipv6_prefix: limits.ipv6_prefix,
             webhook_secret,
             warned_no_peer: AtomicBool::new(false),
+            shared_down: AtomicBool::new(false),
         })
+    }
+
+    /// Counts addresses in `shared`, the buckets every instance sees, instead of this
+    /// process's own (which stand in while `shared` cannot be asked). No effect when rate
+    /// limiting is off.
+    pub fn sharing(mut self, shared: Arc<dyn SharedLimiter>) -> Self {
+        if self.limiter.is_some() {
+            self.shared = Some(shared);
+        }
+        self
     }
 
     /// The client's address: see [`client`](crate::client). `Ok(None)` when the request
@@ -121,8 +157,17 @@ impl EdgeGuard {
         .map(Some)
     }
 
-    /// Whether `request` may pass; a refusal is counted in `botline_edge_refused_total`.
+    /// Whether `request` may pass, by this process's own buckets; a refusal is counted in
+    /// `botline_edge_refused_total`. With a shared store, [`EdgeService`] asks it instead.
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), Refusal> {
+        match self.admit(request)? {
+            Admission::Pass => Ok(()),
+            Admission::Shared(key) => self.check_locally(key).inspect_err(count),
+        }
+    }
+
+    /// Everything but the shared store: the address, the allowlist, the local bucket.
+    fn admit<B>(&self, request: &Request<B>) -> Result<Admission, Refusal> {
         let client = self.client_addr(request);
         if client == Ok(None) && !self.warned_no_peer.swap(true, Ordering::Relaxed) {
             tracing::error!(
@@ -134,15 +179,65 @@ impl EdgeGuard {
             Ok(client) => self.decide(request, client),
             Err(_) => Err(Refusal::BadForwarding),
         };
+        let outcome = match outcome {
+            Ok(Admission::Shared(key)) if self.shared.is_none() => {
+                self.check_locally(key).map(|()| Admission::Pass)
+            }
+            other => other,
+        };
         if let Err(refusal) = &outcome {
-            metrics::counter!(REFUSED_METRIC, "reason" => refusal.reason()).increment(1);
+            count(refusal);
             // `client` is `Err(..)` with the cause when the forwarding header was bad.
             tracing::debug!(client = ?client, reason = refusal.reason(), "edge refused a request");
         }
         outcome
     }
 
-    fn decide<B>(&self, request: &Request<B>, client: Option<IpAddr>) -> Result<(), Refusal> {
+    fn check_locally(&self, key: IpAddr) -> Result<(), Refusal> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .check(&key)
+            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+    }
+
+    /// Asks the shared store for `key`'s token; its own bucket decides while the store cannot
+    /// be asked.
+    async fn check_shared(&self, key: IpAddr) -> Result<(), Refusal> {
+        let Some(shared) = &self.shared else {
+            return self.check_locally(key);
+        };
+        let bucket = Bucket::per_second(format!("edge:addr:{key}"), self.rate, self.burst);
+        let outcome = match shared.take(std::slice::from_ref(&bucket)).await {
+            Ok(taken) => {
+                if self.shared_down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("edge: the shared rate limits answer again");
+                }
+                match taken {
+                    Taken::Yes => Ok(()),
+                    Taken::NotBefore(retry_after) => Err(Refusal::RateLimited { retry_after }),
+                }
+            }
+            Err(error) => {
+                metrics::counter!(SHARED_LIMITER_ERRORS_METRIC, "limiter" => "edge").increment(1);
+                if !self.shared_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "edge: cannot reach the shared rate limits; each instance limits addresses on its own until they answer");
+                }
+                self.check_locally(key)
+            }
+        };
+        if let Err(refusal) = &outcome {
+            count(refusal);
+        }
+        outcome
+    }
+
+    fn decide<B>(
+        &self,
+        request: &Request<B>,
+        client: Option<IpAddr>,
+    ) -> Result<Admission, Refusal> {
         if let Some(allowlist) = &self.allowlist {
             let allowed =
                 client.is_some_and(|addr| allowlist.iter().any(|net| net.contains(&addr)));
@@ -150,20 +245,18 @@ impl EdgeGuard {
                 return Err(Refusal::Forbidden);
             }
         }
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
+        if self.limiter.is_none() {
+            return Ok(Admission::Pass);
+        }
         // Without an address (a wiring mistake, logged above) nothing is limited: one shared
         // bucket would turn the mistake into an outage.
         let Some(client) = client else {
-            return Ok(());
+            return Ok(Admission::Pass);
         };
         if self.carries_webhook_secret(request) {
-            return Ok(());
+            return Ok(Admission::Pass);
         }
-        limiter
-            .check(&limiter_key(client, self.ipv6_prefix))
-            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+        Ok(Admission::Shared(limiter_key(client, self.ipv6_prefix)))
     }
 
     fn carries_webhook_secret<B>(&self, request: &Request<B>) -> bool {
@@ -187,6 +280,10 @@ impl EdgeGuard {
             guard: Arc::clone(self),
         }
     }
+}
+
+fn count(refusal: &Refusal) {
+    metrics::counter!(REFUSED_METRIC, "reason" => refusal.reason()).increment(1);
 }
 
 /// What an address is counted as: an IPv4 address itself, an IPv6 address its prefix.
@@ -241,20 +338,37 @@ pub struct EdgeService<S> {
 
 impl<S, B> Service<Request<B>> for EdgeService<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+    type Future = Either<
+        Either<Ready<Result<Response, S::Error>>, S::Future>,
+        BoxFuture<'static, Result<Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.guard.check(&request) {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(refusal) => Either::Left(ready(Ok(refusal.into_response()))),
+        match self.guard.admit(&request) {
+            Ok(Admission::Pass) => Either::Left(Either::Right(self.inner.call(request))),
+            Err(refusal) => Either::Left(Either::Left(ready(Ok(refusal.into_response())))),
+            Ok(Admission::Shared(key)) => {
+                // The service that was made ready is the one that takes the request.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let guard = Arc::clone(&self.guard);
+                Either::Right(Box::pin(async move {
+                    match guard.check_shared(key).await {
+                        Ok(()) => inner.call(request).await,
+                        Err(refusal) => Ok(refusal.into_response()),
+                    }
+                }))
+            }
         }
     }
 }

@@ -8,11 +8,13 @@
 
 use crate::secret::{DatabaseUrl, FetchedSecrets, WebhookSecret};
 use crate::sender::Limits;
+use crate::shared_limits::RedisLimiter;
 use crate::telegram::{BotToken, Telegram};
 use botline_core::{QueueConfig, RetryPolicy};
 use botline_registrar::{PostgresOptions, PostgresRegistrar, Registrar, SqlServerRegistrar};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -100,6 +102,10 @@ pub struct Settings {
     pub bot_token_file: Option<PathBuf>,
     /// Bot API calls per second, overall (Telegram allows about 30).
     pub telegram_calls_per_second: u32,
+    /// A file holding the Redis URL (instead of `BOTLINE_REDIS_URL`) whose buckets every
+    /// instance shares for Telegram's limits and the edge's address limiter; the URL may hold
+    /// a password, so it is never a setting itself. Without one, each process counts alone.
+    pub redis_url_file: Option<PathBuf>,
     /// How long one getUpdates call of `botline poll` waits for updates.
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
@@ -186,6 +192,7 @@ impl Default for Settings {
             telegram_api_url: crate::telegram::DEFAULT_API_URL.to_owned(),
             bot_token_file: None,
             telegram_calls_per_second: 30,
+            redis_url_file: None,
             poll_timeout: Duration::from_secs(25),
             registration: RegistrationBackend::Embedded,
             registration_procedure: None,
@@ -239,6 +246,7 @@ const ENV_SETTINGS: &[&str] = &[
     "telegram_api_url",
     "bot_token_file",
     "telegram_calls_per_second",
+    "redis_url_file",
     "poll_timeout",
     "registration",
     "registration_procedure",
@@ -494,8 +502,48 @@ impl Settings {
     }
 
     /// Telegram's limits for the sender, at `telegram_calls_per_second` overall.
-    pub fn telegram_limits(&self) -> Limits {
-        Limits::telegram(NonZeroU32::new(self.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN))
+    /// Telegram's limits for the sender: shared through Redis when a Redis URL is set,
+    /// this process's own otherwise.
+    pub fn telegram_limits(&self) -> Result<Limits, ConfigError> {
+        self.telegram_limits_or(None)
+    }
+
+    /// Telegram's limits for the sender: shared through Redis when a Redis URL is set, else
+    /// through `fallback` when given (the worker Lambda's DynamoDB buckets), else this
+    /// process's own.
+    pub fn telegram_limits_or(
+        &self,
+        fallback: Option<Arc<dyn botline_core::SharedLimiter>>,
+    ) -> Result<Limits, ConfigError> {
+        let limits = Limits::telegram(
+            NonZeroU32::new(self.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN),
+        );
+        let shared = match self.shared_limiter()? {
+            Some(redis) => Some(redis as Arc<dyn botline_core::SharedLimiter>),
+            None => fallback,
+        };
+        Ok(match shared {
+            Some(shared) => limits.sharing(shared),
+            None => limits,
+        })
+    }
+
+    /// The buckets every instance shares, when `BOTLINE_REDIS_URL` (or its file) is set: in
+    /// Redis, under the bot's id. Connects on first use.
+    pub fn shared_limiter(&self) -> Result<Option<Arc<RedisLimiter>>, ConfigError> {
+        let Some(url) =
+            secret_from_env_or_file("BOTLINE_REDIS_URL", self.redis_url_file.as_deref())?
+        else {
+            return Ok(None);
+        };
+        let token = self.bot_token()?;
+        let bot_id = token
+            .as_ref()
+            .and_then(|token| token.expose().split_once(':'))
+            .map(|(id, _)| id);
+        RedisLimiter::connect_lazy(&SecretString::from(url), bot_id)
+            .map(|limiter| Some(Arc::new(limiter)))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// Like [`Settings::telegram`], for commands that cannot work without a token.

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate};
-use botline_edge::{EdgeLayer, WebAppAuth};
+use botline_edge::{EdgeGuard, EdgeLayer, WebAppAuth};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -118,7 +118,12 @@ fn edge_guards(
     let invalid = |e: botline_edge::ConfigError| ConfigError::Invalid(format!("edge: {e}"));
     let edge = if config.allowlist.is_some() || config.rate_limit.enabled {
         let secret = secret.map(|s| botline_edge::Secret::new(s.expose()));
-        Some(EdgeLayer::new(config, secret).map_err(invalid)?)
+        let guard = EdgeGuard::new(config, secret).map_err(invalid)?;
+        let guard = match settings.shared_limiter()? {
+            Some(shared) => guard.sharing(shared),
+            None => guard,
+        };
+        Some(Arc::new(guard).layer())
     } else {
         None
     };

@@ -31,6 +31,7 @@ pub mod runner;
 pub mod secret;
 pub mod sender;
 pub mod serve;
+pub mod shared_limits;
 pub mod telegram;
 pub mod worker;
 

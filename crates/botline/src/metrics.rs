@@ -14,6 +14,7 @@
 //! | `botline_telegram_calls_total` | counter | `method`, `outcome` | Bot API calls made by the sender (`method`: the Bot API's name for the common methods, `other` for the rest): sent, retry (429, 5xx, network), refused (400/403/404, final) |
 //! | `botline_update_to_reply_seconds` | histogram | | an outbox call written to Telegram accepting it |
 //! | `botline_outbox_depth` | gauge | `state` | outbox calls pending or failed for good (read at scrape time) |
+//! | `botline_shared_limiter_errors_total` | counter | `limiter` | requests to the shared rate limits (Redis, `BOTLINE_REDIS_URL`) that failed: `telegram` (the sender waits), `edge` (the address limiter counts alone meanwhile) |
 //! | `botline_edge_refused_total` | counter | `reason` | requests the edge guard refused: allowlist (403), rate_limited (429), bad_forwarding (400) |
 //! | `botline_handler_failures_total` | counter | | attempts the bot's handler failed (an error or a panic) |
 //! | `botline_http_connections` | gauge | | connections `botline serve` has open |
@@ -116,6 +117,10 @@ pub fn describe() {
         "Time from an outbox call being written to Telegram accepting it"
     );
     describe_gauge!(OUTBOX_DEPTH, "Outbox calls pending or failed for good");
+    describe_counter!(
+        botline_core::limits::SHARED_LIMITER_ERRORS_METRIC,
+        "Requests to the shared rate limits (Redis) that failed, by limiter: telegram or edge"
+    );
     describe_counter!(
         HANDLER_FAILURES,
         "Attempts the bot's handler failed, by reason: error (an error or a panic) or timeout"

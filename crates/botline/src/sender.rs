@@ -19,7 +19,10 @@
 //!
 //! Outgoing calls stay under Telegram's published limits: about 30 messages per second overall,
 //! one per second in a chat, and 20 per minute in a group (here one every 3 s per group, which
-//! can never exceed 20 in any minute). The limiters are governor's GCRA.
+//! can never exceed 20 in any minute). The limiters are governor's GCRA, in this process; with
+//! `BOTLINE_REDIS_URL` they are buckets in Redis that every instance shares
+//! ([`crate::shared_limits`]), and while Redis does not answer calls wait rather than go out
+//! past the limits (a call that waited 30 s goes back to the outbox and is tried again).
 //!
 //! The window: if the process dies after Telegram accepted a call and before `call_done`
 //! committed, the lease runs out and the call is made again. That one call may be sent twice;
@@ -29,9 +32,11 @@ use crate::backoff::sleep_unless_stopped;
 use crate::metrics as names;
 use crate::pump::Pump;
 use crate::telegram::{CallError, Telegram};
-use botline_core::{Backend, OutboxAction, OutboxEntry, RetryPolicy};
+use botline_core::limits::{SHARED_LIMITER_ERRORS_METRIC, SharedLimiter, Taken, telegram_buckets};
+use botline_core::{Backend, BackendError, OutboxAction, OutboxEntry, RetryPolicy};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -55,22 +60,41 @@ const CALL_RETRY: RetryPolicy = RetryPolicy {
 /// 429s from this many different chats within `FLOOD_WINDOW` mean the bot as a whole is limited.
 const FLOOD_CHATS: usize = 2;
 const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+/// How long a call waits for shared limits that do not answer before it goes back to the
+/// outbox (well inside its [`LEASE`], so no other sender takes it meanwhile).
+const SHARED_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Between two requests to shared limits that did not answer: 100 ms doubling up to 2 s.
+const SHARED_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    backoff_base: Duration::from_millis(100),
+    backoff_max: Duration::from_secs(2),
+};
 /// Limiter entries of chats idle this long are forgotten.
 const LIMITER_SHRINK_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Telegram's limits, as rate limiters.
+/// Telegram's limits, as rate limiters: this process's own (governor), or, with
+/// [`Limits::sharing`], buckets every instance shares ([`SharedLimiter`], Redis).
 #[derive(Debug)]
 pub struct Limits {
+    per_second: u32,
     global: DefaultDirectRateLimiter,
     per_chat: DefaultKeyedRateLimiter<i64>,
     per_group: DefaultKeyedRateLimiter<i64>,
+    shared: Option<Arc<dyn SharedLimiter>>,
+    /// Whether the shared store failed on the last call that asked it.
+    shared_down: AtomicBool,
 }
+
+/// The shared store did not answer for [`SHARED_WAIT_MAX`]; the call goes back to the outbox.
+#[derive(Debug)]
+struct LimitsAway(BackendError);
 
 impl Limits {
     /// `per_second` overall, one message per second per chat, one per 3 s per group.
     pub fn telegram(per_second: NonZeroU32) -> Self {
         let one = NonZeroU32::MIN;
         Self {
+            per_second: per_second.get(),
             global: RateLimiter::direct(Quota::per_second(per_second).allow_burst(per_second)),
             per_chat: RateLimiter::keyed(Quota::per_second(one).allow_burst(one)),
             per_group: RateLimiter::keyed(
@@ -78,19 +102,60 @@ impl Limits {
                     .unwrap_or_else(|| Quota::per_second(one))
                     .allow_burst(one),
             ),
+            shared: None,
+            shared_down: AtomicBool::new(false),
         }
+    }
+
+    /// The same limits, counted in `shared` for every instance of the bot
+    /// ([`telegram_buckets`]: spaced evenly, with a little headroom, as calls from several
+    /// instances meet at Telegram).
+    pub fn sharing(mut self, shared: Arc<dyn SharedLimiter>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Waits until a call to `chat_id` may go out. Only messages count against the per-chat and
     /// per-group limits; every call counts against the overall one.
-    async fn until_ready(&self, chat_id: i64, sends_message: bool) {
-        if sends_message {
-            self.per_chat.until_key_ready(&chat_id).await;
-            if chat_id < 0 {
-                self.per_group.until_key_ready(&chat_id).await;
+    async fn until_ready(&self, chat_id: i64, sends_message: bool) -> Result<(), LimitsAway> {
+        let Some(shared) = &self.shared else {
+            if sends_message {
+                self.per_chat.until_key_ready(&chat_id).await;
+                if chat_id < 0 {
+                    self.per_group.until_key_ready(&chat_id).await;
+                }
+            }
+            self.global.until_ready().await;
+            return Ok(());
+        };
+        let buckets = telegram_buckets(self.per_second, chat_id, sends_message);
+        let started = Instant::now();
+        let mut failures = 0;
+        loop {
+            match shared.take(&buckets).await {
+                Ok(taken) => {
+                    if self.shared_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the shared rate limits answer again; calls go out");
+                    }
+                    match taken {
+                        Taken::Yes => return Ok(()),
+                        Taken::NotBefore(wait) => tokio::time::sleep(wait).await,
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    metrics::counter!(SHARED_LIMITER_ERRORS_METRIC, "limiter" => "telegram")
+                        .increment(1);
+                    if !self.shared_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "cannot reach the shared rate limits; calls wait until they answer");
+                    }
+                    if started.elapsed() >= SHARED_WAIT_MAX {
+                        return Err(LimitsAway(error));
+                    }
+                    tokio::time::sleep(SHARED_RETRY.backoff(failures)).await;
+                }
             }
         }
-        self.global.until_ready().await;
     }
 
     fn shrink(&self) {
@@ -231,9 +296,22 @@ impl Sender {
         let call = &entry.call;
         let chat_id = call.chat_id;
         let method = metric_method(call.action.method());
-        self.limits
+        if let Err(LimitsAway(error)) = self
+            .limits
             .until_ready(chat_id, call.action.sends_message())
-            .await;
+            .await
+        {
+            // Not made: back to the outbox, to be tried once the limits can be asked again.
+            let reason = format!("not sent: the shared rate limits do not answer ({error})");
+            if let Err(e) = self
+                .backend
+                .call_failed(&call.outbox_id, &reason, Some(SHARED_RETRY.backoff_max))
+                .await
+            {
+                tracing::warn!(outbox_id = %call.outbox_id, error = %e, "cannot put a call back; its lease runs out");
+            }
+            return;
+        }
         let started = Instant::now();
         let result = match &call.action {
             OutboxAction::SendMessage {
@@ -377,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn limits_hold_one_message_per_second_per_chat_and_one_per_three_in_a_group() {
         let limits = Limits::telegram(NonZeroU32::new(30).unwrap());
-        limits.until_ready(7, true).await;
+        limits.until_ready(7, true).await.unwrap();
         assert!(
             limits.per_chat.check_key(&7).is_err(),
             "a second message in the same second"
@@ -386,7 +464,7 @@ mod tests {
             limits.per_chat.check_key(&8).is_ok(),
             "another chat is not held up"
         );
-        limits.until_ready(-100, true).await;
+        limits.until_ready(-100, true).await.unwrap();
         let wait = match limits.per_group.check_key(&-100) {
             Err(not_until) => not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -395,7 +473,7 @@ mod tests {
         };
         assert!(wait > Duration::from_millis(2900), "{wait:?}");
         let started = Instant::now();
-        limits.until_ready(-100, false).await;
+        limits.until_ready(-100, false).await.unwrap();
         assert!(
             started.elapsed() < Duration::from_millis(500),
             "deletions count only against the overall limit"

@@ -309,7 +309,7 @@ async fn run(
                 Sender {
                     backend: Arc::clone(&backend),
                     telegram: telegram.clone(),
-                    limits: Arc::new(settings.telegram_limits()),
+                    limits: Arc::new(settings.telegram_limits()?),
                     wake: outbox,
                 }
                 .run(shutdown.clone()),
