@@ -321,6 +321,7 @@
 
 pub mod invoke;
 mod item;
+mod limits;
 mod outbox;
 mod provision;
 mod queue;
@@ -328,6 +329,7 @@ pub mod secrets;
 mod settings;
 mod store;
 
+pub use limits::DynamoLimiter;
 pub use provision::{Provisioned, provision, provision_report};
 pub use queue::{Claimed, MAX_RECEIVE_COUNT, QueueMessage, Receipt};
 pub use settings::{AwsClients, AwsSettings, ClientOptions, FifoGroup};

@@ -62,10 +62,13 @@ impl Worker {
     pub fn new(settings: &Settings, backend: AwsBackend) -> Result<Self, ConfigError> {
         let telegram = settings.telegram()?;
         let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+        // Telegram counts the bot's calls, not one environment's: the limits are Redis's
+        // buckets when BOTLINE_REDIS_URL is set, else DynamoDB's, in the outbox table.
+        let limits = Arc::new(settings.telegram_limits_or(Some(Arc::new(backend.limiter())))?);
         let sender = telegram.clone().map(|telegram| Sender {
             backend: Arc::clone(&shared),
             telegram,
-            limits: Arc::new(settings.telegram_limits()),
+            limits,
             wake: Arc::new(Notify::new()),
         });
         let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
