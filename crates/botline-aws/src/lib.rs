@@ -53,6 +53,11 @@
 //! or `user:<id>` with [`FifoGroup::User`]) and `MessageDeduplicationId` = the update id when
 //! enqueued (a fresh id for every copy the backend sends later).
 //!
+//! [`check_schema`] asks whether both queues and the seven tables below with their indexes
+//! exist (`GetQueueUrl`, `DescribeTable`), and names each that does not, with
+//! [`PROVISION_COMMAND`]: `botline serve`, `botline poll` and both Lambda functions call it at
+//! start (through [`Queue::check_schema`]) and, throttled, for `/health`.
+//!
 //! # Tables
 //!
 //! All on demand (`PAY_PER_REQUEST`); names are `<prefix><table>`. Attribute types: S string,
@@ -330,7 +335,7 @@ mod settings;
 mod store;
 
 pub use limits::DynamoLimiter;
-pub use provision::{Provisioned, provision, provision_report};
+pub use provision::{PROVISION_COMMAND, Provisioned, check_schema, provision, provision_report};
 pub use queue::{Claimed, MAX_RECEIVE_COUNT, QueueMessage, Receipt};
 pub use settings::{AwsClients, AwsSettings, ClientOptions, FifoGroup};
 

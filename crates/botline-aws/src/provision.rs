@@ -14,9 +14,12 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use botline_core::BackendError;
+use botline_core::{BackendError, Unprovisioned};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The command that creates what [`check_schema`] finds missing.
+pub const PROVISION_COMMAND: &str = "botline provision --backend aws";
 
 /// Four days, as seed 001 keeps updates on the main queue.
 const RETENTION_SECONDS: &str = "345600";
@@ -111,6 +114,93 @@ pub async fn provision_report(
     })
 }
 
+/// Whether both queues and the seven tables with their indexes exist, as [`provision`] makes
+/// them: `GetQueueUrl` for each queue and `DescribeTable` for each table, all at once.
+/// [`BackendError::Unprovisioned`] names every queue and table that is missing and every index a
+/// table lacks (the seed documents' `updates` table has no `PendingIndex`, which the claim step
+/// queries), and ends with [`PROVISION_COMMAND`]; [`BackendError::Unavailable`] when AWS could
+/// not be asked. TTL and attributes are not checked: without them Botline still works.
+pub async fn check_schema(
+    clients: &AwsClients,
+    settings: &AwsSettings,
+) -> Result<(), BackendError> {
+    let queues = [&settings.queue_url, &settings.dlq_url].map(|url| queue_name(url));
+    let tables = table_specs(&Tables::with_prefix(&settings.table_prefix));
+    let (queues, tables) = futures_util::future::join(
+        futures_util::future::join_all(queues.into_iter().map(|name| missing_queue(clients, name))),
+        futures_util::future::join_all(tables.iter().map(|spec| missing_of_table(clients, spec))),
+    )
+    .await;
+    let mut missing = Vec::new();
+    for found in queues {
+        missing.extend(found?);
+    }
+    for found in tables {
+        missing.extend(found?);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(BackendError::Unprovisioned(Unprovisioned {
+        backend: "AWS",
+        missing,
+        fix: PROVISION_COMMAND,
+    }))
+}
+
+/// `queue <name> is missing`, when SQS has no queue of that name.
+async fn missing_queue(clients: &AwsClients, name: &str) -> Result<Option<String>, BackendError> {
+    match clients.sqs.get_queue_url().queue_name(name).send().await {
+        Ok(_) => Ok(None),
+        Err(e) if is_no_queue(e.code()) => Ok(Some(format!("queue {name} is missing"))),
+        Err(e) => Err(unavailable("GetQueueUrl", e)),
+    }
+}
+
+/// `table <name> is missing`, or one `table <name> has no index <index>` per index it lacks.
+async fn missing_of_table(
+    clients: &AwsClients,
+    spec: &TableSpec,
+) -> Result<Vec<String>, BackendError> {
+    let described = match clients
+        .dynamodb
+        .describe_table()
+        .table_name(&spec.name)
+        .send()
+        .await
+    {
+        Ok(described) => described.table,
+        Err(e) if e.code() == Some("ResourceNotFoundException") => {
+            return Ok(vec![format!("table {} is missing", spec.name)]);
+        }
+        Err(e) => return Err(unavailable("DescribeTable", e)),
+    };
+    let indexes: Vec<&str> = described
+        .as_ref()
+        .map(|table| {
+            table
+                .global_secondary_indexes()
+                .iter()
+                .filter_map(|index| index.index_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(spec
+        .indexes
+        .iter()
+        .filter(|(index, ..)| !indexes.contains(index))
+        .map(|(index, ..)| format!("table {} has no index {index}", spec.name))
+        .collect())
+}
+
+/// Whether an SQS error code says the queue does not exist (the JSON and the query protocol's).
+fn is_no_queue(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")
+    )
+}
+
 async fn create_queue(
     clients: &AwsClients,
     actions: &mut Vec<String>,
@@ -122,12 +212,7 @@ async fn create_queue(
     // first, to say which it was.
     let existing = match clients.sqs.get_queue_url().queue_name(name).send().await {
         Ok(found) => found.queue_url,
-        Err(e)
-            if e.code() == Some("AWS.SimpleQueueService.NonExistentQueue")
-                || e.code() == Some("QueueDoesNotExist") =>
-        {
-            None
-        }
+        Err(e) if is_no_queue(e.code()) => None,
         Err(e) => return Err(unavailable("GetQueueUrl", e)),
     };
     if let Some(url) = existing {

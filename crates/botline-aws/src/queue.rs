@@ -1528,6 +1528,11 @@ impl Queue for AwsBackend {
             .map_err(|e| unavailable("GetQueueAttributes", e))?;
         Ok(())
     }
+
+    /// Both queues, the seven tables and their indexes: [`crate::check_schema`].
+    async fn check_schema(&self) -> Result<(), BackendError> {
+        crate::check_schema(self.clients(), self.settings()).await
+    }
 }
 
 #[async_trait]

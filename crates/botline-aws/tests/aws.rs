@@ -669,57 +669,9 @@ async fn provisioning_is_idempotent_and_makes_what_the_docs_say() {
 /// the backend then works; a second run finds everything as wanted and creates nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_brings_the_seed_layout_up_to_date_and_says_what_it_did() {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     let clients = common::clients().await;
     let wanted = common::unique_settings(false);
-    let tables = botline_aws::Tables::with_prefix(&wanted.table_prefix);
-    for (table, key, kind) in [
-        (&tables.messages, "chatId", ScalarAttributeType::S),
-        (&tables.users, "userId", ScalarAttributeType::S),
-        (&tables.events, "eventId", ScalarAttributeType::S),
-        (&tables.sessions, "sessionId", ScalarAttributeType::S),
-        (&tables.updates, "updateId", ScalarAttributeType::N),
-    ] {
-        let mut create = clients
-            .dynamodb
-            .create_table()
-            .table_name(table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(key)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(key)
-                    .attribute_type(kind)
-                    .build()
-                    .unwrap(),
-            );
-        if table == &tables.messages {
-            create = create
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("messageId")
-                        .key_type(KeyType::Range)
-                        .build()
-                        .unwrap(),
-                )
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name("messageId")
-                        .attribute_type(ScalarAttributeType::N)
-                        .build()
-                        .unwrap(),
-                );
-        }
-        create.send().await.expect("a seed table");
-    }
+    let tables = common::seed_tables(&clients, &wanted).await;
 
     let first = botline_aws::provision_report(&clients, &wanted)
         .await
@@ -756,6 +708,69 @@ async fn provisioning_brings_the_seed_layout_up_to_date_and_says_what_it_did() {
     assert!(
         !said.contains("created") && !said.contains("added"),
         "the second run changed something:\n{said}"
+    );
+}
+
+/// Issue 18: the schema check names everything the seed layout lacks (the queues, the three
+/// indexes, the two tables) and the command that creates it; after provisioning it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_check_names_what_the_seed_layout_lacks_until_provisioned() {
+    let clients = common::clients().await;
+    let wanted = common::unique_settings(false);
+    let tables = common::seed_tables(&clients, &wanted).await;
+    let err = botline_aws::check_schema(&clients, &wanted)
+        .await
+        .unwrap_err();
+    let BackendError::Unprovisioned(missing) = &err else {
+        panic!("not an unprovisioned schema: {err}");
+    };
+    let queue = wanted.queue_url.rsplit('/').next().unwrap();
+    let dlq = wanted.dlq_url.rsplit('/').next().unwrap();
+    assert_eq!(
+        missing.missing,
+        [
+            format!("queue {queue} is missing"),
+            format!("queue {dlq} is missing"),
+            format!("table {} has no index UserIdIndex", tables.events),
+            format!("table {} has no index UserIdIndex", tables.sessions),
+            format!("table {} has no index PendingIndex", tables.updates),
+            format!("table {} is missing", tables.outbox),
+            format!("table {} is missing", tables.tokens),
+        ]
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with("the AWS backend is not provisioned: queue "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("; run `botline provision --backend aws`"),
+        "{message}"
+    );
+
+    let provisioned = botline_aws::provision(&clients, &wanted).await.unwrap();
+    botline_aws::check_schema(&clients, &provisioned)
+        .await
+        .expect("nothing missing after provisioning");
+    let backend = AwsBackend::new(clients.clone(), provisioned, config());
+    backend.check_schema().await.unwrap();
+
+    // A table deleted while Botline runs is named again.
+    clients
+        .dynamodb
+        .delete_table()
+        .table_name(&tables.tokens)
+        .send()
+        .await
+        .unwrap();
+    let err = backend.check_schema().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "the AWS backend is not provisioned: table {} is missing; run `botline provision \
+             --backend aws`",
+            tables.tokens
+        )
     );
 }
 

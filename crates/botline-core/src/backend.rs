@@ -32,6 +32,28 @@ pub enum BackendError {
     /// Stored data that cannot be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A table, index, queue or migration this build needs is missing: nothing works until it
+    /// is created ([`Queue::check_schema`]).
+    #[error(transparent)]
+    Unprovisioned(Unprovisioned),
+}
+
+/// What a backend lacks of the schema this build needs, every missing thing named, and the
+/// command that creates them:
+///
+/// ```text
+/// the AWS backend is not provisioned: table botline-updates has no index PendingIndex; table
+/// botline-outbox is missing; run `botline provision --backend aws`
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {backend} backend is not provisioned: {}; run `{fix}`", .missing.join("; "))]
+pub struct Unprovisioned {
+    /// The backend, as the message names it: `AWS`, `Postgres`.
+    pub backend: &'static str,
+    /// One phrase per missing thing (`table botline-outbox is missing`), in a stable order.
+    pub missing: Vec<String>,
+    /// The command that creates what is missing.
+    pub fix: &'static str,
 }
 
 /// How failed attempts are retried.
@@ -223,6 +245,16 @@ pub trait Queue: Send + Sync {
 
     /// Whether the queue can take an update now (for health checks).
     async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Whether everything this build needs of the backend exists: its tables, their indexes,
+    /// its queues, its migrations. [`BackendError::Unprovisioned`] names each thing missing;
+    /// [`BackendError::Unavailable`] when the backend could not be asked. `serve`, `poll` and
+    /// the Lambda functions call it at start and again (throttled) for `/health`, so a worker
+    /// that cannot work is never hidden behind a 200. Backends that create their schema
+    /// themselves (the embedded one) keep the default.
+    async fn check_schema(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Periodic upkeep: forget ids older than the dedupe window, purge what has expired.
     /// Backends whose service does this itself (DynamoDB TTL, SQS retention) keep the default.

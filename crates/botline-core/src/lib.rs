@@ -34,7 +34,7 @@ pub mod update;
 pub use backend::{
     Applied, Backend, BackendError, DeadLetter, DeadLetters, Delivery, Enqueued, Failed,
     MessageQuery, Outbox, OutboxEntry, OutboxStats, Queue, QueueConfig, QueueStats, QueuedUpdate,
-    RegistrationTokens, RetryPolicy, Sessions, Store,
+    RegistrationTokens, RetryPolicy, Sessions, Store, Unprovisioned,
 };
 pub use ids::{ChatId, MessageId, UpdateId, UserId};
 pub use limits::{Bucket, SharedLimiter, Taken};

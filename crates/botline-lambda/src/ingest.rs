@@ -4,6 +4,7 @@ use axum::Router;
 use botline::aws::SecretStore;
 use botline::config::{ConfigError, Settings};
 use botline::http::{App, router};
+use botline::schema::{SchemaWatch, Verdict};
 use botline::secret::WebhookSecret;
 use botline_core::Backend;
 use botline_edge::ClientAddr;
@@ -19,6 +20,9 @@ pub struct Ingest {
     settings: Settings,
     backend: Arc<dyn Backend>,
     store: Option<SecretStore>,
+    /// The backend's schema, checked at the cold start and again (throttled) by `/health` and
+    /// the webhook.
+    schema: Arc<SchemaWatch>,
     current: Mutex<Current>,
 }
 
@@ -34,6 +38,13 @@ impl Ingest {
     ///
     /// Refuses to start without a webhook secret unless `insecure_no_secret` is set: an API
     /// Gateway endpoint is public, and without the secret anyone could post updates.
+    ///
+    /// Checks the backend's schema ([`botline::schema`]). When a queue, table or index is
+    /// missing it says so in the log and starts all the same: the webhook then answers 503 with
+    /// `Retry-After` (Telegram keeps the update and tries again, never gets a 200 for an update
+    /// no worker could process) and `/health` 503 naming what is missing, until
+    /// `botline provision --backend aws` creates it. Refusing the cold start instead would
+    /// answer Telegram API Gateway's 502 and log the same thing on every retry.
     pub async fn new(
         mut settings: Settings,
         backend: Arc<dyn Backend>,
@@ -51,12 +62,17 @@ impl Ingest {
                     .into(),
             ));
         }
-        let router = build(&settings, &backend, secret.clone())?;
+        let schema = Arc::new(SchemaWatch::new(Arc::clone(&backend)));
+        if let Verdict::Missing(missing) = schema.check().await {
+            tracing::error!(error = %missing, "the webhook answers 503 until it is provisioned");
+        }
+        let router = build(&settings, &backend, &schema, secret.clone())?;
         Ok(Self {
             current: Mutex::new(Current { secret, router }),
             settings,
             backend,
             store,
+            schema,
         })
     }
 
@@ -101,7 +117,12 @@ impl Ingest {
         if current.secret.as_ref() == Some(&fresh) {
             return current.router;
         }
-        match build(&self.settings, &self.backend, Some(fresh.clone())) {
+        match build(
+            &self.settings,
+            &self.backend,
+            &self.schema,
+            Some(fresh.clone()),
+        ) {
             Ok(router) => {
                 tracing::info!("the webhook secret changed; checking requests against the new one");
                 let mut slot = self.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,14 +152,13 @@ impl Ingest {
 fn build(
     settings: &Settings,
     backend: &Arc<dyn Backend>,
+    schema: &Arc<SchemaWatch>,
     secret: Option<WebhookSecret>,
 ) -> Result<Router, ConfigError> {
     // Nothing in this process waits for new updates: the worker is another function.
-    Ok(router(Arc::new(App::from_settings(
-        settings,
-        Arc::clone(backend),
-        secret,
-    )?)))
+    Ok(router(Arc::new(
+        App::from_settings(settings, Arc::clone(backend), secret)?.with_schema(Arc::clone(schema)),
+    )))
 }
 
 /// The client's address as API Gateway saw it (`requestContext.http.sourceIp`).

@@ -10,6 +10,12 @@
 //!   one chat's updates in order, answering with partial batch failures
 //!   (`ReportBatchItemFailures`); then the replies due in the outbox go out to Telegram.
 //!
+//! Both check at the cold start that the queues and tables they need exist (`botline::schema`):
+//! while one is missing, ingest answers the webhook 503 with `Retry-After` and `GET /health` 503
+//! naming it, and the worker reports every record of its events as failed, so nothing is taken
+//! from Telegram or the queue that no worker could process. `botline provision --backend aws`
+//! creates what is missing.
+//!
 //! # Configuration
 //!
 //! Both read the settings of `botline serve` from the environment (`BOTLINE_*`, see the

@@ -11,6 +11,13 @@
 //! - a message the claim step could not decide (AWS did not answer): it comes back after its
 //!   visibility timeout.
 //!
+//! - every message of the event, while the backend's schema lacks a queue, table or index
+//!   ([`botline::schema`], checked at the cold start and at most every few seconds after): the
+//!   claim step would fail on each anyway. SQS delivers them again after their visibility
+//!   timeout; a message received more than the redrive policy's `maxReceiveCount` times goes to
+//!   the DLQ, from which SQS's own redrive (`StartMessageMoveTask`) brings it back once
+//!   `botline provision --backend aws` has run.
+//!
 //! Not reported: updates stored (their message is deleted already) and messages the claim step
 //! dropped (done before, or a spare copy). A record that cannot even be read is reported.
 //!
@@ -22,6 +29,7 @@
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use botline::config::{ConfigError, Settings};
 use botline::handler::Bot;
+use botline::schema::{SchemaWatch, Verdict};
 use botline::sender::Sender;
 use botline::telegram::Telegram;
 use botline::worker::Processor;
@@ -54,6 +62,8 @@ pub struct Worker {
     /// The bot's own webhook handler, when `BOTLINE_HANDLER_URL` is set: every update the
     /// bot's Rust handlers leave goes there.
     forward: Option<botline::forward::Forward>,
+    /// The backend's schema: while something is missing no message is claimed.
+    schema: SchemaWatch,
 }
 
 impl Worker {
@@ -75,6 +85,7 @@ impl Worker {
             bot_username: settings.bot_username.clone(),
         });
         let worker = Self {
+            schema: SchemaWatch::new(Arc::clone(&shared)),
             aws: backend,
             processor: Processor::new(shared, settings).with_registrar(settings.registrar()?),
             forward: settings.forward()?,
@@ -105,6 +116,16 @@ impl Worker {
 
     /// Handles one event; `deadline` is the invocation's (the replies stop before it).
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        if let Verdict::Missing(missing) = self.schema.verdict().await {
+            tracing::error!(error = %missing, records = event.records.len(), "the batch is left on the queue");
+            return batch_failures(
+                event
+                    .records
+                    .into_iter()
+                    .filter_map(|record| record.message_id)
+                    .collect(),
+            );
+        }
         let handling = self.handling().await;
         let mut failures = Vec::new();
         let mut messages = Vec::with_capacity(event.records.len());
@@ -357,6 +378,9 @@ pub async fn run(bot: Bot) -> Result<(), lambda_runtime::Error> {
     }
     let backend = botline::aws::open_backend(settings.queue_config()).await?;
     let worker = Arc::new(Worker::new(&settings, backend)?.with_bot(bot));
+    if let Verdict::Missing(missing) = worker.schema.check().await {
+        tracing::error!(error = %missing, "every batch is left on the queue until it is provisioned");
+    }
     tracing::info!(version = botline::version(), "worker function ready");
     metrics_cloudwatch_embedded::lambda::handler::run(
         metrics,

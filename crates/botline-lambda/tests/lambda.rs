@@ -195,6 +195,75 @@ async fn ingest_answers_503_when_aws_cannot_take_the_update() {
     );
 }
 
+/// Issue 18: on the tables as the seed documents lay them out (no `PendingIndex`, no `outbox`
+/// or `tokens` table), the ingest function never answers Telegram 200: the webhook is 503 with
+/// `Retry-After` (Telegram keeps the update and retries), `/health` 503 naming what is missing
+/// and the command that creates it; and the worker leaves the whole batch on the queue. Once
+/// provisioned, a fresh execution environment takes the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_seed_layout_ingest_answers_503_and_the_worker_claims_nothing() {
+    let clients = common::clients().await;
+    let aws = common::seed_layout(&clients, &common::unique_settings(false)).await;
+    let tables = botline_aws::Tables::with_prefix(&aws.table_prefix);
+    let backend = AwsBackend::new(clients.clone(), aws, common::whole_seconds());
+    let ingest = ingest_on(&backend, settings(None)).await;
+
+    let update = text(815_000_300, 4_100_300, 1, "before provisioning");
+    let (status, body, retry_after) = call(&ingest, webhook_event(&update, SECRET)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let health =
+        lambda_http::request::from_str(&fixture("apigw-v2-health.json").to_string()).unwrap();
+    let (status, body, _) = call(&ingest, health).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let missing: Vec<&str> = health["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for named in [
+        format!("table {} has no index PendingIndex", tables.updates),
+        format!("table {} is missing", tables.outbox),
+        format!("table {} is missing", tables.tokens),
+    ] {
+        assert!(missing.contains(&named.as_str()), "{named} not in {health}");
+    }
+    assert_eq!(health["fix"], "botline provision --backend aws", "{health}");
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight, 0, "{stats:?}");
+
+    // A message on the queue (sent as an older ingest would have): the worker reports it.
+    let sent = clients
+        .sqs
+        .send_message()
+        .queue_url(&backend.settings().queue_url)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    let mut event = fixture("sqs-event.json");
+    event["Records"][0]["messageId"] = sent.message_id.clone().unwrap().into();
+    let event: SqsEvent = serde_json::from_value(event).unwrap();
+    let worker = Worker::new(&settings(None), backend.clone()).unwrap();
+    let answer = worker.handle(event, None).await;
+    let failed: Vec<&str> = answer
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, [sent.message_id.as_deref().unwrap()]);
+
+    let provisioned = botline_aws::provision(&clients, backend.settings())
+        .await
+        .unwrap();
+    let backend = AwsBackend::new(clients, provisioned, common::whole_seconds());
+    let ingest = ingest_on(&backend, settings(None)).await;
+    let (status, body, _) = call(&ingest, webhook_event(&update, SECRET)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_refuses_to_start_without_a_webhook_secret() {
     let backend = common::standard_backend(common::whole_seconds()).await;

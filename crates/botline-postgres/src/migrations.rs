@@ -57,6 +57,21 @@ impl<'s> MigrationSource<'s> for Embedded {
     }
 }
 
+/// The command that applies what [`not_applied`] names.
+pub(crate) const PROVISION_COMMAND: &str = "botline provision --backend postgres";
+
+/// One `migration <version> (<name>) is not applied` for each of this build's migrations that
+/// `applied` (the versions sqlx recorded as successful) lacks, oldest first.
+pub(crate) fn not_applied(applied: &[i64]) -> Vec<String> {
+    MIGRATIONS
+        .iter()
+        .filter(|(version, ..)| !applied.contains(version))
+        .map(|(version, description, _)| {
+            format!("migration {version} ({description}) is not applied")
+        })
+        .collect()
+}
+
 /// The migrator for this build's schema.
 pub(crate) async fn migrator() -> Result<Migrator, sqlx_core::migrate::MigrateError> {
     Migrator::new(Embedded).await
@@ -65,6 +80,18 @@ pub(crate) async fn migrator() -> Result<Migrator, sqlx_core::migrate::MigrateEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_migrations_not_applied_are_named_in_order() {
+        assert!(not_applied(&[1, 2, 3]).is_empty());
+        assert_eq!(
+            not_applied(&[1]),
+            [
+                "migration 2 (outbox delayed calls) is not applied",
+                "migration 3 (park behind chat head) is not applied",
+            ]
+        );
+    }
 
     #[test]
     fn every_file_in_migrations_is_embedded_under_its_version_and_name() {

@@ -381,6 +381,38 @@ impl Queue for PostgresBackend {
         .await
     }
 
+    /// Every migration of this build recorded as applied in sqlx's `_sqlx_migrations` (none
+    /// when the table is not there): a database behind the build is named migration by
+    /// migration. `serve` migrates at start, so this finds something only when the database
+    /// was replaced or changed by hand while it runs, or could not be migrated.
+    async fn check_schema(&self) -> Result<(), BackendError> {
+        let applied: Vec<i64> = self
+            .run(async {
+                let tracked: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(self.pool())
+                        .await?;
+                if !tracked {
+                    return Ok(Vec::new());
+                }
+                let applied =
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(self.pool())
+                        .await?;
+                Ok(applied)
+            })
+            .await?;
+        let missing = crate::migrations::not_applied(&applied);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(BackendError::Unprovisioned(botline_core::Unprovisioned {
+            backend: "Postgres",
+            missing,
+            fix: crate::migrations::PROVISION_COMMAND,
+        }))
+    }
+
     async fn housekeeping(&self) -> Result<(), BackendError> {
         let window = millis(self.config().dedupe_window);
         let mut forgotten = 0;

@@ -97,6 +97,46 @@ async fn migrations_run_once_however_many_instances_start() {
     );
 }
 
+/// Issue 18: a database behind this build's migrations is named migration by migration, with
+/// the command that applies them: none applied on a fresh database, then only the one whose
+/// record was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_check_names_each_migration_not_applied() {
+    let db = TestDb::new().await;
+    let fresh =
+        PostgresBackend::connect_lazy(&db.url(), suite_config(), PostgresOptions::default())
+            .unwrap();
+    let err = fresh.check_schema().await.unwrap_err();
+    let BackendError::Unprovisioned(missing) = &err else {
+        panic!("not an unprovisioned schema: {err:?}");
+    };
+    assert_eq!(
+        missing.missing,
+        [
+            "migration 1 (queue and store) is not applied",
+            "migration 2 (outbox delayed calls) is not applied",
+            "migration 3 (park behind chat head) is not applied",
+        ]
+    );
+    assert!(
+        err.to_string()
+            .ends_with("; run `botline provision --backend postgres`"),
+        "{err}"
+    );
+
+    fresh.migrate().await.unwrap();
+    fresh.check_schema().await.expect("migrated");
+    let mut conn = db.conn().await;
+    conn.execute("DELETE FROM _sqlx_migrations WHERE version = 3")
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.check_schema().await.unwrap_err().to_string(),
+        "the Postgres backend is not provisioned: migration 3 (park behind chat head) is not \
+         applied; run `botline provision --backend postgres`"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_migrated_by_a_newer_build_is_refused() {
     let db = TestDb::new().await;

@@ -5,11 +5,14 @@
 //! `lambda_http`. The body must arrive within `read_timeout` (408 otherwise).
 //!
 //! The webhook answers 200 only once the update is durable, and 503 with `Retry-After` when it
-//! cannot be made durable in time, so Telegram retries instead of losing it. Checks run
-//! cheapest first, and the body is not read before the secret matched.
+//! cannot be made durable in time, or while the backend's schema is known to lack something
+//! ([`crate::schema`]): Telegram then retries instead of losing the update or handing it to a
+//! worker that cannot work. Checks run cheapest first, and the body is not read before the
+//! secret matched. `/health` answers 503 naming what is missing while it is missing.
 
 use crate::config::{ConfigError, Settings};
 use crate::metrics as names;
+use crate::schema::{SchemaWatch, Verdict};
 use crate::secret::WebhookSecret;
 use axum::Router;
 use axum::body::Body;
@@ -49,6 +52,8 @@ pub struct App {
     pub edge: Option<EdgeLayer>,
     /// The Mini App sign-in route, when enabled (it needs the bot token).
     pub webapp: Option<Arc<WebAppAuth>>,
+    /// Whether the backend has the schema this build needs, checked at most every few seconds.
+    pub schema: Arc<SchemaWatch>,
 }
 
 impl App {
@@ -61,7 +66,6 @@ impl App {
     ) -> Result<Self, ConfigError> {
         let (edge, webapp) = edge_guards(settings, secret.as_ref())?;
         Ok(Self {
-            backend,
             secret,
             max_body_bytes: settings.max_body_bytes,
             ack_timeout: settings.ack_timeout,
@@ -70,6 +74,8 @@ impl App {
             metrics: None,
             edge,
             webapp,
+            schema: Arc::new(SchemaWatch::new(Arc::clone(&backend))),
+            backend,
         })
     }
 
@@ -78,6 +84,7 @@ impl App {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         let settings = Settings::default();
         Self {
+            schema: Arc::new(SchemaWatch::new(Arc::clone(&backend))),
             backend,
             secret: None,
             max_body_bytes: settings.max_body_bytes,
@@ -99,6 +106,12 @@ impl App {
     /// Serves `/metrics` from `metrics`.
     pub fn with_metrics(mut self, metrics: Option<PrometheusHandle>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Shares `schema` (the one the process checked at start) instead of a watch of its own.
+    pub fn with_schema(mut self, schema: Arc<SchemaWatch>) -> Self {
+        self.schema = schema;
         self
     }
 
@@ -331,6 +344,13 @@ async fn receive(app: &App, request: Request) -> Outcome {
         Ok(update) => update,
         Err(invalid) => return Outcome::Invalid(invalid),
     };
+    // The last verdict, not a new check: a stale one is renewed in the background.
+    if let Some(Verdict::Missing(missing)) = app.schema.last() {
+        return Outcome::Unavailable {
+            update,
+            reason: missing.to_string(),
+        };
+    }
     match tokio::time::timeout(app.ack_timeout, app.backend.enqueue(&update)).await {
         Ok(Ok(Enqueued::New)) => {
             app.new_update.notify_one();
@@ -365,9 +385,25 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Outcome> {
     }
 }
 
-/// `{"status":"ok","version":"..."}`, or 503 when the backend cannot take updates.
+/// `{"status":"ok","version":"..."}`; 503 with `"status":"unprovisioned"`, what is missing and
+/// the command that creates it while the backend's schema lacks something; 503 with
+/// `"status":"unavailable"` when the backend cannot take updates.
 async fn health(State(app): State<Arc<App>>) -> Response {
     let version = crate::version();
+    let verdict = tokio::time::timeout(app.ack_timeout, app.schema.verdict()).await;
+    if let Ok(Verdict::Missing(missing)) = verdict {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "unprovisioned",
+                "version": version,
+                "missing": missing.missing,
+                "fix": missing.fix,
+                "error": missing.to_string(),
+            })),
+        )
+            .into_response();
+    }
     match tokio::time::timeout(app.ack_timeout, app.backend.ping()).await {
         Ok(Ok(())) => (
             StatusCode::OK,

@@ -28,6 +28,7 @@ pub mod poll;
 mod pump;
 pub mod register;
 pub mod runner;
+pub mod schema;
 pub mod secret;
 pub mod sender;
 pub mod serve;

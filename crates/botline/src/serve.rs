@@ -6,10 +6,11 @@ use crate::config::{BackendKind, ConfigError, Settings};
 use crate::handler::Bot;
 use crate::http::{App, router, status_router};
 use crate::poll::{PollError, Poller};
+use crate::schema::{SchemaWatch, Verdict};
 use crate::sender::Sender;
 use crate::telegram::{CallError, Telegram};
 use crate::worker::{Processor, Worker, housekeeping};
-use botline_core::{Backend, BackendError, Handling};
+use botline_core::{Backend, BackendError, Handling, Unprovisioned};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,10 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Poll(PollError),
+    /// The backend lacks a table, index, queue or migration: named, with the command that
+    /// creates it.
+    #[error(transparent)]
+    Unprovisioned(Unprovisioned),
 }
 
 /// Opens the configured backend for an operator command: the embedded store in
@@ -113,13 +118,20 @@ pub async fn provision(
     Ok(())
 }
 
+/// The backend `serve` runs on, and whether its schema is still being brought up to date.
+struct Serving {
+    backend: Arc<dyn Backend>,
+    /// A Postgres that was down at start, migrated in the background once it is back.
+    migrating: bool,
+}
+
 /// Opens the backend `serve` runs on. A Postgres that is down at start does not stop the
 /// server: it answers 503 and keeps trying to migrate until the database is back.
 async fn open_serving_backend(
     settings: &Settings,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
-) -> Result<Arc<dyn Backend>, ServeError> {
+) -> Result<Serving, ServeError> {
     #[cfg(feature = "sqlite")]
     if settings.backend == BackendKind::Embedded {
         let backend =
@@ -133,17 +145,24 @@ async fn open_serving_backend(
                 "took back the updates a previous run had in hand when it was stopped"
             );
         }
-        return Ok(Arc::new(backend));
+        return Ok(Serving {
+            backend: Arc::new(backend),
+            migrating: false,
+        });
     }
     if settings.backend != BackendKind::Postgres {
-        return open_backend(settings, false).await;
+        return Ok(Serving {
+            backend: open_backend(settings, false).await?,
+            migrating: false,
+        });
     }
     let url = settings.postgres_url()?;
     let config = settings.queue_config();
     let options =
         botline_postgres::PostgresOptions::default().max_connections(settings.database_pool_size);
     let backend = botline_postgres::PostgresBackend::connect_lazy(&url, config, options)?;
-    if let Err(e) = backend.migrate().await {
+    let migrated = backend.migrate().await;
+    if let Err(e) = &migrated {
         tracing::error!(error = %e, "Postgres is not ready; answering 503 until it is");
         let (retry, stop) = (backend.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -164,7 +183,22 @@ async fn open_serving_backend(
             }
         });
     }
-    Ok(Arc::new(backend))
+    Ok(Serving {
+        backend: Arc::new(backend),
+        migrating: migrated.is_err(),
+    })
+}
+
+/// Checks the backend's schema before anything is served: something missing stops the start,
+/// named with the command that creates it (`botline provision --backend …`). A backend that
+/// cannot be asked, or a Postgres still to be migrated in the background, does not: `/health`
+/// and the webhook answer 503 until the check passes.
+async fn check_schema_at_start(serving: &Serving) -> Result<Arc<SchemaWatch>, ServeError> {
+    let watch = Arc::new(SchemaWatch::new(Arc::clone(&serving.backend)));
+    match watch.check().await {
+        Verdict::Missing(missing) if !serving.migrating => Err(ServeError::Unprovisioned(missing)),
+        _ => Ok(watch),
+    }
 }
 
 /// How updates arrive.
@@ -252,7 +286,9 @@ async fn run(
     };
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let backend = open_serving_backend(&settings, &mut tasks, &shutdown).await?;
+    let serving = open_serving_backend(&settings, &mut tasks, &shutdown).await?;
+    let schema = check_schema_at_start(&serving).await?;
+    let backend = serving.backend;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -263,6 +299,7 @@ async fn run(
     let metrics_upkeep = metrics.clone();
     let app = Arc::new(
         App::from_settings(&settings, Arc::clone(&backend), secret)?
+            .with_schema(schema)
             .waking(Arc::clone(&wake))
             .with_metrics(metrics),
     );

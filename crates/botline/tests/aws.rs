@@ -8,7 +8,7 @@ mod common;
 
 use botline_aws::AwsBackend;
 use botline_core::{DeadLetters, InboundUpdate, Queue, UpdateId};
-use common::{Server, message, post};
+use common::{Server, get, message, post};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -156,4 +156,160 @@ async fn provision_creates_the_queues_and_tables_once() {
     let stats = cli(&unprovisioned, &["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["pending"], 0, "{stats}");
+}
+
+/// `botline <command>` (serve or poll) on `backend`'s queues and tables, run until it exits by
+/// itself (within 60 s): its exit status and what it wrote to stderr.
+fn run_until_exit(backend: &AwsBackend, command: &str, extra: &[(&str, &str)]) -> (bool, String) {
+    let data_dir = common::temp_dir();
+    let stderr = data_dir.with_extension("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_botline"))
+        .args([command, "--data-dir"])
+        .arg(&data_dir)
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .envs(environment(backend))
+        .env_remove("BOTLINE_BOT_TOKEN")
+        .env_remove("BOTLINE_TELEGRAM_API_URL")
+        .envs(extra.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("botline runs");
+    let status = common::wait_exit(&mut child, Duration::from_secs(60));
+    (
+        status.success(),
+        std::fs::read_to_string(&stderr).unwrap_or_default(),
+    )
+}
+
+/// Issue 18: `serve` (and `poll`) against the tables as the seed documents lay them out refuse
+/// to start, naming the missing index and tables and the command that creates them, instead of
+/// answering Telegram 200 with a worker that fails every claim; once `botline provision` ran,
+/// `serve` starts and an update goes from the webhook to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_the_seed_layout_until_it_is_provisioned() {
+    let clients = aws::clients().await;
+    let settings = aws::seed_layout(&clients, &aws::unique_settings(false)).await;
+    let tables = botline_aws::Tables::with_prefix(&settings.table_prefix);
+    let backend = AwsBackend::new(clients, settings, aws::whole_seconds());
+
+    let secret = [("BOTLINE_WEBHOOK_SECRET", SECRET)];
+    let (started, stderr) = run_until_exit(&backend, "serve", &secret);
+    assert!(!started, "serve ran on the seed layout: {stderr}");
+    for missing in [
+        format!("table {} has no index PendingIndex", tables.updates),
+        format!("table {} is missing", tables.outbox),
+        format!("table {} is missing", tables.tokens),
+        "run `botline provision --backend aws`".to_owned(),
+    ] {
+        assert!(stderr.contains(&missing), "{missing:?} not said: {stderr}");
+    }
+    assert!(
+        stderr.contains("botline: the AWS backend is not provisioned: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    // `poll` checks before it calls Telegram (nothing listens at this API address).
+    let (started, stderr) = run_until_exit(
+        &backend,
+        "poll",
+        &[
+            ("BOTLINE_BOT_TOKEN", "4242:TESTtoken_for-the-standin"),
+            ("BOTLINE_TELEGRAM_API_URL", "http://127.0.0.1:9"),
+        ],
+    );
+    assert!(!started, "poll ran on the seed layout: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "table {} has no index PendingIndex",
+            tables.updates
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("TESTtoken"), "{stderr}");
+
+    let said = String::from_utf8(cli(&backend, &["provision"]).stdout).unwrap();
+    assert!(
+        said.contains(&format!(
+            "table {}: index PendingIndex added",
+            tables.updates
+        )),
+        "{said}"
+    );
+
+    let mut env = environment(&backend);
+    env.push(("BOTLINE_WEBHOOK_SECRET", SECRET.into()));
+    let server = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start(&env)
+    })
+    .await
+    .unwrap();
+    let answer = post(
+        &server.url("/telegram/webhook"),
+        Some(SECRET),
+        &message(930_001, 4_400_001, 1, "after provisioning"),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_for("the update stored", || {
+        exported(&backend)
+            .iter()
+            .any(|m| m["chatId"] == "4400001" && m["text"] == "after provisioning")
+    });
+    drop(server);
+}
+
+/// Issue 18: a table deleted while `serve` runs makes `/health` answer 503 naming it and the
+/// command that creates it, and the webhook 503 with `Retry-After` (Telegram keeps the update);
+/// once it is provisioned again, both answer 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_a_table_deleted_while_serving() {
+    let backend = aws::standard_backend(aws::whole_seconds()).await;
+    let mut env = environment(&backend);
+    env.push(("BOTLINE_WEBHOOK_SECRET", SECRET.into()));
+    let server = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start(&env)
+    })
+    .await
+    .unwrap();
+    let outbox = backend.tables().outbox.clone();
+    backend
+        .clients()
+        .dynamodb
+        .delete_table()
+        .table_name(&outbox)
+        .send()
+        .await
+        .unwrap();
+
+    let health = server.url("/health");
+    wait_for("/health says the outbox table is missing", || {
+        get(&health).0 == 503
+    });
+    let (_, body) = get(&health);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "unprovisioned", "{body}");
+    assert_eq!(
+        body["missing"],
+        serde_json::json!([format!("table {outbox} is missing")]),
+        "{body}"
+    );
+    assert_eq!(body["fix"], "botline provision --backend aws", "{body}");
+    let update = message(931_001, 4_400_101, 1, "while the outbox is gone");
+    let answer = post(&server.url("/telegram/webhook"), Some(SECRET), &update);
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+
+    cli(&backend, &["provision"]);
+    wait_for("/health is 200 again", || get(&health).0 == 200);
+    wait_for("the webhook takes the update again", || {
+        post(&server.url("/telegram/webhook"), Some(SECRET), &update).status == 200
+    });
+    wait_for("the update stored", || {
+        exported(&backend).iter().any(|m| m["chatId"] == "4400101")
+    });
+    drop(server);
 }

@@ -260,3 +260,46 @@ fn provision_migrates_the_database() {
         "0"
     );
 }
+
+/// Issue 18: `serve` migrates at start (a fresh database is no reason to refuse), then checks;
+/// a migration whose record disappears while it runs (the database replaced or changed by
+/// hand) makes `/health` answer 503 naming it and the command that applies it.
+#[test]
+fn health_names_a_migration_that_is_no_longer_applied() {
+    let db = PgDb::new("botline_schema");
+    let url = db.url();
+    let server = start(&url);
+    let answer = post(
+        &server.url("/telegram/webhook"),
+        None,
+        &message(1, 9_100, 1, "migrated at start"),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    common::psql(&db.name, "DELETE FROM _sqlx_migrations WHERE version = 3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = get(&server.url("/health"));
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "/health still {status}: {body}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["missing"],
+        serde_json::json!(["migration 3 (park behind chat head) is not applied"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["fix"], "botline provision --backend postgres",
+        "{body}"
+    );
+    let answer = post(
+        &server.url("/telegram/webhook"),
+        None,
+        &message(2, 9_100, 2, "while a migration is missing"),
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+}

@@ -246,3 +246,84 @@ pub fn whole_seconds() -> QueueConfig {
         dedupe_window: QueueConfig::MIN_DEDUPE_WINDOW,
     }
 }
+
+/// The tables as the seed documents lay them out, named by `settings`: `messages`, `users`,
+/// `events`, `sessions` and `updates` with their keys only (no `PendingIndex`, no
+/// `UserIdIndex`), no `outbox` and no `tokens` table; no queues.
+pub async fn seed_tables(clients: &AwsClients, settings: &AwsSettings) -> botline_aws::Tables {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    take_share();
+    let tables = botline_aws::Tables::with_prefix(&settings.table_prefix);
+    for (table, key, kind) in [
+        (&tables.messages, "chatId", ScalarAttributeType::S),
+        (&tables.users, "userId", ScalarAttributeType::S),
+        (&tables.events, "eventId", ScalarAttributeType::S),
+        (&tables.sessions, "sessionId", ScalarAttributeType::S),
+        (&tables.updates, "updateId", ScalarAttributeType::N),
+    ] {
+        let mut create = clients
+            .dynamodb
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(key)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(key)
+                    .attribute_type(kind)
+                    .build()
+                    .unwrap(),
+            );
+        if table == &tables.messages {
+            create = create
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name("messageId")
+                        .key_type(KeyType::Range)
+                        .build()
+                        .unwrap(),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name("messageId")
+                        .attribute_type(ScalarAttributeType::N)
+                        .build()
+                        .unwrap(),
+                );
+        }
+        create.send().await.expect("a seed table");
+    }
+    tables
+}
+
+/// The seed tables ([`seed_tables`]) and both queues, made as plain queues (no redrive
+/// policy): what an operator who followed the seed documents has. The settings carry the
+/// queues' URLs as SQS answered them.
+pub async fn seed_layout(clients: &AwsClients, settings: &AwsSettings) -> AwsSettings {
+    seed_tables(clients, settings).await;
+    let mut urls = Vec::new();
+    for url in [&settings.queue_url, &settings.dlq_url] {
+        let name = url.rsplit('/').next().unwrap();
+        let created = clients
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("a seed queue");
+        urls.push(created.queue_url.expect("a queue URL"));
+    }
+    AwsSettings::new(
+        urls[0].clone(),
+        urls[1].clone(),
+        settings.table_prefix.clone(),
+    )
+}
