@@ -45,7 +45,10 @@ async fn two_instances_draw_on_one_bucket() {
 async fn all_buckets_or_none() {
     let limiter = backend().await.limiter();
     let (chat, all) = (bucket("telegram:chat:1", 1), bucket("telegram:all", 1));
-    assert_eq!(limiter.take(std::slice::from_ref(&chat)).await.unwrap(), Taken::Yes);
+    assert_eq!(
+        limiter.take(std::slice::from_ref(&chat)).await.unwrap(),
+        Taken::Yes
+    );
     // The chat's bucket is empty: the call waits, and the overall bucket keeps its token.
     assert!(matches!(
         limiter.take(&[all.clone(), chat]).await.unwrap(),
