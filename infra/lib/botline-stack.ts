@@ -274,6 +274,20 @@ export class BotlineStack extends Stack {
           resources: [updatesTable.tableArn],
         }),
         new iam.PolicyStatement({
+          sid: 'CheckSchemaAtStart',
+          // The schema check (botline_aws::check_schema_for with SchemaNeeds::Ingest): the
+          // main queue exists (GetQueueUrl) and `updates` has its index (DescribeTable, which
+          // reads the table's description, none of its items). Until both hold the webhook
+          // answers 503 rather than 200 for an update no worker could process.
+          actions: ['sqs:GetQueueUrl'],
+          resources: [this.queue.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'DescribeUpdatesTable',
+          actions: ['dynamodb:DescribeTable'],
+          resources: [updatesTable.tableArn],
+        }),
+        new iam.PolicyStatement({
           sid: 'ReadWebhookSecret',
           actions: ['secretsmanager:GetSecretValue'],
           resources: [webhookSecret.secretArn],
@@ -376,6 +390,27 @@ export class BotlineStack extends Stack {
           // (DeleteItem). The base table only: nothing on the worker's path reads UserIdIndex.
           actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'],
           resources: [tables.sessions.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'TelegramLimitBuckets',
+          // The sender's buckets for Telegram's limits, shared by every execution environment
+          // (botline_aws::DynamoLimiter): items `limit#…` of outbox, read with BatchGetItem
+          // and written by TransactWriteItems as conditional Puts (PutItem, above).
+          actions: ['dynamodb:BatchGetItem'],
+          resources: [tables.outbox.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'CheckSchemaQueues',
+          // The schema check (botline_aws::check_schema): both queues exist.
+          actions: ['sqs:GetQueueUrl'],
+          resources: [this.queue.queueArn, this.deadLetters.queueArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'CheckSchemaTables',
+          // The schema check: the seven tables exist with their indexes. DescribeTable reads
+          // a table's description, none of its items.
+          actions: ['dynamodb:DescribeTable'],
+          resources: Object.values(tables).map((table) => table.tableArn),
         }),
         new iam.PolicyStatement({
           sid: 'ReadBotToken',

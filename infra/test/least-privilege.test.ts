@@ -111,6 +111,9 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         // The enqueue: consistent GetItem (dedupe), SendMessage, conditional PutItem of the mark.
         allow('dynamodb:GetItem', tableArn('updates')),
         allow('dynamodb:PutItem', tableArn('updates')),
+        // The schema check: the main queue and `updates`, descriptions only.
+        allow('sqs:GetQueueUrl', queueArn()),
+        allow('dynamodb:DescribeTable', tableArn('updates')),
         allow('secretsmanager:GetSecretValue', secretRef('webhook-secret')),
         allow('logs:CreateLogStream', logsArn('ingest')),
         allow('logs:PutLogEvents', logsArn('ingest')),
@@ -152,6 +155,12 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         allow('dynamodb:GetItem', tableArn('sessions')),
         allow('dynamodb:UpdateItem', tableArn('sessions')),
         allow('dynamodb:DeleteItem', tableArn('sessions')),
+        // The sender's shared buckets for Telegram's limits (items of outbox).
+        allow('dynamodb:BatchGetItem', tableArn('outbox')),
+        // The schema check: both queues and every table, descriptions only.
+        allow('sqs:GetQueueUrl', queueArn()),
+        allow('sqs:GetQueueUrl', dlqArn()),
+        ...TABLES.map((table) => allow('dynamodb:DescribeTable', tableArn(table))),
         allow('secretsmanager:GetSecretValue', secretRef('bot-token')),
         allow('logs:CreateLogStream', logsArn('worker')),
         allow('logs:PutLogEvents', logsArn('worker')),
@@ -180,14 +189,19 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     expect(grants.filter((g) => g.action === 'dynamodb:DeleteItem')).toEqual([
       allow('dynamodb:DeleteItem', tableArn('sessions')),
     ]);
-    // On the DLQ it only sends copies: no receive, delete, visibility change or attributes
-    // (those clean the DLQ after a redrive, an operator's command).
-    expect(grants.filter((g) => g.resource === dlqArn()).map((g) => g.action)).toEqual(['sqs:SendMessage']);
-    // It redeems tokens but cannot issue them; it writes messages but cannot read them back.
-    expect(sorted(grants.filter((g) => g.resource === tableArn('tokens')))).toEqual(
+    // On the DLQ it only sends copies (and finds it, for the schema check): no receive, delete,
+    // visibility change or attributes (those clean the DLQ after a redrive, an operator's
+    // command).
+    expect(sorted(grants.filter((g) => g.resource === dlqArn()).map((g) => g.action))).toEqual(
+      sorted(['sqs:SendMessage', 'sqs:GetQueueUrl']),
+    );
+    // It redeems tokens but cannot issue them; it writes messages but cannot read them back
+    // (describing a table, for the schema check, reads no item).
+    const itemGrants = grants.filter((g) => g.action !== 'dynamodb:DescribeTable');
+    expect(sorted(itemGrants.filter((g) => g.resource === tableArn('tokens')))).toEqual(
       sorted([allow('dynamodb:UpdateItem', tableArn('tokens'))]),
     );
-    expect(sorted(grants.filter((g) => g.resource.startsWith(tableArn('messages'))))).toEqual(
+    expect(sorted(itemGrants.filter((g) => g.resource.startsWith(tableArn('messages'))))).toEqual(
       sorted([allow('dynamodb:PutItem', tableArn('messages'))]),
     );
     // Nothing reads or writes items through the base tables it only writes to.
@@ -258,13 +272,15 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     expect(render(json.Outputs!.OperatorPolicyArn.Value)).toBe(`ref(${id})`);
   });
 
-  test('the ingest function touches DynamoDB only to GetItem and PutItem on updates: no other table, no index', () => {
+  test('the ingest function touches DynamoDB only to GetItem and PutItem on updates (and describes it): no other table, no index', () => {
     const grants = grantsOfFunction('ingest').grants;
     const dynamo = grants.filter((g) => g.action.startsWith('dynamodb:'));
     expect(sorted(dynamo)).toEqual(
       sorted([
         allow('dynamodb:GetItem', tableArn('updates')),
         allow('dynamodb:PutItem', tableArn('updates')),
+        // The schema check reads the table's description, none of its items.
+        allow('dynamodb:DescribeTable', tableArn('updates')),
       ]),
     );
     for (const table of TABLES.filter((t) => t !== 'updates')) {

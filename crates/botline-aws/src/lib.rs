@@ -335,7 +335,10 @@ mod settings;
 mod store;
 
 pub use limits::DynamoLimiter;
-pub use provision::{PROVISION_COMMAND, Provisioned, check_schema, provision, provision_report};
+pub use provision::{
+    PROVISION_COMMAND, Provisioned, SchemaNeeds, check_schema, check_schema_for, provision,
+    provision_report,
+};
 pub use queue::{Claimed, MAX_RECEIVE_COUNT, QueueMessage, Receipt};
 pub use settings::{AwsClients, AwsSettings, ClientOptions, FifoGroup};
 
@@ -405,6 +408,7 @@ struct Inner {
     settings: AwsSettings,
     config: QueueConfig,
     tables: Tables,
+    schema_needs: SchemaNeeds,
 }
 
 impl fmt::Debug for AwsBackend {
@@ -426,8 +430,28 @@ impl AwsBackend {
                 settings,
                 config,
                 tables,
+                schema_needs: SchemaNeeds::Everything,
             }),
         }
+    }
+
+    /// The same backend, whose [`Queue::check_schema`](botline_core::Queue::check_schema) asks
+    /// only about `needs` (the ingest function: [`SchemaNeeds::Ingest`]).
+    pub fn checking(self, needs: SchemaNeeds) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                clients: inner.clients.clone(),
+                settings: inner.settings.clone(),
+                config: inner.config.clone(),
+                tables: inner.tables.clone(),
+                schema_needs: needs,
+            }),
+        }
+    }
+
+    pub(crate) fn schema_needs(&self) -> SchemaNeeds {
+        self.inner.schema_needs
     }
 
     /// A backend configured from the environment: [`AwsSettings::from_env`] and the SDK's own

@@ -124,8 +124,40 @@ pub async fn check_schema(
     clients: &AwsClients,
     settings: &AwsSettings,
 ) -> Result<(), BackendError> {
-    let queues = [&settings.queue_url, &settings.dlq_url].map(|url| queue_name(url));
-    let tables = table_specs(&Tables::with_prefix(&settings.table_prefix));
+    check_schema_for(clients, settings, SchemaNeeds::Everything).await
+}
+
+/// What a schema check asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaNeeds {
+    /// Both queues and the seven tables: `serve`, `poll`, the worker function.
+    #[default]
+    Everything,
+    /// The main queue and the `updates` table, all that the ingest function touches (and all
+    /// its role may describe).
+    Ingest,
+}
+
+/// [`check_schema`], asking only about what `needs` names.
+pub async fn check_schema_for(
+    clients: &AwsClients,
+    settings: &AwsSettings,
+    needs: SchemaNeeds,
+) -> Result<(), BackendError> {
+    let all_tables = Tables::with_prefix(&settings.table_prefix);
+    let (queues, tables) = match needs {
+        SchemaNeeds::Everything => (
+            vec![queue_name(&settings.queue_url), queue_name(&settings.dlq_url)],
+            table_specs(&all_tables),
+        ),
+        SchemaNeeds::Ingest => (
+            vec![queue_name(&settings.queue_url)],
+            table_specs(&all_tables)
+                .into_iter()
+                .filter(|spec| spec.name == all_tables.updates)
+                .collect(),
+        ),
+    };
     let (queues, tables) = futures_util::future::join(
         futures_util::future::join_all(queues.into_iter().map(|name| missing_queue(clients, name))),
         futures_util::future::join_all(tables.iter().map(|spec| missing_of_table(clients, spec))),

@@ -1529,9 +1529,10 @@ impl Queue for AwsBackend {
         Ok(())
     }
 
-    /// Both queues, the seven tables and their indexes: [`crate::check_schema`].
+    /// Both queues, the seven tables and their indexes ([`crate::check_schema`]), or what
+    /// [`AwsBackend::checking`] narrowed it to.
     async fn check_schema(&self) -> Result<(), BackendError> {
-        crate::check_schema(self.clients(), self.settings()).await
+        crate::check_schema_for(self.clients(), self.settings(), self.schema_needs()).await
     }
 }
 

@@ -10,7 +10,10 @@ async fn main() -> Result<(), Error> {
     botline_lambda::init_logging();
     let metrics = botline_lambda::init_metrics()?;
     let settings = botline_lambda::settings()?;
-    let backend = botline::aws::open_backend(settings.queue_config()).await?;
+    // The schema check asks only about what ingest touches, which is all its role may describe.
+    let backend = botline::aws::open_backend(settings.queue_config())
+        .await?
+        .checking(botline_aws::SchemaNeeds::Ingest);
     let store = SecretStore::from_env().await;
     let ingest = Arc::new(Ingest::new(settings, Arc::new(backend), store).await?);
     tracing::info!(version = botline::version(), "ingest function ready");
