@@ -147,7 +147,10 @@ pub async fn check_schema_for(
     let all_tables = Tables::with_prefix(&settings.table_prefix);
     let (queues, tables) = match needs {
         SchemaNeeds::Everything => (
-            vec![queue_name(&settings.queue_url), queue_name(&settings.dlq_url)],
+            vec![
+                queue_name(&settings.queue_url),
+                queue_name(&settings.dlq_url),
+            ],
             table_specs(&all_tables),
         ),
         SchemaNeeds::Ingest => (

@@ -738,6 +738,20 @@ async fn the_schema_check_names_what_the_seed_layout_lacks_until_provisioned() {
             format!("table {} is missing", tables.tokens),
         ]
     );
+    // The ingest function asks only about what it touches.
+    let ingest = botline_aws::check_schema_for(&clients, &wanted, botline_aws::SchemaNeeds::Ingest)
+        .await
+        .unwrap_err();
+    let BackendError::Unprovisioned(ingest) = &ingest else {
+        panic!("not an unprovisioned schema: {ingest}");
+    };
+    assert_eq!(
+        ingest.missing,
+        [
+            format!("queue {queue} is missing"),
+            format!("table {} has no index PendingIndex", tables.updates),
+        ]
+    );
     let message = err.to_string();
     assert!(
         message.starts_with("the AWS backend is not provisioned: queue "),
@@ -772,6 +786,12 @@ async fn the_schema_check_names_what_the_seed_layout_lacks_until_provisioned() {
             tables.tokens
         )
     );
+    // The ingest function does not touch tokens.
+    backend
+        .checking(botline_aws::SchemaNeeds::Ingest)
+        .check_schema()
+        .await
+        .expect("ingest needs no tokens table");
 }
 
 /// A TCP server that accepts connections and never answers.
