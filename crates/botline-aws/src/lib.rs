@@ -443,7 +443,7 @@ impl AwsBackend {
             inner: Arc::new(Inner {
                 clients: inner.clients.clone(),
                 settings: inner.settings.clone(),
-                config: inner.config.clone(),
+                config: inner.config,
                 tables: inner.tables.clone(),
                 schema_needs: needs,
             }),
