@@ -16,6 +16,7 @@
 //! update only when no lower one of its chat is pending, and the lowest pending update of a
 //! chat is never parked, so a store written by an older build (nothing parked) works as before.
 
+pub mod backup;
 pub mod files;
 mod writer;
 

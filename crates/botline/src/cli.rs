@@ -55,6 +55,24 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Copy the embedded store to a new file while `serve` runs (SQLite's online backup API:
+    /// one consistent snapshot, holding everything acknowledged before the backup began).
+    Backup {
+        /// The new file to write; an existing one is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Copy a backup into a data directory that holds no store yet; `serve` on it goes on from
+    /// there (queued updates are processed, once).
+    Restore {
+        /// The backup file (`botline backup --to FILE`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Queue depth, updates in flight, dead letters, updates remembered.
     Stats {
         #[command(flatten)]

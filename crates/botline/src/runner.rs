@@ -84,6 +84,10 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
                 .map_err(|e| e.to_string());
         }
         Command::Webhook { command } => return webhook(command, &settings).await,
+        Command::Backup { to, .. } => return backup_or_restore(&settings, Copy::Backup(&to)),
+        Command::Restore { from, .. } => {
+            return backup_or_restore(&settings, Copy::Restore(&from));
+        }
         Command::Provision { .. } => {
             return crate::serve::provision(&settings, std::io::stdout().lock())
                 .await
@@ -101,6 +105,8 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
         Command::Serve(_)
         | Command::Poll(_)
         | Command::Webhook { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Provision { .. } => Ok(()),
         Command::Messages {
             command:
@@ -151,8 +157,58 @@ fn store_args(command: &Command) -> Option<&StoreArgs> {
             command: TokensCommand::Issue { store, .. },
         }
         | Command::Stats { store, .. }
+        | Command::Backup { store, .. }
+        | Command::Restore { store, .. }
         | Command::Provision { store } => Some(store),
         Command::Webhook { .. } => None,
+    }
+}
+
+/// `botline backup` or `botline restore`.
+enum Copy<'a> {
+    Backup(&'a std::path::Path),
+    Restore(&'a std::path::Path),
+}
+
+/// Backs up or restores the embedded store (Postgres and AWS have their own: pg_dump,
+/// DynamoDB's point-in-time recovery).
+fn backup_or_restore(settings: &Settings, copy: Copy<'_>) -> Result<(), String> {
+    if settings.backend != crate::config::BackendKind::Embedded {
+        return Err(
+            "backup and restore copy the embedded store; back Postgres up with pg_dump, and \
+             DynamoDB with its point-in-time recovery or on-demand backups"
+                .into(),
+        );
+    }
+    #[cfg(feature = "sqlite")]
+    {
+        use botline_sqlite::backup;
+        let (copied, what) = match copy {
+            Copy::Backup(to) => (
+                backup::backup(&settings.data_dir, to),
+                format!(
+                    "backed up {} to {}",
+                    settings.data_dir.display(),
+                    to.display()
+                ),
+            ),
+            Copy::Restore(from) => (
+                backup::restore(from, &settings.data_dir),
+                format!(
+                    "restored {} into {}",
+                    from.display(),
+                    settings.data_dir.display()
+                ),
+            ),
+        };
+        let copied = copied.map_err(|e| e.to_string())?;
+        println!("{what}: {} pages, {} bytes", copied.pages, copied.bytes);
+        Ok(())
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = copy;
+        Err("this build has no embedded store (feature `sqlite`)".into())
     }
 }
 
