@@ -4,8 +4,9 @@
 # fuzz targets' regression tests), the CDK app's offline tests (infra/scripts/test.sh: npm ci,
 # Jest on the synthesized templates, cdk synth, cfn-lint from PyPI in a venv), and the AWS
 # backend's tests against moto's server mode (installed from PyPI into target/moto-venv by
-# scripts/moto.sh). The Postgres tests need the server on 127.0.0.1:5432 (trust auth) and fail
-# without it. Needs Rust (rustup), Node.js 20+ with npm, Python 3.
+# scripts/moto.sh). The Postgres tests need the server on 127.0.0.1:5432 (trust auth), the
+# shared-limits tests (crates/botline/tests/shared_limits.rs) Redis on 127.0.0.1:6379; they fail
+# without them. Needs Rust (rustup), Node.js 20+ with npm, Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
