@@ -192,8 +192,8 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     // On the DLQ it only sends copies (and finds it, for the schema check): no receive, delete,
     // visibility change or attributes (those clean the DLQ after a redrive, an operator's
     // command).
-    expect(sorted(grants.filter((g) => g.resource === dlqArn()).map((g) => g.action))).toEqual(
-      sorted(['sqs:SendMessage', 'sqs:GetQueueUrl']),
+    expect(sorted(grants.filter((g) => g.resource === dlqArn()))).toEqual(
+      sorted([allow('sqs:SendMessage', dlqArn()), allow('sqs:GetQueueUrl', dlqArn())]),
     );
     // It redeems tokens but cannot issue them; it writes messages but cannot read them back
     // (describing a table, for the schema check, reads no item).
