@@ -11,8 +11,9 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
 };
 use botline_core::{
-    Applied, BackendError, Delivery, EventRecord, MessageQuery, MessageRecord, OutboxMessage,
-    Records, RegistrationTokens, SessionChange, SessionRecord, Sessions, Store, UserRecord, clock,
+    Applied, BackendError, Delivery, EventRecord, Import, Imported, MessageQuery, MessageRecord,
+    OutboxMessage, Records, RegistrationTokens, SessionChange, SessionRecord, Sessions, Store,
+    UserRecord, clock,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -118,25 +119,13 @@ impl AwsBackend {
         parts.push(Part::Update);
 
         if let Some(m) = records.message.as_ref().filter(|_| !leave.message) {
-            let mut item = Item::from([
-                ("chatId".to_owned(), s(&m.chat_id)),
-                ("messageId".to_owned(), n(m.message_id)),
-                ("timestamp".to_owned(), n(m.timestamp)),
-                ("raw".to_owned(), s(&m.raw)),
-                ("createdAt".to_owned(), s(&m.created_at)),
-            ]);
-            if let Some(user_id) = m.user_id {
-                item.insert("userId".to_owned(), n(user_id));
-            }
-            opt_string(&mut item, "userName", m.user_name.as_ref());
-            opt_string(&mut item, "text", m.text.as_ref());
             let first = "attribute_not_exists(#chatId)";
             items.push(
                 TransactWriteItem::builder()
                     .put(built(
                         Put::builder()
                             .table_name(&t.messages)
-                            .set_item(Some(item))
+                            .set_item(Some(message_item(m)))
                             .condition_expression(first)
                             .set_expression_attribute_names(names([first]))
                             .build(),
@@ -193,16 +182,8 @@ impl AwsBackend {
             parts.push(Part::User);
         }
 
-        let e = &records.event;
-        let mut event = Item::from([
-            ("eventId".to_owned(), s(&e.event_id)),
-            ("eventType".to_owned(), s(&e.event_type)),
-            ("payload".to_owned(), s(json_text(&e.payload))),
-            ("timestamp".to_owned(), s(&e.timestamp)),
-            ("processed".to_owned(), AttributeValue::Bool(e.processed)),
-            ("updateId".to_owned(), n(records.update_id.0)),
-        ]);
-        opt_string(&mut event, "userId", e.user_id.as_ref());
+        let mut event = event_item(&records.event);
+        event.insert("updateId".to_owned(), n(records.update_id.0));
         items.push(
             TransactWriteItem::builder()
                 .put(built(
@@ -603,6 +584,188 @@ impl Store for AwsBackend {
         }
         events.sort_by(|a, b| (&a.timestamp, &a.event_id).cmp(&(&b.timestamp, &b.event_id)));
         Ok(events)
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        let items = self
+            .scan_page(&self.tables().events, "eventId", after, limit)
+            .await?;
+        items.iter().map(event).collect()
+    }
+
+    async fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, BackendError> {
+        let items = self
+            .scan_page(&self.tables().users, "userId", after, limit)
+            .await?;
+        items.iter().map(user).collect()
+    }
+
+    async fn import(&self, records: &Import) -> Result<Imported, BackendError> {
+        use futures_util::future::try_join_all;
+        let t = self.tables();
+        let mut imported = Imported::default();
+        let count = |written: Vec<bool>| written.into_iter().filter(|w| *w).count() as u64;
+        for chunk in records.messages.chunks(IMPORT_CONCURRENCY) {
+            let puts = chunk
+                .iter()
+                .map(|m| self.put_new(&t.messages, "chatId", message_item(m)));
+            imported.messages += count(try_join_all(puts).await?);
+        }
+        for chunk in records.users.chunks(IMPORT_CONCURRENCY) {
+            imported.users += count(try_join_all(chunk.iter().map(|u| self.import_user(u))).await?);
+        }
+        for chunk in records.events.chunks(IMPORT_CONCURRENCY) {
+            let puts = chunk
+                .iter()
+                .map(|e| self.put_new(&t.events, "eventId", event_item(e)));
+            imported.events += count(try_join_all(puts).await?);
+        }
+        Ok(imported)
+    }
+}
+
+/// A message's item (without the condition that makes the first write win).
+fn message_item(m: &MessageRecord) -> Item {
+    let mut item = Item::from([
+        ("chatId".to_owned(), s(&m.chat_id)),
+        ("messageId".to_owned(), n(m.message_id)),
+        ("timestamp".to_owned(), n(m.timestamp)),
+        ("raw".to_owned(), s(&m.raw)),
+        ("createdAt".to_owned(), s(&m.created_at)),
+    ]);
+    if let Some(user_id) = m.user_id {
+        item.insert("userId".to_owned(), n(user_id));
+    }
+    opt_string(&mut item, "userName", m.user_name.as_ref());
+    opt_string(&mut item, "text", m.text.as_ref());
+    item
+}
+
+/// An event's item; `apply` adds the `updateId` it came from, an import has none.
+fn event_item(e: &EventRecord) -> Item {
+    let mut item = Item::from([
+        ("eventId".to_owned(), s(&e.event_id)),
+        ("eventType".to_owned(), s(&e.event_type)),
+        ("payload".to_owned(), s(json_text(&e.payload))),
+        ("timestamp".to_owned(), s(&e.timestamp)),
+        ("processed".to_owned(), AttributeValue::Bool(e.processed)),
+    ]);
+    opt_string(&mut item, "userId", e.user_id.as_ref());
+    item
+}
+
+fn user_item(u: &UserRecord) -> Item {
+    let mut item = Item::from([
+        ("userId".to_owned(), s(&u.user_id)),
+        ("telegramId".to_owned(), n(u.telegram_id)),
+        ("createdAt".to_owned(), s(&u.created_at)),
+        ("updatedAt".to_owned(), s(&u.updated_at)),
+    ]);
+    opt_string(&mut item, "username", u.username.as_ref());
+    opt_string(&mut item, "firstName", u.first_name.as_ref());
+    opt_string(&mut item, "lastName", u.last_name.as_ref());
+    opt_string(&mut item, "languageCode", u.language_code.as_ref());
+    item
+}
+
+/// Records written at once by [`Store::import`] on DynamoDB (one conditional write each).
+const IMPORT_CONCURRENCY: usize = 16;
+
+impl AwsBackend {
+    /// Up to `limit` items of `table` after the item keyed `name` = `after`, in scan order.
+    async fn scan_page(
+        &self,
+        table: &str,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, BackendError> {
+        let mut found = Vec::new();
+        let mut start = after.map(|after| key(name, s(after)));
+        while found.len() < limit {
+            let want = i32::try_from(limit - found.len()).unwrap_or(i32::MAX);
+            let page = self
+                .dynamodb()
+                .scan()
+                .table_name(table)
+                .limit(want)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("Scan", e))?;
+            found.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Puts `item` unless an item with its key attribute `name` exists; whether it was put.
+    async fn put_new(&self, table: &str, name: &str, item: Item) -> Result<bool, BackendError> {
+        let new = format!("attribute_not_exists(#{name})");
+        match self
+            .dynamodb()
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(&new)
+            .set_expression_attribute_names(names([new.as_str()]))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable("PutItem", e)),
+        }
+    }
+
+    /// Imports a user: put if new, else merged with the stored one
+    /// ([`botline_core::backend::merge_user`]), written only if the stored one did not change
+    /// meanwhile (read again otherwise). Whether the user was new.
+    async fn import_user(&self, u: &UserRecord) -> Result<bool, BackendError> {
+        let table = &self.tables().users;
+        loop {
+            if self.put_new(table, "userId", user_item(u)).await? {
+                return Ok(true);
+            }
+            let Some(stored) = self.user(&u.user_id).await? else {
+                continue; // deleted meanwhile
+            };
+            let merged = botline_core::backend::merge_user(&stored, u);
+            if merged == stored {
+                return Ok(false);
+            }
+            let unchanged = "#createdAt = :createdAt AND #updatedAt = :updatedAt";
+            match self
+                .dynamodb()
+                .put_item()
+                .table_name(table)
+                .set_item(Some(user_item(&merged)))
+                .condition_expression(unchanged)
+                .set_expression_attribute_names(names([unchanged]))
+                .set_expression_attribute_values(values([
+                    (":createdAt", s(&stored.created_at)),
+                    (":updatedAt", s(&stored.updated_at)),
+                ]))
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(false),
+                Err(e) if is_condition_failed(&e) => continue,
+                Err(e) => return Err(unavailable("PutItem users", e)),
+            }
+        }
     }
 }
 

@@ -208,6 +208,55 @@ pub struct MessageQuery {
     pub limit: usize,
 }
 
+/// Records brought in from an export (`botline import`): written as they are, each only where
+/// its key is not stored yet, except a user already stored, who keeps the earlier `createdAt`
+/// and takes the other fields of whichever copy has the later `updatedAt`. Importing the same
+/// records twice writes nothing the second time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Import {
+    pub messages: Vec<MessageRecord>,
+    pub users: Vec<UserRecord>,
+    pub events: Vec<EventRecord>,
+}
+
+impl Import {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.users.is_empty() && self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len() + self.users.len() + self.events.len()
+    }
+}
+
+/// What an [`Import`] wrote: records whose key was not stored before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub messages: u64,
+    pub users: u64,
+    pub events: u64,
+}
+
+impl std::ops::AddAssign for Imported {
+    fn add_assign(&mut self, other: Self) {
+        self.messages += other.messages;
+        self.users += other.users;
+        self.events += other.events;
+    }
+}
+
+/// Which of two copies of a user [`Import`] keeps: the earlier `createdAt`, and the other
+/// fields of the copy updated last (the stored one on a tie).
+pub fn merge_user(stored: &UserRecord, imported: &UserRecord) -> UserRecord {
+    let mut merged = if imported.updated_at > stored.updated_at {
+        imported.clone()
+    } else {
+        stored.clone()
+    };
+    merged.created_at = std::cmp::min(&stored.created_at, &imported.created_at).clone();
+    merged
+}
+
 /// Durable, deduplicated, leased delivery of updates.
 #[async_trait]
 pub trait Queue: Send + Sync {
@@ -322,6 +371,27 @@ pub trait Store: Send + Sync {
         user_id: &str,
         since: &str,
     ) -> Result<Vec<EventRecord>, BackendError>;
+
+    /// Up to `limit` events after the one keyed `after`, in an order the backend keeps while
+    /// paging (`eventId` order where it can sort; DynamoDB's scan order): an export reads every
+    /// event by passing the last one's `eventId` until a page comes back short.
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, BackendError>;
+
+    /// Up to `limit` users after the one keyed `after`, paged as [`Store::events`].
+    async fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, BackendError>;
+
+    /// Writes records read from an export ([`Import`]), in one transaction where the backend
+    /// has them (on DynamoDB, one conditional write per record: a failure part way leaves the
+    /// records before it, and importing again completes it).
+    async fn import(&self, records: &Import) -> Result<Imported, BackendError>;
 }
 
 /// Conversation state with a time to live.

@@ -32,9 +32,9 @@ pub mod testsuite;
 pub mod update;
 
 pub use backend::{
-    Applied, Backend, BackendError, DeadLetter, DeadLetters, Delivery, Enqueued, Failed,
-    MessageQuery, Outbox, OutboxEntry, OutboxStats, Queue, QueueConfig, QueueStats, QueuedUpdate,
-    RegistrationTokens, RetryPolicy, Sessions, Store, Unprovisioned,
+    Applied, Backend, BackendError, DeadLetter, DeadLetters, Delivery, Enqueued, Failed, Import,
+    Imported, MessageQuery, Outbox, OutboxEntry, OutboxStats, Queue, QueueConfig, QueueStats,
+    QueuedUpdate, RegistrationTokens, RetryPolicy, Sessions, Store, Unprovisioned,
 };
 pub use ids::{ChatId, MessageId, UpdateId, UserId};
 pub use limits::{Bucket, SharedLimiter, Taken};

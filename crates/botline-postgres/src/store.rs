@@ -4,7 +4,7 @@
 use crate::queue::DONE;
 use crate::{Fault, PostgresBackend, opt_text, sql_limit, text};
 use async_trait::async_trait;
-use botline_core::backend::{Applied, MessageQuery};
+use botline_core::backend::{Applied, Import, Imported, MessageQuery};
 use botline_core::{
     BackendError, Delivery, EventRecord, MessageRecord, OutboxMessage, Records, RegistrationTokens,
     SessionChange, SessionRecord, Sessions, Store, UserRecord, clock,
@@ -70,10 +70,9 @@ impl Store for PostgresBackend {
 
     async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, BackendError> {
         self.run(async {
-            let row: Option<UserRow> = sqlx::query_as(
-                "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
-                        created_at, updated_at FROM users WHERE user_id = $1",
-            )
+            let row: Option<UserRow> = sqlx::query_as(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
+            ))
             .bind(user_id)
             .fetch_optional(self.pool())
             .await?;
@@ -88,7 +87,7 @@ impl Store for PostgresBackend {
         since: &str,
     ) -> Result<Vec<EventRecord>, BackendError> {
         self.run(async {
-            let rows: Vec<(String, Option<String>, String, String, String, bool)> = sqlx::query_as(
+            let rows: Vec<EventRow> = sqlx::query_as(
                 r#"SELECT event_id, user_id, event_type, payload::text, "timestamp", processed
                        FROM events WHERE user_id = $1 AND "timestamp" >= $2
                        ORDER BY "timestamp", event_id"#,
@@ -97,26 +96,76 @@ impl Store for PostgresBackend {
             .bind(since)
             .fetch_all(self.pool())
             .await?;
-            rows.into_iter()
-                .map(
-                    |(event_id, user_id, event_type, payload, timestamp, processed)| {
-                        Ok(EventRecord {
-                            payload: serde_json::from_str(&payload).map_err(|e| {
-                                BackendError::Corrupt(format!("event {event_id} payload: {e}"))
-                            })?,
-                            event_id,
-                            user_id,
-                            event_type,
-                            timestamp,
-                            processed,
-                        })
-                    },
-                )
-                .collect::<Result<_, BackendError>>()
-                .map_err(Fault::Backend)
+            Ok(rows.into_iter().map(event).collect::<Result<_, _>>()?)
         })
         .await
     }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        self.run(async {
+            let rows: Vec<EventRow> = sqlx::query_as(
+                r#"SELECT event_id, user_id, event_type, payload::text, "timestamp", processed
+                       FROM events WHERE $1::text IS NULL OR event_id > $1
+                       ORDER BY event_id LIMIT $2"#,
+            )
+            .bind(after)
+            .bind(sql_limit(limit))
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows.into_iter().map(event).collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, BackendError> {
+        self.run(async {
+            let rows: Vec<UserRow> = sqlx::query_as(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE $1::text IS NULL OR user_id > $1
+                 ORDER BY user_id LIMIT $2"
+            ))
+            .bind(after)
+            .bind(sql_limit(limit))
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows.into_iter().map(user).collect())
+        })
+        .await
+    }
+
+    async fn import(&self, records: &Import) -> Result<Imported, BackendError> {
+        self.run(async {
+            let mut tx = self.pool().begin().await?;
+            let imported = import(&mut tx, records).await?;
+            tx.commit().await?;
+            Ok(imported)
+        })
+        .await
+    }
+}
+
+/// An event's columns, its payload as JSON text.
+type EventRow = (String, Option<String>, String, String, String, bool);
+
+fn event(
+    (event_id, user_id, event_type, payload, timestamp, processed): EventRow,
+) -> Result<EventRecord, BackendError> {
+    Ok(EventRecord {
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| BackendError::Corrupt(format!("event {event_id} payload: {e}")))?,
+        event_id,
+        user_id,
+        event_type,
+        timestamp,
+        processed,
+    })
 }
 
 type MessageRow = (
@@ -175,20 +224,7 @@ fn user(
 /// `createdAt`) and the event.
 async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(), sqlx::Error> {
     if let Some(m) = &records.message {
-        sqlx::query(
-            r#"INSERT INTO messages (chat_id, message_id, user_id, user_name, "text", "timestamp", raw, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"#,
-        )
-        .bind(text(&m.chat_id))
-        .bind(m.message_id)
-        .bind(m.user_id)
-        .bind(opt_text(m.user_name.as_ref()))
-        .bind(opt_text(m.text.as_ref()))
-        .bind(m.timestamp)
-        .bind(&m.raw)
-        .bind(text(&m.created_at))
-        .execute(&mut *conn)
-        .await?;
+        insert_message(conn, m).await?;
     }
     if let Some(u) = &records.user {
         sqlx::query(
@@ -211,8 +247,34 @@ async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(),
         .execute(&mut *conn)
         .await?;
     }
-    let e = &records.event;
-    sqlx::query(
+    insert_event(conn, &records.event).await?;
+    Ok(())
+}
+
+/// Writes a message unless its (`chatId`, `messageId`) is stored: the first write wins.
+/// Whether it was written.
+async fn insert_message(conn: &mut PgConnection, m: &MessageRecord) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
+        r#"INSERT INTO messages (chat_id, message_id, user_id, user_name, "text", "timestamp", raw, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"#,
+    )
+    .bind(text(&m.chat_id))
+    .bind(m.message_id)
+    .bind(m.user_id)
+    .bind(opt_text(m.user_name.as_ref()))
+    .bind(opt_text(m.text.as_ref()))
+    .bind(m.timestamp)
+    .bind(&m.raw)
+    .bind(text(&m.created_at))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(written == 1)
+}
+
+/// Writes an event unless its `eventId` is stored. Whether it was written.
+async fn insert_event(conn: &mut PgConnection, e: &EventRecord) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
         r#"INSERT INTO events (event_id, user_id, event_type, payload, "timestamp", processed)
            VALUES ($1, $2, $3, $4::json, $5, $6) ON CONFLICT DO NOTHING"#,
     )
@@ -223,8 +285,72 @@ async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(),
     .bind(text(&e.timestamp))
     .bind(e.processed)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(written == 1)
+}
+
+const USER_COLUMNS: &str = "user_id, telegram_id, username, first_name, last_name, language_code, \
+                            created_at, updated_at";
+
+/// [`Store::import`]'s writes, in the caller's transaction: each record where its key is new;
+/// a stored user merged as [`botline_core::backend::merge_user`] does.
+async fn import(conn: &mut PgConnection, records: &Import) -> Result<Imported, sqlx::Error> {
+    let mut imported = Imported::default();
+    for m in &records.messages {
+        imported.messages += u64::from(insert_message(conn, m).await?);
+    }
+    for u in &records.users {
+        let written = sqlx::query(
+            "INSERT INTO users (user_id, telegram_id, username, first_name, last_name,
+                                language_code, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(text(&u.user_id))
+        .bind(u.telegram_id)
+        .bind(opt_text(u.username.as_ref()))
+        .bind(opt_text(u.first_name.as_ref()))
+        .bind(opt_text(u.last_name.as_ref()))
+        .bind(opt_text(u.language_code.as_ref()))
+        .bind(text(&u.created_at))
+        .bind(text(&u.updated_at))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if written == 1 {
+            imported.users += 1;
+            continue;
+        }
+        let stored: UserRow = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1 FOR UPDATE"
+        ))
+        .bind(text(&u.user_id))
+        .fetch_one(&mut *conn)
+        .await?;
+        let stored = user(stored);
+        let merged = botline_core::backend::merge_user(&stored, u);
+        if merged != stored {
+            sqlx::query(
+                "UPDATE users SET telegram_id = $2, username = $3, first_name = $4,
+                     last_name = $5, language_code = $6, created_at = $7, updated_at = $8
+                 WHERE user_id = $1",
+            )
+            .bind(text(&merged.user_id))
+            .bind(merged.telegram_id)
+            .bind(opt_text(merged.username.as_ref()))
+            .bind(opt_text(merged.first_name.as_ref()))
+            .bind(opt_text(merged.last_name.as_ref()))
+            .bind(opt_text(merged.language_code.as_ref()))
+            .bind(text(&merged.created_at))
+            .bind(text(&merged.updated_at))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    for e in &records.events {
+        imported.events += u64::from(insert_event(conn, e).await?);
+    }
+    Ok(imported)
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed

@@ -21,7 +21,9 @@ pub mod files;
 mod writer;
 
 use async_trait::async_trait;
-use botline_core::backend::{Applied, DeadLetter, Enqueued, Failed, MessageQuery, QueueStats};
+use botline_core::backend::{
+    Applied, DeadLetter, Enqueued, Failed, Import, Imported, MessageQuery, QueueStats,
+};
 use botline_core::{
     BackendError, DeadLetters, Delivery, EventRecord, InboundUpdate, MessageRecord, OrderKey,
     Outbox, OutboxEntry, OutboxMessage, OutboxStats, Queue, QueueConfig, QueuedUpdate, Records,
@@ -835,22 +837,7 @@ impl Store for SqliteBackend {
                 "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
                         created_at, updated_at FROM users WHERE user_id = ?1",
             )
-            .and_then(|mut select| {
-                select
-                    .query_row(params![user_id], |row| {
-                        Ok(UserRecord {
-                            user_id: row.get(0)?,
-                            telegram_id: row.get(1)?,
-                            username: row.get(2)?,
-                            first_name: row.get(3)?,
-                            last_name: row.get(4)?,
-                            language_code: row.get(5)?,
-                            created_at: row.get(6)?,
-                            updated_at: row.get(7)?,
-                        })
-                    })
-                    .optional()
-            })
+            .and_then(|mut select| select.query_row(params![user_id], user).optional())
             .map_err(unavailable)
         })
         .await
@@ -870,56 +857,168 @@ impl Store for SqliteBackend {
                 )
                 .and_then(|mut select| {
                     select
-                        .query_map(params![user_id, since], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, Option<String>>(1)?,
-                                row.get::<_, String>(2)?,
-                                row.get::<_, String>(3)?,
-                                row.get::<_, String>(4)?,
-                                row.get::<_, bool>(5)?,
-                            ))
-                        })?
+                        .query_map(params![user_id, since], event_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .map_err(unavailable)?;
-            rows.into_iter()
-                .map(
-                    |(event_id, user_id, event_type, payload, timestamp, processed)| {
-                        Ok(EventRecord {
-                            payload: serde_json::from_str(&payload).map_err(|e| {
-                                BackendError::Corrupt(format!("event {event_id} payload: {e}"))
-                            })?,
-                            event_id,
-                            user_id,
-                            event_type,
-                            timestamp,
-                            processed,
-                        })
-                    },
-                )
-                .collect()
+            rows.into_iter().map(event).collect()
         })
         .await
     }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, BackendError> {
+        let after = after.map(str::to_owned);
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT event_id, user_id, event_type, payload, timestamp, processed FROM events
+                     WHERE ?1 IS NULL OR event_id > ?1 ORDER BY event_id LIMIT ?2",
+                )
+                .and_then(|mut select| {
+                    select
+                        .query_map(params![after, limit as i64], event_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            rows.into_iter().map(event).collect()
+        })
+        .await
+    }
+
+    async fn users(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, BackendError> {
+        let after = after.map(str::to_owned);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
+                        created_at, updated_at FROM users
+                 WHERE ?1 IS NULL OR user_id > ?1 ORDER BY user_id LIMIT ?2",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_map(params![after, limit as i64], user)?
+                    .collect()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn import(&self, records: &Import) -> Result<Imported, BackendError> {
+        let records = Arc::new(records.clone());
+        self.write(move |conn| import(conn, &records).map_err(unavailable))
+            .await
+    }
+}
+
+fn user(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        user_id: row.get(0)?,
+        telegram_id: row.get(1)?,
+        username: row.get(2)?,
+        first_name: row.get(3)?,
+        last_name: row.get(4)?,
+        language_code: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+    })
+}
+
+/// An event's columns, its payload still JSON text.
+type EventRow = (String, Option<String>, String, String, String, bool);
+
+fn event_row(row: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn event(
+    (event_id, user_id, event_type, payload, timestamp, processed): EventRow,
+) -> Result<EventRecord, BackendError> {
+    Ok(EventRecord {
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| BackendError::Corrupt(format!("event {event_id} payload: {e}")))?,
+        event_id,
+        user_id,
+        event_type,
+        timestamp,
+        processed,
+    })
+}
+
+/// [`Store::import`]'s writes: each record where its key is new; a stored user merged as
+/// [`botline_core::backend::merge_user`] does.
+fn import(conn: &Connection, records: &Import) -> rusqlite::Result<Imported> {
+    let mut imported = Imported::default();
+    for m in &records.messages {
+        imported.messages += insert_message(conn, m)? as u64;
+    }
+    for u in &records.users {
+        let new = conn
+            .prepare_cached(
+                "INSERT INTO users (user_id, telegram_id, username, first_name, last_name, language_code, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                u.user_id,
+                u.telegram_id,
+                u.username,
+                u.first_name,
+                u.last_name,
+                u.language_code,
+                u.created_at,
+                u.updated_at
+            ])? as u64;
+        if new == 0 {
+            let stored = conn
+                .prepare_cached(
+                    "SELECT user_id, telegram_id, username, first_name, last_name, language_code,
+                            created_at, updated_at FROM users WHERE user_id = ?1",
+                )?
+                .query_row(params![u.user_id], user)?;
+            let merged = botline_core::backend::merge_user(&stored, u);
+            if merged != stored {
+                conn.prepare_cached(
+                    "UPDATE users SET telegram_id = ?2, username = ?3, first_name = ?4,
+                         last_name = ?5, language_code = ?6, created_at = ?7, updated_at = ?8
+                     WHERE user_id = ?1",
+                )?
+                .execute(params![
+                    merged.user_id,
+                    merged.telegram_id,
+                    merged.username,
+                    merged.first_name,
+                    merged.last_name,
+                    merged.language_code,
+                    merged.created_at,
+                    merged.updated_at
+                ])?;
+            }
+        }
+        imported.users += new;
+    }
+    for e in &records.events {
+        imported.events += insert_event(conn, e)? as u64;
+    }
+    Ok(imported)
 }
 
 fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
     if let Some(m) = &records.message {
-        conn.prepare_cached(
-            "INSERT INTO messages (chat_id, message_id, user_id, user_name, text, timestamp, raw, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![
-            m.chat_id,
-            m.message_id,
-            m.user_id,
-            m.user_name,
-            m.text,
-            m.timestamp,
-            m.raw,
-            m.created_at
-        ])?;
+        insert_message(conn, m)?;
     }
     if let Some(u) = &records.user {
         conn.prepare_cached(
@@ -941,7 +1040,31 @@ fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
             u.updated_at
         ])?;
     }
-    let e = &records.event;
+    insert_event(conn, &records.event)?;
+    Ok(())
+}
+
+/// Writes a message unless its (`chatId`, `messageId`) is stored: the first write wins. 1 if
+/// written.
+fn insert_message(conn: &Connection, m: &MessageRecord) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO messages (chat_id, message_id, user_id, user_name, text, timestamp, raw, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        m.chat_id,
+        m.message_id,
+        m.user_id,
+        m.user_name,
+        m.text,
+        m.timestamp,
+        m.raw,
+        m.created_at
+    ])
+}
+
+/// Writes an event unless its `eventId` is stored. 1 if written.
+fn insert_event(conn: &Connection, e: &EventRecord) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO events (event_id, user_id, event_type, payload, timestamp, processed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
@@ -953,8 +1076,7 @@ fn write_records(conn: &Connection, records: &Records) -> rusqlite::Result<()> {
         e.payload.to_string(),
         e.timestamp,
         e.processed
-    ])?;
-    Ok(())
+    ])
 }
 
 /// The parts of an update's outcome beyond its records: the redacted body, a redeemed

@@ -37,6 +37,30 @@ pub enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Read the stored events (one per update, the audit trail).
+    Events {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Read the stored users.
+    Users {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    },
+    /// Write the records of an export (`messages`, `events` or `users export`, from any
+    /// backend) into this backend: each where its key is not stored yet, a stored user merged
+    /// (the earlier createdAt, the later copy's fields). The whole file is checked before
+    /// anything is written; running it again writes nothing twice.
+    Import {
+        /// The export: JSON lines (of any kinds, concatenated), or CSV with a header.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The file's format [default: csv for a name ending in .csv, else jsonl]
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Look after updates that failed every attempt.
     Dlq {
         #[command(subcommand)]
@@ -239,6 +263,18 @@ pub enum MessagesCommand {
         /// Only messages sent at or after this time (RFC 3339, a date, or unix seconds).
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
+    },
+}
+
+/// `botline events` and `botline users`.
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// Write every record to stdout, one per line (`botline import` reads it back).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
     },
 }
 

@@ -34,6 +34,7 @@ pub mod sender;
 pub mod serve;
 pub mod shared_limits;
 pub mod telegram;
+pub mod transfer;
 pub mod worker;
 
 use std::sync::LazyLock;

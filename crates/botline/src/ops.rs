@@ -1,15 +1,12 @@
-//! The operator's commands: export what was stored, look after dead letters, read the counts,
+//! The operator's commands: look after dead letters, read the counts,
 //! issue registration tokens, manage Telegram's webhook. Those on the store open it next to a
 //! running `botline serve`.
 
 use crate::telegram::{CallError, Telegram, WebhookRequest};
-use botline_core::backend::{DeadLetter, MessageQuery};
-use botline_core::{Backend, BackendError, MessageRecord, UpdateId, clock};
+use botline_core::backend::DeadLetter;
+use botline_core::{Backend, BackendError, UpdateId, clock};
 use serde::Serialize;
 use std::io::{self, Write};
-
-/// Rows read from the store at a time while exporting.
-const EXPORT_PAGE: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -47,68 +44,6 @@ impl OpsError {
             _ => None,
         };
         io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    }
-}
-
-/// Writes every message matching `chat` and `since` to `out`, in (`chatId`, `messageId`) order.
-pub async fn export_messages(
-    backend: &dyn Backend,
-    format: ExportFormat,
-    chat: Option<String>,
-    since_ms: Option<i64>,
-    out: impl Write,
-) -> Result<u64, OpsError> {
-    let mut query = MessageQuery {
-        chat_id: chat,
-        since_ms,
-        after: None,
-        limit: EXPORT_PAGE,
-    };
-    let mut sink = match format {
-        ExportFormat::Jsonl => Sink::Jsonl(io::BufWriter::new(out)),
-        ExportFormat::Csv => Sink::Csv(Box::new(csv::Writer::from_writer(out))),
-    };
-    let mut written = 0;
-    loop {
-        let page = backend.messages(&query).await?;
-        for message in &page {
-            sink.write(message)?;
-        }
-        written += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == EXPORT_PAGE => {
-                query.after = Some((last.chat_id.clone(), last.message_id));
-            }
-            _ => break,
-        }
-    }
-    sink.finish()?;
-    Ok(written)
-}
-
-enum Sink<W: Write> {
-    Jsonl(io::BufWriter<W>),
-    Csv(Box<csv::Writer<W>>),
-}
-
-impl<W: Write> Sink<W> {
-    fn write(&mut self, message: &MessageRecord) -> Result<(), OpsError> {
-        match self {
-            Self::Jsonl(out) => {
-                serde_json::to_writer(&mut *out, message).map_err(io::Error::from)?;
-                out.write_all(b"\n")?;
-            }
-            Self::Csv(out) => out.serialize(message)?,
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), OpsError> {
-        match self {
-            Self::Jsonl(mut out) => out.flush()?,
-            Self::Csv(mut out) => out.flush()?,
-        }
-        Ok(())
     }
 }
 

@@ -2,13 +2,15 @@
 //! `botline` binary is this with Botline's built-in records and `/register` only.
 
 use crate::cli::{
-    Cli, Command, DlqCommand, MessagesCommand, StoreArgs, TokensCommand, WebhookCommand,
+    Cli, Command, DlqCommand, MessagesCommand, RecordsCommand, StoreArgs, TokensCommand,
+    WebhookCommand,
 };
 use crate::config::{LogFormat, NoFlags, Settings};
 use crate::handler::Bot;
 use crate::ops::{self, OpsError};
 use crate::serve::{open_backend, poll_bot, serve_bot};
 use crate::telegram::{WebhookRequest, parse_allowed_updates};
+use crate::transfer;
 use botline_core::{UpdateId, clock};
 use clap::Parser;
 use std::io::IsTerminal;
@@ -95,8 +97,9 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
         }
         _ => {}
     }
-    // Tokens may be issued before the first `serve`; the other commands read what serve wrote.
-    let existing = !matches!(command, Command::Tokens { .. });
+    // Tokens may be issued and records imported before the first `serve`; the other commands
+    // read what serve wrote.
+    let existing = !matches!(command, Command::Tokens { .. } | Command::Import { .. });
     let backend = open_backend(&settings, existing)
         .await
         .map_err(|e| e.to_string())?;
@@ -118,7 +121,23 @@ async fn run(command: Command, settings: Settings, bot: Bot) -> Result<(), Strin
                 },
         } => {
             let since = since.map(|s| clock::parse_time(&s)).transpose()?;
-            ops::export_messages(&*backend, format, chat.map(|c| c.to_string()), since, out)
+            transfer::export_messages(&*backend, format, chat.map(|c| c.to_string()), since, out)
+                .await
+                .map(|_| ())
+        }
+        Command::Events {
+            command: RecordsCommand::Export { format, .. },
+        } => transfer::export_events(&*backend, format, out)
+            .await
+            .map(|_| ()),
+        Command::Users {
+            command: RecordsCommand::Export { format, .. },
+        } => transfer::export_users(&*backend, format, out)
+            .await
+            .map(|_| ()),
+        Command::Import { from, format, .. } => {
+            let format = transfer::import_format(&from, format);
+            transfer::import(&*backend, &from, format, out)
                 .await
                 .map(|_| ())
         }
@@ -147,6 +166,13 @@ fn store_args(command: &Command) -> Option<&StoreArgs> {
         Command::Messages {
             command: MessagesCommand::Export { store, .. },
         }
+        | Command::Events {
+            command: RecordsCommand::Export { store, .. },
+        }
+        | Command::Users {
+            command: RecordsCommand::Export { store, .. },
+        }
+        | Command::Import { store, .. }
         | Command::Dlq {
             command:
                 DlqCommand::List { store, .. }

@@ -303,3 +303,134 @@ fn health_names_a_migration_that_is_no_longer_applied() {
     );
     assert_eq!(answer.status, 503, "{}", answer.body);
 }
+
+/// The stdout of a command that must succeed.
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// JSON lines, sorted: two exports compared as sets of records.
+fn sorted_lines(text: &str) -> Vec<serde_json::Value> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn an_embedded_bots_records_move_to_postgres_by_export_and_import() {
+    // An embedded bot with messages from two users in three chats, and an edit (an event
+    // without a message).
+    let mut server = Server::start(&[]);
+    let mut id = 0;
+    for chat in [-100_i64, 7, 8] {
+        for m in 1..=4 {
+            id += 1;
+            let mut body: serde_json::Value =
+                serde_json::from_slice(&message(id, chat, m, &format!("hello {chat} {m}")))
+                    .unwrap();
+            if chat == 8 {
+                body["message"]["from"] =
+                    serde_json::json!({"id": 43, "is_bot": false, "first_name": "Other"});
+            }
+            common::deliver(
+                &server.url("/telegram/webhook"),
+                None,
+                body.to_string().as_bytes(),
+                Duration::from_secs(10),
+            );
+        }
+    }
+    let mut edit: serde_json::Value = serde_json::from_slice(&message(99, 7, 1, "edited")).unwrap();
+    edit["edited_message"] = edit["message"].take();
+    edit.as_object_mut().unwrap().remove("message");
+    common::deliver(
+        &server.url("/telegram/webhook"),
+        None,
+        edit.to_string().as_bytes(),
+        Duration::from_secs(10),
+    );
+    server.wait_drained();
+
+    // Exported while serve runs: messages and users as JSON lines, events as CSV.
+    let dir = common::temp_dir();
+    let messages = ok("messages export", server.cli(&["messages", "export"]));
+    let users = ok("users export", server.cli(&["users", "export"]));
+    let events = ok("events export", server.cli(&["events", "export"]));
+    let events_csv = ok(
+        "events export --format csv",
+        server.cli(&["events", "export", "--format", "csv"]),
+    );
+    assert_eq!(messages.lines().count(), 12);
+    assert_eq!(users.lines().count(), 2);
+    assert_eq!(events.lines().count(), 13);
+    assert!(events_csv.starts_with("eventId,userId,eventType,payload,timestamp,processed\n"));
+    let edited = sorted_lines(&events)
+        .into_iter()
+        .filter(|e| e["eventType"] == "edited_message")
+        .count();
+    assert_eq!(edited, 1);
+    server.terminate();
+    let files = [
+        ("messages.jsonl", &messages),
+        ("users.jsonl", &users),
+        ("events.csv", &events_csv),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    // Into a fresh Postgres database: every record, as it was.
+    let db = PgDb::new("botline_import");
+    let url = db.url();
+    let import = |name: &str| {
+        let path = dir.join(name);
+        ok(
+            &format!("import {name}"),
+            cli(&url, &["import", "--from", path.to_str().unwrap()]),
+        )
+    };
+    assert!(import("messages.jsonl").starts_with("imported 12 messages, 0 users, 0 events"));
+    assert!(import("users.jsonl").starts_with("imported 0 messages, 2 users, 0 events"));
+    assert!(import("events.csv").starts_with("imported 0 messages, 0 users, 13 events"));
+    let moved = |what: &str| ok(&format!("{what} export"), cli(&url, &[what, "export"]));
+    assert_eq!(
+        moved("messages"),
+        messages,
+        "byte for byte, in the same order"
+    );
+    assert_eq!(sorted_lines(&moved("users")), sorted_lines(&users));
+    assert_eq!(sorted_lines(&moved("events")), sorted_lines(&events));
+
+    // Again: nothing written twice.
+    assert!(
+        import("messages.jsonl").starts_with("imported 0 messages, 0 users, 0 events"),
+        "a second import writes nothing"
+    );
+    assert!(import("events.csv").starts_with("imported 0 messages, 0 users, 0 events"));
+    assert_eq!(moved("messages"), messages);
+    assert_eq!(sorted_lines(&moved("events")), sorted_lines(&events));
+
+    // Bad input changes nothing: a broken third line is named, and no record of the file is
+    // written, not even the two lines before it.
+    let other = PgDb::new("botline_import_bad");
+    let broken: Vec<&str> = messages.lines().take(2).chain(["{\"chatId\": "]).collect();
+    let path = dir.join("broken.jsonl");
+    std::fs::write(&path, broken.join("\n")).unwrap();
+    let out = cli(&other.url(), &["import", "--from", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("nothing imported"), "{stderr}");
+    assert_eq!(
+        common::psql(&other.name, "SELECT count(*) FROM messages"),
+        "0"
+    );
+}
