@@ -17,8 +17,8 @@
 //!
 //! The queue needs no tick: SQS itself hands the worker again a message whose visibility ended
 //! (an update's backoff, a handler's `RetryAfter`, an expired lease, a held-back message), and
-//! DynamoDB's TTL is the AWS backend's housekeeping. Ticks and batches may run at once, in one
-//! execution environment or several: the outbox leases each call with a conditional write, so a
+//! DynamoDB's TTL is the AWS backend's housekeeping. Ticks and batches may run at once, in
+//! different execution environments: the outbox leases each call with a conditional write, so a
 //! call goes out once whichever invocation takes it.
 //!
 //! # Batch item failures
