@@ -19,6 +19,8 @@ import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
 import { AccessLogFormat } from 'aws-cdk-lib/aws-apigateway';
 import { HttpLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -149,6 +151,8 @@ export class BotlineStack extends Stack {
   readonly api: apigwv2.HttpApi;
   readonly ingest: lambda.Function;
   readonly worker: lambda.Function;
+  /** Invokes the worker every `workerTickMinutes` to send the calls that are due. */
+  readonly workerTick: events.Rule;
   readonly queue: sqs.Queue;
   readonly deadLetters: sqs.Queue;
   readonly tables: Record<TableName, dynamodb.Table>;
@@ -434,6 +438,7 @@ export class BotlineStack extends Stack {
       maxConcurrency: LIMITS.worker.maxConcurrency,
       enabled: true,
     });
+    this.workerTick = this.tick();
 
     // HTTP API: the ingest function serves both routes (one axum router).
     this.api = new apigwv2.HttpApi(this, 'Api', {
@@ -517,6 +522,32 @@ export class BotlineStack extends Stack {
         "X-Telegram-Bot-Api-Secret-Token sent to the handler URL (generated): give your bot's framework the same value",
       );
     }
+  }
+
+  /**
+   * The worker's tick (issue 19): an EventBridge rule invokes the worker every
+   * `workerTickMinutes` with its scheduled event, and the worker sends the outbox's calls that
+   * are due (crates/botline-lambda, worker.rs: `Worker::tick`). Without it, a call that waits
+   * for its time (a reminder, a `retry_after`, a backoff) would go out only when an SQS batch
+   * next brings the worker. The rule may invoke the worker and nothing else: the target adds a
+   * resource policy to the worker (`lambda:InvokeFunction` for `events.amazonaws.com`, with the
+   * rule as the source ARN), and no IAM role is involved.
+   *
+   * Each tick stands alone: one that cannot be delivered or fails is not worth keeping past the
+   * next, so EventBridge and Lambda give it up after one period and Lambda does not retry it.
+   */
+  private tick(): events.Rule {
+    const period = Duration.minutes(this.config.workerTickMinutes);
+    const rule = new events.Rule(this, 'WorkerTick', {
+      ruleName: this.name('worker-tick'),
+      description:
+        `Botline ${this.config.stage}: invokes the worker every ${period.toHumanString()} to send ` +
+        'the Telegram calls that are due (reminders, retries) when no update comes',
+      schedule: events.Schedule.rate(period),
+    });
+    rule.addTarget(new targets.LambdaFunction(this.worker, { maxEventAge: period, retryAttempts: 2 }));
+    this.worker.configureAsyncInvoke({ maxEventAge: period, retryAttempts: 0 });
+    return rule;
   }
 
   /**

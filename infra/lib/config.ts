@@ -61,6 +61,15 @@ export interface BotlineConfig {
    * botline-stack.ts).
    */
   readonly handlerTimeout: number;
+  /**
+   * Minutes between two ticks of the worker's schedule (`-c workerTickMinutes=...`), 1 by
+   * default, at most `MAX_WORKER_TICK_MINUTES`: an EventBridge rule invokes the worker this often
+   * to send the calls that are due with no traffic to bring it a batch (reminders, calls that
+   * waited out Telegram's `retry_after` or a backoff). A reminder goes out within one tick of
+   * its time. There is no switch to turn it off: without it, such calls of a quiet bot would
+   * wait for the next update, however long that takes.
+   */
+  readonly workerTickMinutes: number;
 }
 
 export const DEFAULT_REGION = 'eu-north-1';
@@ -90,6 +99,16 @@ export const DEFAULT_HANDLER_TIMEOUT_SECONDS = 30;
  * the batch's claim and the replies, and Lambda allows at most 900 s.
  */
 export const MAX_HANDLER_TIMEOUT_SECONDS = 840;
+
+/** `workerTickMinutes` when not given: a reminder goes out within a minute of its time. */
+export const DEFAULT_WORKER_TICK_MINUTES = 1;
+
+/**
+ * The longest `workerTickMinutes`: the tick bounds how late a reminder or a retried call goes
+ * out, and an hour is already long for either. A tick is dropped once it is a period old (see
+ * botline-stack.ts), and Lambda keeps an asynchronous event for at most 6 hours.
+ */
+export const MAX_WORKER_TICK_MINUTES = 60;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -130,7 +149,20 @@ export function readConfig(node: Node, env: NodeJS.ProcessEnv = process.env): Bo
     workerReservedConcurrency:
       reserved === undefined ? undefined : readPositiveInt(node, 'workerReservedConcurrency', 0),
     ...readHandler(node, region),
+    workerTickMinutes: readWorkerTick(node),
   };
+}
+
+/** Minutes between the worker's ticks: 1 to `MAX_WORKER_TICK_MINUTES`. */
+function readWorkerTick(node: Node): number {
+  const minutes = readPositiveInt(node, 'workerTickMinutes', DEFAULT_WORKER_TICK_MINUTES);
+  if (minutes > MAX_WORKER_TICK_MINUTES) {
+    throw new ConfigError(
+      `workerTickMinutes must be at most ${MAX_WORKER_TICK_MINUTES}, not ${minutes}: the tick is ` +
+        'how late a reminder or a retried Telegram call may go out when no update comes',
+    );
+  }
+  return minutes;
 }
 
 /** The bot's own handler (issue 16): a URL or a Lambda function, never both, and its timeout. */

@@ -219,6 +219,37 @@ describe('throttling and concurrency', () => {
   });
 });
 
+describe("the worker's tick (issue 19)", () => {
+  const base = { stage: 'dev', lambdaAssets: 'placeholder' };
+  const tick = (json: ReturnType<typeof synth>['json']) =>
+    json.Resources[logicalId(json, 'AWS::Events::Rule', 'Name', 'botline-dev-worker-tick')].Properties!;
+
+  test('every minute by default', () => {
+    expect(build(base).config.workerTickMinutes).toBe(1);
+    expect(tick(synth({ stage: 'dev' }).json).ScheduleExpression).toBe('rate(1 minute)');
+  });
+
+  test('-c workerTickMinutes sets the rate, and how long a tick is kept', () => {
+    const { json } = synth({ stage: 'dev', workerTickMinutes: '5' });
+    expect(tick(json).ScheduleExpression).toBe('rate(5 minutes)');
+    expect(tick(json).Targets[0].RetryPolicy.MaximumEventAgeInSeconds).toBe(300);
+    const [invokeConfig] = Object.values(resourcesOfType(json, 'AWS::Lambda::EventInvokeConfig'));
+    expect(invokeConfig.Properties!.MaximumEventAgeInSeconds).toBe(300);
+  });
+
+  test('1 to 60 minutes, whole ones', () => {
+    for (const minutes of ['1', '60', 15]) {
+      expect(build({ ...base, workerTickMinutes: minutes }).config.workerTickMinutes).toBe(Number(minutes));
+    }
+    for (const minutes of ['0', '-1', '1.5', 'often', '']) {
+      expect(() => build({ ...base, workerTickMinutes: minutes })).toThrow(
+        /workerTickMinutes must be a positive integer/,
+      );
+    }
+    expect(() => build({ ...base, workerTickMinutes: '61' })).toThrow(/workerTickMinutes must be at most 60/);
+  });
+});
+
 describe('alarm e-mail', () => {
   test('must look like an address', () => {
     expect(() => build({ stage: 'dev', lambdaAssets: 'placeholder', alarmEmail: 'ops' })).toThrow(

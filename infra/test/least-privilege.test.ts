@@ -372,6 +372,34 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     expect(grants.filter((g) => g.action.startsWith('ssm:') || g.action.startsWith('iam:'))).toEqual([]);
   });
 
+  test("who may invoke the functions: the tick's rule the worker, API Gateway's routes the ingest function; each from its source only", () => {
+    const ruleArn = `${id('AWS::Events::Rule', 'Name', name('worker-tick'))}.Arn`;
+    const fnArn = (fn: 'ingest' | 'worker') => `${id('AWS::Lambda::Function', 'FunctionName', name(fn))}.Arn`;
+    const apiId = id('AWS::ApiGatewayV2::Api', 'Name', name('api'));
+    const permissions = Object.values(resourcesOfType(json, 'AWS::Lambda::Permission')).map((p) => {
+      const { Action, FunctionName, Principal, SourceArn, ...rest } = p.Properties!;
+      // No SourceAccount, principal organisation or function URL auth: only the source ARN.
+      expect(rest).toEqual({});
+      return `${Action} on ${render(FunctionName)} for ${Principal} from ${render(SourceArn)}`;
+    });
+    expect(permissions.sort()).toEqual(
+      [
+        `lambda:InvokeFunction on ${fnArn('worker')} for events.amazonaws.com from ${ruleArn}`,
+        `lambda:InvokeFunction on ${fnArn('ingest')} for apigateway.amazonaws.com from arn:aws:execute-api:eu-north-1:ref(AWS::AccountId):ref(${apiId})/*/*/health`,
+        `lambda:InvokeFunction on ${fnArn('ingest')} for apigateway.amazonaws.com from arn:aws:execute-api:eu-north-1:ref(AWS::AccountId):ref(${apiId})/*/*/telegram/webhook`,
+      ].sort(),
+    );
+    // The rule targets the worker alone, through that permission: no role for EventBridge.
+    const rules = Object.values(resourcesOfType(json, 'AWS::Events::Rule'));
+    expect(rules).toHaveLength(1);
+    expect(
+      rules[0].Properties!.Targets.map((t: { Arn: unknown; RoleArn?: unknown }) => [
+        render(t.Arn),
+        t.RoleArn,
+      ]),
+    ).toEqual([[fnArn('worker'), undefined]]);
+  });
+
   test('resource policies only deny (queues: no TLS, no access)', () => {
     const queuePolicies = Object.values(resourcesOfType(json, 'AWS::SQS::QueuePolicy'));
     expect(queuePolicies).toHaveLength(2);

@@ -70,7 +70,9 @@ describe.each(STAGES)('stage %s', (stage) => {
     });
 
     test('API Gateway may invoke the ingest function on its two routes only', () => {
-      const permissions = Object.values(resourcesOfType(s.json, 'AWS::Lambda::Permission'));
+      const permissions = Object.values(resourcesOfType(s.json, 'AWS::Lambda::Permission')).filter(
+        (p) => p.Properties!.Principal === 'apigateway.amazonaws.com',
+      );
       expect(permissions).toHaveLength(2);
       const apiId = logicalId(s.json, 'AWS::ApiGatewayV2::Api', 'Name', name('api'));
       expect(permissions.map((p) => render(p.Properties!.SourceArn)).sort()).toEqual([
@@ -236,6 +238,52 @@ describe.each(STAGES)('stage %s', (stage) => {
     });
     // No batching window: an update is processed as soon as it is polled (< 2 s end to end).
     expect(mapping.MaximumBatchingWindowInSeconds).toBeUndefined();
+  });
+
+  describe("the worker's tick", () => {
+    const ruleId = () => logicalId(s.json, 'AWS::Events::Rule', 'Name', name('worker-tick'));
+
+    test('one rule, botline-<stage>-worker-tick, invokes the worker every minute with the scheduled event', () => {
+      s.template.resourceCountIs('AWS::Events::Rule', 1);
+      const rule = resource(ruleId()).Properties!;
+      expect(rule).toMatchObject({ ScheduleExpression: 'rate(1 minute)', State: 'ENABLED' });
+      expect(rule.EventPattern).toBeUndefined();
+      // The worker itself, given the event as EventBridge sends it (no Input: the function
+      // dispatches on the scheduled event's shape), with no role (a resource policy allows it).
+      expect(rule.Targets).toHaveLength(1);
+      const [target] = rule.Targets;
+      expect(target.Arn).toEqual({ 'Fn::GetAtt': [fnId('worker'), 'Arn'] });
+      for (const key of ['Input', 'InputPath', 'InputTransformer', 'RoleArn']) {
+        expect(target[key]).toBeUndefined();
+      }
+    });
+
+    test('a tick is given up after one period: by EventBridge, and by Lambda, which does not retry it', () => {
+      const [target] = resource(ruleId()).Properties!.Targets;
+      expect(target.RetryPolicy).toEqual({ MaximumEventAgeInSeconds: 60, MaximumRetryAttempts: 2 });
+      s.template.resourceCountIs('AWS::Lambda::EventInvokeConfig', 1);
+      const [invokeConfig] = Object.values(resourcesOfType(s.json, 'AWS::Lambda::EventInvokeConfig'));
+      expect(invokeConfig.Properties).toEqual({
+        FunctionName: { Ref: fnId('worker') },
+        Qualifier: '$LATEST',
+        MaximumEventAgeInSeconds: 60,
+        MaximumRetryAttempts: 0,
+      });
+    });
+
+    test('the rule may invoke the worker, as its source; nothing else may but API Gateway the ingest function', () => {
+      const permissions = Object.values(resourcesOfType(s.json, 'AWS::Lambda::Permission'));
+      expect(permissions).toHaveLength(3);
+      const fromEvents = permissions.filter((p) => p.Properties!.Principal === 'events.amazonaws.com');
+      expect(fromEvents.map((p) => p.Properties)).toEqual([
+        {
+          Action: 'lambda:InvokeFunction',
+          FunctionName: { 'Fn::GetAtt': [fnId('worker'), 'Arn'] },
+          Principal: 'events.amazonaws.com',
+          SourceArn: { 'Fn::GetAtt': [ruleId(), 'Arn'] },
+        },
+      ]);
+    });
   });
 
   describe('DynamoDB', () => {

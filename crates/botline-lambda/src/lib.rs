@@ -8,7 +8,9 @@
 //! - **worker** (`botline-worker`, [`worker`]): SQS events (batches of up to 10) → the AWS
 //!   backend's claim step → the worker's processing into DynamoDB, different chats at once and
 //!   one chat's updates in order, answering with partial batch failures
-//!   (`ReportBatchItemFailures`); then the replies due in the outbox go out to Telegram.
+//!   (`ReportBatchItemFailures`); then the replies due in the outbox go out to Telegram. And an
+//!   EventBridge schedule's tick (every minute in the CDK app): the calls due in the outbox go
+//!   out, reminders and calls that waited out a `retry_after` among them, with no traffic at all.
 //!
 //! Both check at the cold start that the queues and tables they need exist (`botline::schema`):
 //! while one is missing, ingest answers the webhook 503 with `Retry-After` and `GET /health` 503
@@ -64,6 +66,28 @@ pub mod worker;
 
 use botline::config::{BackendKind, ConfigError, NoFlags, Settings};
 use tracing_subscriber::EnvFilter;
+
+/// Why an invocation is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The worker was invoked with something else than an SQS event or a scheduled event. Only
+    /// the payload's top-level keys are named: its values may be anything.
+    #[error(
+        "the worker takes an SQS event (\"Records\") or an EventBridge scheduled event \
+         (\"detail-type\": \"Scheduled Event\"), not an event with the keys {keys:?}"
+    )]
+    UnknownEvent { keys: Vec<String> },
+    /// An EventBridge event that is not a schedule's.
+    #[error(
+        "the worker takes EventBridge's scheduled events only (source \"aws.events\", \
+         detail-type \"Scheduled Event\"), not {detail_type:?} from {event_source:?}"
+    )]
+    NotASchedule {
+        event_source: String,
+        detail_type: String,
+    },
+}
 
 /// The namespace of the functions' metrics.
 pub const METRICS_NAMESPACE: &str = "Botline";

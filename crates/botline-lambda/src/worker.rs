@@ -1,4 +1,27 @@
-//! The worker function: an SQS event's messages → the claim step → processing → replies.
+//! The worker function: an SQS event's messages → the claim step → processing → replies; and a
+//! scheduled tick → the calls that are due.
+//!
+//! # Two events
+//!
+//! The function takes two shapes of event ([`WorkerEvent`]; anything else is an [`Error`]):
+//!
+//! - **an SQS batch** from the queue's event source mapping (below), answered with its batch item
+//!   failures; once the batch is handled, the outbox's calls that are due go out;
+//! - **a scheduled event** from an EventBridge rule (`source` `aws.events`, `detail-type`
+//!   `Scheduled Event`; the CDK app's `botline-<stage>-worker-tick`, every minute by default):
+//!   the outbox's calls that are due go out, and nothing else is done. This is what sends, with no
+//!   traffic at all, the calls that wait for their time: a reminder (`cx.send_after`,
+//!   `send_at`, `call_at`), a call waiting out Telegram's `retry_after` or a backoff after a 5xx.
+//!   A reminder goes out within one tick of its time. A tick with nothing due reads the outbox's
+//!   pending calls once (one DynamoDB `Query`) and calls Telegram not at all.
+//!
+//! The queue needs no tick: SQS itself hands the worker again a message whose visibility ended
+//! (an update's backoff, a handler's `RetryAfter`, an expired lease, a held-back message), and
+//! DynamoDB's TTL is the AWS backend's housekeeping. Ticks and batches may run at once, in
+//! different execution environments: the outbox leases each call with a conditional write, so a
+//! call goes out once whichever invocation takes it.
+//!
+//! # Batch item failures
 //!
 //! Which messages are reported as batch item failures (so that Lambda leaves them on the
 //! queue instead of deleting them):
@@ -26,6 +49,8 @@
 //! its chat's head when claimed; groups run concurrently. On a standard queue the claim step
 //! takes the whole batch, leases each chat's head, and the leased updates run concurrently.
 
+use crate::Error;
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use botline::config::{ConfigError, Settings};
 use botline::handler::Bot;
@@ -36,6 +61,8 @@ use botline::worker::Processor;
 use botline_aws::{AwsBackend, Claimed, QueueMessage, Receipt};
 use botline_core::{Backend, Delivery, Handling};
 use botline_registrar::Registrar;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify};
@@ -47,6 +74,60 @@ const GET_ME_TIMEOUT: Duration = Duration::from_secs(3);
 const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 /// How long the replies may take when the event has no deadline (in tests).
 const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+/// The `source` and `detail-type` of the event an EventBridge rule's schedule sends.
+const SCHEDULE_SOURCE: &str = "aws.events";
+const SCHEDULE_DETAIL_TYPE: &str = "Scheduled Event";
+
+/// What the worker function is invoked with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerEvent {
+    /// Messages of the queue, from the event source mapping.
+    Batch(SqsEvent),
+    /// A tick of the schedule: send what is due.
+    Schedule(EventBridgeEvent),
+}
+
+impl WorkerEvent {
+    /// Reads an invocation's payload: an SQS event (it has `Records`), or an EventBridge
+    /// scheduled event. An EventBridge event of another kind is refused too: nothing but the
+    /// schedule is meant to invoke the worker.
+    pub fn from_payload(payload: Value) -> Result<Self, Error> {
+        let keys = match &payload {
+            Value::Object(map) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        match serde_json::from_value(payload) {
+            Ok(WorkerEvent::Schedule(event))
+                if event.source != SCHEDULE_SOURCE || event.detail_type != SCHEDULE_DETAIL_TYPE =>
+            {
+                Err(Error::NotASchedule {
+                    event_source: event.source,
+                    detail_type: event.detail_type,
+                })
+            }
+            Ok(event) => Ok(event),
+            Err(_) => Err(Error::UnknownEvent { keys }),
+        }
+    }
+}
+
+/// The worker function's answer: the batch item failures of an SQS event, or what a tick did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// The messages Lambda is to leave on the queue.
+    Batch(SqsBatchResponse),
+    Tick(Ticked),
+}
+
+/// What a tick did (the answer goes back to EventBridge, which keeps nothing of it; for the
+/// tests and the logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Ticked {
+    /// Bot API calls made, accepted or not.
+    pub calls: usize,
+}
 
 /// The worker function's state, kept across the invocations of one execution environment.
 #[derive(Debug)]
@@ -114,7 +195,7 @@ impl Worker {
         self
     }
 
-    /// Handles one event; `deadline` is the invocation's (the replies stop before it).
+    /// Handles one SQS event; `deadline` is the invocation's (the replies stop before it).
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         if let Verdict::Missing(missing) = self.schema.verdict().await {
             tracing::error!(error = %missing, records = event.records.len(), "the batch is left on the queue");
@@ -193,16 +274,51 @@ impl Worker {
             reported_failed = failures.len(),
             "batch handled"
         );
-        if let Some(sender) = &self.sender {
-            let deadline = deadline
-                .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d))
-                .unwrap_or_else(|| Instant::now() + DEFAULT_DRAIN);
-            let made = sender.drain(deadline).await;
-            if made > 0 {
-                tracing::info!(calls = made, "replies sent");
-            }
+        let made = self.send_due(deadline).await;
+        if made > 0 {
+            tracing::info!(calls = made, "replies sent");
         }
         batch_failures(failures)
+    }
+
+    /// Handles one invocation: an SQS batch or a tick of the schedule ([`WorkerEvent`]).
+    /// `deadline` is the invocation's.
+    pub async fn invoke(&self, payload: Value, deadline: Option<Instant>) -> Result<Answer, Error> {
+        match WorkerEvent::from_payload(payload) {
+            Ok(WorkerEvent::Batch(event)) => Ok(Answer::Batch(self.handle(event, deadline).await)),
+            Ok(WorkerEvent::Schedule(_)) => Ok(Answer::Tick(self.tick(deadline).await)),
+            Err(e) => {
+                tracing::error!(error = %e, "an event the worker does not take");
+                Err(e)
+            }
+        }
+    }
+
+    /// A tick of the schedule: makes the calls that are due (reminders, and calls whose
+    /// `retry_after` or backoff ended), until none is left or the deadline comes.
+    pub async fn tick(&self, deadline: Option<Instant>) -> Ticked {
+        if self.sender.is_none() {
+            tracing::warn!("no bot token: the calls due wait in the outbox");
+        }
+        let calls = self.send_due(deadline).await;
+        if calls > 0 {
+            tracing::info!(calls, "calls due sent on the tick");
+        } else {
+            tracing::debug!("tick: nothing due");
+        }
+        Ticked { calls }
+    }
+
+    /// Makes the outbox's calls that are due, before `deadline` (less a margin for the answer);
+    /// returns how many were made.
+    async fn send_due(&self, deadline: Option<Instant>) -> usize {
+        let Some(sender) = &self.sender else {
+            return 0;
+        };
+        let deadline = deadline
+            .map(|d| d.checked_sub(DEADLINE_MARGIN).unwrap_or(d))
+            .unwrap_or_else(|| Instant::now() + DEFAULT_DRAIN);
+        sender.drain(deadline).await
     }
 
     /// What the bot knows of itself: configured, or asked of Telegram once per execution
@@ -384,11 +500,14 @@ pub async fn run(bot: Bot) -> Result<(), lambda_runtime::Error> {
     tracing::info!(version = botline::version(), "worker function ready");
     metrics_cloudwatch_embedded::lambda::handler::run(
         metrics,
-        move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
+        move |event: lambda_runtime::LambdaEvent<Value>| {
             let worker = Arc::clone(&worker);
             async move {
                 let deadline = invocation_deadline(event.context.deadline);
-                Ok::<_, lambda_runtime::Error>(worker.handle(event.payload, deadline).await)
+                worker
+                    .invoke(event.payload, deadline)
+                    .await
+                    .map_err(lambda_runtime::Error::from)
             }
         },
     )

@@ -1,7 +1,9 @@
-//! The two Lambda handlers, invoked in-process with API Gateway HTTP API and SQS events in the
-//! shapes AWS sends (`tests/fixtures/`), against moto's server mode: ingest → SQS → worker →
-//! DynamoDB, redelivery, a poison update dead-lettered after 3 receives (its token redacted)
-//! while its neighbours are stored (partial batch failures), and a redrive.
+//! The two Lambda handlers, invoked in-process with API Gateway HTTP API, SQS and EventBridge
+//! scheduled events in the shapes AWS sends (`tests/fixtures/`), against moto's server mode:
+//! ingest → SQS → worker → DynamoDB, redelivery, a poison update dead-lettered after 3 receives
+//! (its token redacted) while its neighbours are stored (partial batch failures), a redrive; and
+//! the worker's tick, which sends reminders and calls that waited out a `retry_after` with no
+//! traffic at all.
 //!
 //! Lambda's SQS event source mapping is played by [`EventSource`]: it receives up to 10
 //! messages, hands them to the worker as one event, and deletes those the answer does not list
@@ -18,17 +20,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use botline::config::{BackendKind, Settings};
 use botline::forward::Forward;
-use botline::handler::Bot;
+use botline::handler::{Bot, Context, HandlerResult};
 use botline::secret::WebhookSecret;
 use botline::telegram::BotToken;
 use botline_aws::AwsBackend;
 use botline_aws::invoke::HandlerFunction;
-use botline_core::{DeadLetters, MessageQuery, Queue, Store, UpdateId};
+use botline_core::{DeadLetters, MessageQuery, Outbox, Queue, Store, UpdateId, clock};
 use botline_lambda::ingest::Ingest;
-use botline_lambda::worker::Worker;
+use botline_lambda::worker::{Answer, Ticked, Worker};
 use botline_registrar::{Registrar, RegistrarError, RegistrationRequest};
-use botline_standin::StandIn;
 use botline_standin::lambda::{Invocation, LambdaStandIn, Outcome};
+use botline_standin::{Call, Fault, StandIn};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -367,11 +369,13 @@ impl EventSource {
             .collect()
     }
 
-    /// Hands `records` to the worker as one event and deletes what it did not report failed.
+    /// Hands `records` to the worker as one event, as Lambda invokes it, and deletes what it
+    /// did not report failed.
     async fn invoke(&mut self, worker: &Worker, records: &[Value]) -> SqsBatchResponse {
-        let event: SqsEvent =
-            serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
-        let response = worker.handle(event, None).await;
+        let response = match worker.invoke(json!({ "Records": records }), None).await {
+            Ok(Answer::Batch(response)) => response,
+            other => panic!("an SQS event answered {other:?}"),
+        };
         let failed: Vec<&str> = response
             .batch_item_failures
             .iter()
@@ -627,6 +631,264 @@ async fn end_to_end_on_a_fifo_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_a_standard_queue() {
     end_to_end(false).await;
+}
+
+/// A tick of the worker's schedule, as the EventBridge rule sends it.
+async fn tick(worker: &Worker) -> Ticked {
+    match worker
+        .invoke(fixture("eventbridge-scheduled-event.json"), None)
+        .await
+    {
+        Ok(Answer::Tick(ticked)) => ticked,
+        other => panic!("a scheduled event answered {other:?}"),
+    }
+}
+
+/// docs/handlers.md's reminder: `/remind SECONDS TEXT` answers at once and reminds later.
+async fn remind(cx: Context) -> HandlerResult {
+    let (seconds, text) = cx
+        .args()
+        .split_once(' ')
+        .ok_or("usage: /remind SECONDS TEXT")?;
+    let seconds: u64 = seconds.parse()?;
+    let chat = cx.chat_id().unwrap_or_default();
+    cx.reply(format!("I'll remind you in {seconds} s."));
+    cx.send_after(
+        Duration::from_secs(seconds),
+        chat,
+        format!("Reminder: {text}"),
+    );
+    Ok(())
+}
+
+async fn pong(cx: Context) -> HandlerResult {
+    cx.reply("pong");
+    Ok(())
+}
+
+/// The ingest function and a worker with `/remind` and `pong` on fresh queues and tables.
+struct Timers {
+    standin: StandIn,
+    backend: AwsBackend,
+    ingest: Ingest,
+    worker: Worker,
+}
+
+async fn timers() -> Timers {
+    let standin = StandIn::start(botline_standin::Settings {
+        token: TOKEN.into(),
+        username: BOT.into(),
+        ..Default::default()
+    });
+    let backend = common::standard_backend(common::whole_seconds()).await;
+    let settings = settings(Some(&standin));
+    let ingest = ingest_on(&backend, settings.clone()).await;
+    let worker = Worker::new(&settings, backend.clone())
+        .unwrap()
+        .with_bot(Bot::new().command("remind", remind).on_message(pong));
+    Timers {
+        standin,
+        backend,
+        ingest,
+        worker,
+    }
+}
+
+/// The calls of `method` Telegram accepted.
+fn accepted(standin: &StandIn, method: &str) -> Vec<Call> {
+    standin
+        .calls_of(method)
+        .into_iter()
+        .filter(|call| call.status == Some(200))
+        .collect()
+}
+
+fn texts(calls: &[Call]) -> Vec<&str> {
+    calls
+        .iter()
+        .map(|call| call.params["text"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Issue 19, item 1: a reminder due with nothing on the queue goes out when the schedule ticks,
+/// once, though two ticks arrive together, and not before its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_goes_out_on_a_tick_with_no_traffic_once() {
+    let Timers {
+        standin,
+        backend,
+        ingest,
+        worker,
+    } = timers().await;
+    let chat = 4_500_001;
+    let delay_ms = 5_000;
+    let delivered = clock::now_ms();
+    deliver_all(&ingest, &[text(940_001, chat, 1, "/remind 5 stretch")]).await;
+    let mut source = EventSource::new(&backend);
+    source
+        .run_until(&worker, "the /remind stored", || async {
+            stored(&backend, chat).await == [1]
+        })
+        .await;
+    // Processed before this: the reminder is due by then plus its delay.
+    let processed = clock::now_ms();
+    assert_eq!(
+        texts(&accepted(&standin, "sendMessage")),
+        ["I'll remind you in 5 s."],
+        "the batch sent the answer, and the reminder waits for its time"
+    );
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight, 0, "no traffic: {stats:?}");
+
+    while clock::now_ms() < processed + delay_ms {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two ticks at once (EventBridge delivers at least once; a tick may outlast the next).
+    let (first, second) = tokio::join!(tick(&worker), tick(&worker));
+    assert_eq!(first.calls + second.calls, 1, "{first:?} {second:?}");
+    let sent = accepted(&standin, "sendMessage");
+    assert_eq!(
+        texts(&sent),
+        ["I'll remind you in 5 s.", "Reminder: stretch"]
+    );
+    assert_eq!(sent[1].params["chat_id"], json!(chat));
+    assert!(
+        sent[1].unix_us >= (delivered + delay_ms) * 1000,
+        "the reminder went out before its time: {:?}",
+        sent[1]
+    );
+    assert_eq!(tick(&worker).await, Ticked { calls: 0 });
+    assert_eq!(standin.calls_of("sendMessage").len(), 2, "once each");
+}
+
+/// A reply Telegram refused with `retry_after` after the batch waits it out and goes out on a
+/// later tick, with nothing on the queue; ticks before then make no call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_with_retry_after_goes_out_on_a_later_tick() {
+    let Timers {
+        standin,
+        backend,
+        ingest,
+        worker,
+    } = timers().await;
+    let chat = 4_500_002;
+    standin.fail_next(
+        Some("sendMessage"),
+        1,
+        Fault::TooManyRequests { retry_after: 2 },
+    );
+    deliver_all(&ingest, &[text(940_101, chat, 1, "ping")]).await;
+    let mut source = EventSource::new(&backend);
+    source
+        .run_until(&worker, "the ping stored", || async {
+            stored(&backend, chat).await == [1]
+        })
+        .await;
+    let refused = standin.calls_of("sendMessage");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].status, Some(429));
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight, 0, "no traffic: {stats:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted(&standin, "sendMessage").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the reply did not go out on a tick"
+        );
+        tick(&worker).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sent = accepted(&standin, "sendMessage");
+    assert_eq!(texts(&sent), ["pong"]);
+    assert!(
+        sent[0].unix_us >= refused[0].unix_us + 2_000_000,
+        "retry_after not waited out: {refused:?} {sent:?}"
+    );
+    assert_eq!(tick(&worker).await, Ticked { calls: 0 });
+    assert_eq!(
+        standin.calls_of("sendMessage").len(),
+        2,
+        "the refused try and the one that went out; no tick called early"
+    );
+}
+
+/// A tick with nothing due calls Telegram not at all: not on an empty outbox, not for a reminder
+/// whose time has not come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_with_nothing_due_makes_no_call() {
+    let Timers {
+        standin,
+        backend,
+        ingest,
+        worker,
+    } = timers().await;
+    assert_eq!(tick(&worker).await, Ticked { calls: 0 });
+    assert_eq!(standin.calls(), Vec::<Call>::new());
+
+    let chat = 4_500_003;
+    deliver_all(&ingest, &[text(940_201, chat, 1, "/remind 3600 later")]).await;
+    let mut source = EventSource::new(&backend);
+    source
+        .run_until(&worker, "the /remind stored", || async {
+            stored(&backend, chat).await == [1]
+        })
+        .await;
+    assert_eq!(
+        texts(&accepted(&standin, "sendMessage")),
+        ["I'll remind you in 3600 s."]
+    );
+    standin.clear_calls();
+    for _ in 0..2 {
+        assert_eq!(tick(&worker).await, Ticked { calls: 0 });
+    }
+    assert_eq!(
+        standin.calls(),
+        Vec::<Call>::new(),
+        "the reminder is an hour away"
+    );
+    assert_eq!(backend.outbox_stats().await.unwrap().pending, 1);
+}
+
+/// An event that is neither an SQS batch nor a schedule's tick is an error naming what the
+/// worker takes, not a panic, and does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_event_is_an_error() {
+    let Timers {
+        standin, worker, ..
+    } = timers().await;
+    let unknown = worker
+        .invoke(json!({"hello": "world", "token": "not-to-be-logged"}), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, botline_lambda::Error::UnknownEvent { keys } if keys == &["hello", "token"]),
+        "{unknown:?}"
+    );
+    let message = unknown.to_string();
+    assert!(
+        message.contains("Records") && message.contains("Scheduled Event"),
+        "{message}"
+    );
+    assert!(!message.contains("not-to-be-logged"), "{message}");
+    for shape in [json!([1, 2]), json!("tick"), json!(null), json!({})] {
+        let error = worker.invoke(shape.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(&error, botline_lambda::Error::UnknownEvent { keys } if keys.is_empty()),
+            "{shape}: {error:?}"
+        );
+    }
+    // An EventBridge event, but not the schedule's.
+    let mut other = fixture("eventbridge-scheduled-event.json");
+    other["source"] = "aws.ec2".into();
+    other["detail-type"] = "EC2 Instance State-change Notification".into();
+    other["detail"] = json!({"instance-id": "i-abcd1111", "state": "pending"});
+    let error = worker.invoke(other, None).await.unwrap_err();
+    assert!(
+        matches!(&error, botline_lambda::Error::NotASchedule { event_source, .. } if event_source == "aws.ec2"),
+        "{error:?}"
+    );
+    assert_eq!(standin.calls(), Vec::<Call>::new());
 }
 
 /// A worker that forwards to a handler function played by the Invoke API stand-in, with the

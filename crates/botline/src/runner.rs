@@ -233,8 +233,11 @@ fn backup_or_restore(settings: &Settings, copy: Copy<'_>) -> Result<(), String> 
     }
     #[cfg(not(feature = "sqlite"))]
     {
-        let _ = copy;
-        Err("this build has no embedded store (feature `sqlite`)".into())
+        let (Copy::Backup(file) | Copy::Restore(file)) = copy;
+        Err(format!(
+            "cannot copy {}: this build has no embedded store (feature `sqlite`)",
+            file.display()
+        ))
     }
 }
 

@@ -249,9 +249,10 @@ impl Sender {
     }
 
     /// Makes the calls that are due now, until none is left or `deadline` comes; for a process
-    /// that lives for one batch (the worker Lambda). Calls that have to wait (a `retry_after`, a
-    /// backoff) stay in the outbox for the next drain; a call still on the wire at the deadline
-    /// keeps its lease and is made again once the lease ran out. Returns the calls made.
+    /// that lives for one invocation (the worker Lambda, after a batch and on each tick of its
+    /// schedule). Calls that have to wait (a reminder, a `retry_after`, a backoff) stay in the
+    /// outbox for the next drain; a call still on the wire at the deadline keeps its lease and is
+    /// made again once the lease ran out. Returns the calls made.
     pub async fn drain(&self, deadline: Instant) -> usize {
         let flood = Arc::new(Mutex::new(Flood::default()));
         let mut made = 0;
