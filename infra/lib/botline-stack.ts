@@ -618,7 +618,8 @@ export class BotlineStack extends Stack {
 
   /**
    * The permissions of Botline's operator commands (`botline dlq list|show|redrive`,
-   * `botline stats`, `botline messages export`, `botline tokens issue`, run with
+   * `botline stats`, `botline messages|events|users export`, `botline import`,
+   * `botline tokens issue`, run with
    * `--backend aws` and the stack's outputs), and nothing else: a managed policy attached to no
    * function, for the operator to attach to their own IAM user or role. The functions' roles do
    * not carry these: a compromised worker cannot scan the tables, read or empty the DLQ, or mint
@@ -629,7 +630,7 @@ export class BotlineStack extends Stack {
     const { tables } = this;
     // Named by CloudFormation, as the roles are: IAM names are global to the account.
     return new iam.ManagedPolicy(this, 'OperatorPolicy', {
-      description: `Botline ${this.config.stage} operator commands: dlq, stats, messages export, tokens issue`,
+      description: `Botline ${this.config.stage} operator commands: dlq, stats, messages/events/users export, import, tokens issue`,
       statements: [
         new iam.PolicyStatement({
           sid: 'DeadLettersAndStatsOnUpdates',
@@ -663,6 +664,24 @@ export class BotlineStack extends Stack {
           // Store::messages (`messages export`): a Query with --chat, a Scan without.
           actions: ['dynamodb:Query', 'dynamodb:Scan'],
           resources: [tables.messages.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ExportRecords',
+          // Store::events and Store::users (`events export`, `users export`): a paged Scan.
+          actions: ['dynamodb:Scan'],
+          resources: [tables.events.tableArn, tables.users.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ImportRecords',
+          // Store::import (`import`): a conditional PutItem per record; a user stored already
+          // is read (GetItem) and merged.
+          actions: ['dynamodb:PutItem'],
+          resources: [tables.messages.tableArn, tables.events.tableArn, tables.users.tableArn],
+        }),
+        new iam.PolicyStatement({
+          sid: 'ImportMergesUsers',
+          actions: ['dynamodb:GetItem'],
+          resources: [tables.users.tableArn],
         }),
         new iam.PolicyStatement({
           sid: 'IssueTokens',

@@ -5,7 +5,8 @@
  *
  * The functions' roles hold exactly what their code paths call (crates/botline-aws, driven by
  * crates/botline-lambda); what only the operator commands call (`botline dlq`, `stats`,
- * `messages export`, `tokens issue`) is in the operator policy, attached to no function.
+ * `messages`/`events`/`users export`, `import`, `tokens issue`) is in the operator policy,
+ * attached to no function.
  * Forwarding to the bot's own handler (issue 16) adds one grant to the worker: invoking that one
  * function, or reading the secret token it sends to the handler's URL.
  */
@@ -218,7 +219,7 @@ describe.each(VARIANTS)('%s', (_label, context) => {
     expect(grants.filter((g) => g.resource.includes('/index/UserIdIndex'))).toEqual([]);
   });
 
-  test('operator policy: exactly what botline dlq, stats, messages export and tokens issue call', () => {
+  test('operator policy: exactly what botline dlq, stats, the exports, import and tokens issue call', () => {
     expect(sorted(operatorGrants())).toEqual(
       sorted([
         // dead_rows and stats (Scan), get_update (GetItem), redrive_one (UpdateItem).
@@ -238,6 +239,14 @@ describe.each(VARIANTS)('%s', (_label, context) => {
         allow('dynamodb:Scan', tableArn('messages')),
         // issue_token.
         allow('dynamodb:PutItem', tableArn('tokens')),
+        // Store::events and Store::users (events / users export).
+        allow('dynamodb:Scan', tableArn('events')),
+        allow('dynamodb:Scan', tableArn('users')),
+        // Store::import: a conditional put per record, a stored user read to be merged.
+        allow('dynamodb:PutItem', tableArn('messages')),
+        allow('dynamodb:PutItem', tableArn('events')),
+        allow('dynamodb:PutItem', tableArn('users')),
+        allow('dynamodb:GetItem', tableArn('users')),
       ]),
     );
   });
