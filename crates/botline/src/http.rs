@@ -498,6 +498,33 @@ mod tests {
         );
     }
 
+    /// The outcomes shown at 0 from the start are the ones the webhook answers with.
+    #[test]
+    fn every_outcome_is_one_metrics_starts_at_zero() {
+        let update = || {
+            let body = r#"{"update_id":1,"message":{"message_id":1,"date":1,"chat":{"id":1,"type":"private"},"text":"hi"}}"#;
+            InboundUpdate::parse(body.as_bytes()).unwrap()
+        };
+        let invalid = InboundUpdate::parse(b"{}").unwrap_err();
+        let outcomes = [
+            Outcome::Accepted(update()),
+            Outcome::Duplicate(update()),
+            Outcome::Unauthorized,
+            Outcome::Invalid(invalid),
+            Outcome::Unreadable,
+            Outcome::TooLarge,
+            Outcome::BodyTimeout,
+            Outcome::Unavailable {
+                update: update(),
+                reason: String::new(),
+            },
+        ];
+        let mut labels: Vec<&str> = outcomes.iter().map(Outcome::label).collect();
+        labels.push(INTERNAL_ERROR);
+        labels.dedup();
+        assert_eq!(labels, names::WEBHOOK_OUTCOMES);
+    }
+
     #[test]
     fn the_age_of_the_oldest_pending_update_is_in_seconds_and_never_negative() {
         assert_eq!(names::age_seconds(None, 10_000), 0.0);
