@@ -6,7 +6,9 @@
 # backend's tests against moto's server mode (installed from PyPI into target/moto-venv by
 # scripts/moto.sh). The Postgres tests need the server on 127.0.0.1:5432 (trust auth), the
 # shared-limits tests (crates/botline/tests/shared_limits.rs) Redis on 127.0.0.1:6379; they fail
-# without them. Needs Rust (rustup), Node.js 20+ with npm, Python 3.
+# without them. The alert rules' tests (crates/botline/tests/alerts.rs) need promtool: where it
+# is missing, Debian's `prometheus` package is installed (as root, or with sudo), and they fail
+# without it. Needs Rust (rustup), Node.js 20+ with npm, Python 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,29 @@ echo "== infra (CDK app: jest, cdk synth, cfn-lint)"
 infra/scripts/test.sh
 echo "== moto (local AWS emulator for crates/botline-aws)"
 scripts/moto.sh
+echo "== promtool (Prometheus's rule checker, for deploy/prometheus)"
+if ! command -v promtool >/dev/null; then
+  # Debian's package installs promtool beside the Prometheus server, which is not needed: a
+  # policy-rc.d that refuses every start, for the install only, keeps the server from starting.
+  (
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      trap '$sudo rm -f "$policy"' EXIT
+      printf '#!/bin/sh\n# scripts/test.sh: installing prometheus for promtool only\nexit 101\n' |
+        $sudo tee "$policy" >/dev/null
+      $sudo chmod 755 "$policy"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  )
+  command -v promtool >/dev/null || {
+    echo "promtool is missing: install the prometheus package (it ships promtool)" >&2
+    exit 1
+  }
+fi
 echo "== examples/grammy-handler (npm ci, tsc): a grammY bot the tests put behind Botline"
 (cd examples/grammy-handler && npm ci --no-audit --no-fund && npm run build)
 echo "== examples/aiogram-handler (a venv from requirements.txt): an aiogram bot the tests put behind Botline"

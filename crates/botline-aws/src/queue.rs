@@ -1487,10 +1487,12 @@ impl Queue for AwsBackend {
         Ok(Failed::DeadLettered)
     }
 
-    /// One consistent scan of `updates` (a small projection), counted here.
+    /// One consistent scan of `updates` (a small projection), counted here. The oldest pending
+    /// update is read from the same items' `receivedAt` (SQS's `ApproximateAgeOfOldestMessage`
+    /// is a CloudWatch metric, not a queue attribute `GetQueueAttributes` returns).
     async fn stats(&self) -> Result<QueueStats, BackendError> {
         let now = clock::now_ms();
-        let projection = "#state, #leaseUntil";
+        let projection = "#state, #leaseUntil, #receivedAt";
         let mut items = self
             .dynamodb()
             .scan()
@@ -1505,13 +1507,21 @@ impl Queue for AwsBackend {
         while let Some(item) = items.next().await {
             let item = item.map_err(|e| unavailable("Scan updates", e))?;
             let lease_until: i64 = opt_n(&item, "leaseUntil", &"an update")?.unwrap_or(0);
-            match get_s(&item, "state") {
+            let state = get_s(&item, "state");
+            match state {
                 Some(QUEUED) => stats.pending += 1,
                 Some(LEASED) if lease_until > now => stats.in_flight += 1,
                 Some(LEASED) => stats.pending += 1,
                 Some(DONE) => stats.done += 1,
                 Some(DEAD) => stats.dead += 1,
                 _ => {}
+            }
+            if matches!(state, Some(QUEUED | LEASED)) {
+                let received: Option<i64> = opt_n(&item, "receivedAt", &"an update")?;
+                stats.oldest_pending_ms = match (stats.oldest_pending_ms, received) {
+                    (Some(oldest), Some(received)) => Some(oldest.min(received)),
+                    (oldest, received) => oldest.or(received),
+                };
             }
         }
         Ok(stats)

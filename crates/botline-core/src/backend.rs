@@ -186,6 +186,10 @@ pub struct QueueStats {
     pub dead: u64,
     /// Done and still remembered for dedupe.
     pub done: u64,
+    /// When the oldest update not yet done nor dead (waiting or in flight) was received, unix
+    /// milliseconds; `None` when there is none. Counts in-flight updates as SQS's
+    /// `ApproximateAgeOfOldestMessage` does, so a stuck attempt ages too.
+    pub oldest_pending_ms: Option<i64>,
 }
 
 /// A dead-lettered update and why it died.

@@ -50,6 +50,7 @@ macro_rules! backend_suite {
             a_failure_can_ask_for_a_longer_wait,
             expired_leases_count_as_attempts,
             dead_letters_can_be_redriven,
+            stats_tell_when_the_oldest_unfinished_update_was_received,
             a_dead_letter_does_not_block_its_chat,
             a_dead_letter_keeps_no_typed_token,
             one_chat_at_a_time_in_update_id_order,
@@ -329,7 +330,49 @@ where
         Some(dead[0].clone())
     );
     assert_eq!(backend.show(UpdateId(99)).await.unwrap(), None);
-    assert_eq!(backend.stats().await.unwrap().dead, 1);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.dead, 1);
+    assert_eq!(
+        stats.oldest_pending_ms, None,
+        "a dead letter is not pending"
+    );
+}
+
+pub async fn stats_tell_when_the_oldest_unfinished_update_was_received<B: Backend, F, Fut>(
+    make: F,
+    config: QueueConfig,
+) where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = B>,
+{
+    let backend = fresh(&make, config).await;
+    let oldest = || async { backend.stats().await.unwrap().oldest_pending_ms };
+    assert_eq!(oldest().await, None, "nothing queued");
+    enqueue(&backend, &message_update(70, 10, 1, "first")).await;
+    let first = receive(&backend, 1).await.remove(0);
+    assert_eq!(
+        oldest().await,
+        Some(first.update.received_at_ms),
+        "an update in flight is not done yet"
+    );
+    // So that the next one is received in a later millisecond (the backends' clocks are this
+    // machine's): the oldest is then told apart from the newest.
+    while clock::now_ms() <= first.update.received_at_ms {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    enqueue(&backend, &message_update(71, 11, 1, "second")).await;
+    assert_eq!(oldest().await, Some(first.update.received_at_ms));
+    backend.ack(&first).await.unwrap();
+    let waiting = oldest().await;
+    let second = receive(&backend, 1).await.remove(0);
+    assert_eq!(second.update.update_id, UpdateId(71));
+    assert_eq!(
+        waiting,
+        Some(second.update.received_at_ms),
+        "the waiting one, once the first is done"
+    );
+    backend.ack(&second).await.unwrap();
+    assert_eq!(oldest().await, None, "everything is done");
 }
 
 pub async fn a_failure_can_ask_for_a_longer_wait<B: Backend, F, Fut>(make: F, config: QueueConfig)

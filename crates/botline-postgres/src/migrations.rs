@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "park behind chat head",
         include_str!("../migrations/0003_park_behind_chat_head.sql"),
     ),
+    (
+        4,
+        "oldest pending index",
+        include_str!("../migrations/0004_oldest_pending_index.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as sqlx's migrator takes them.
@@ -83,12 +88,13 @@ mod tests {
 
     #[test]
     fn the_migrations_not_applied_are_named_in_order() {
-        assert!(not_applied(&[1, 2, 3]).is_empty());
+        assert!(not_applied(&[1, 2, 3, 4]).is_empty());
         assert_eq!(
             not_applied(&[1]),
             [
                 "migration 2 (outbox delayed calls) is not applied",
                 "migration 3 (park behind chat head) is not applied",
+                "migration 4 (oldest pending index) is not applied",
             ]
         );
     }

@@ -351,14 +351,22 @@ impl Queue for PostgresBackend {
 
     async fn stats(&self) -> Result<QueueStats, BackendError> {
         self.run(async {
-            let (pending, in_flight, dead, done): (i64, i64, i64, i64) = sqlx::query_as(
+            let (pending, in_flight, dead, done, oldest_pending_ms): (
+                i64,
+                i64,
+                i64,
+                i64,
+                Option<i64>,
+            ) = sqlx::query_as(
                 "SELECT
                      (SELECT count(*) FROM updates WHERE state = 0
                         AND (receipt IS NULL OR visible_at <= botline_now_ms())),
                      (SELECT count(*) FROM updates WHERE state = 0
                         AND receipt IS NOT NULL AND visible_at > botline_now_ms()),
                      (SELECT count(*) FROM updates WHERE state = 2),
-                     (SELECT count(*) FROM updates WHERE state = 1)",
+                     (SELECT count(*) FROM updates WHERE state = 1),
+                     -- The first entry of updates_pending_by_receipt (migration 4).
+                     (SELECT min(received_at) FROM updates WHERE state = 0)",
             )
             .fetch_one(self.pool())
             .await?;
@@ -367,6 +375,7 @@ impl Queue for PostgresBackend {
                 in_flight: count(in_flight),
                 dead: count(dead),
                 done: count(done),
+                oldest_pending_ms,
             })
         })
         .await

@@ -89,7 +89,7 @@ async fn migrations_run_once_however_many_instances_start() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, vec![(1, true), (2, true), (3, true)]);
+    assert_eq!(applied, vec![(1, true), (2, true), (3, true), (4, true)]);
     assert_eq!(
         again.receive(10).await.unwrap().len(),
         1,
@@ -116,6 +116,7 @@ async fn the_schema_check_names_each_migration_not_applied() {
             "migration 1 (queue and store) is not applied",
             "migration 2 (outbox delayed calls) is not applied",
             "migration 3 (park behind chat head) is not applied",
+            "migration 4 (oldest pending index) is not applied",
         ]
     );
     assert!(
@@ -770,4 +771,35 @@ async fn verify_full_checks_the_ca_and_the_host() {
         assert!(text.contains("certificate"), "{mode}, {what}: {err}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `stats` runs at every scrape of `/metrics`: the oldest pending update is the first entry of
+/// the partial index of pending updates (migration 4), not a scan of the done ones kept for
+/// dedupe, and it is the oldest one's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_pending_update_is_read_from_its_index() {
+    let db = TestDb::new().await;
+    let backend = db.backend(suite_config()).await;
+    let mut conn = db.conn().await;
+    conn.execute(
+        "INSERT INTO updates (update_id, entry_id, order_key, kind, received_at, state, visible_at)
+         SELECT n, n::text, 'chat:' || (n % 100), 'message', 1000 + n,
+                CASE WHEN n > 49990 THEN 0 ELSE 1 END, 0
+         FROM generate_series(1, 50000) AS n;
+         ANALYZE updates;",
+    )
+    .await
+    .unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN SELECT min(received_at) FROM updates WHERE state = 0")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("using updates_pending_by_receipt"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert_eq!(
+        backend.stats().await.unwrap().oldest_pending_ms,
+        Some(1000 + 49991)
+    );
 }

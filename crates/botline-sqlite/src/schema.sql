@@ -34,6 +34,8 @@ BEGIN
                        WHERE state = 0 AND order_key = OLD.order_key)
       AND visible_at = 9223372036854775807;
 END;
+-- The oldest unfinished update, for `stats` (one index entry read, however many are done).
+CREATE INDEX IF NOT EXISTS updates_pending_by_receipt ON updates (received_at) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS updates_done ON updates (received_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS updates_dead ON updates (finished_at) WHERE state = 2;
 

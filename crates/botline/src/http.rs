@@ -20,7 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate};
+use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate, clock};
 use botline_edge::{EdgeGuard, EdgeLayer, WebAppAuth};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -177,7 +177,10 @@ fn routes(app: Arc<App>, webhook_route: bool) -> Router {
     };
     let mut router = Router::new();
     if webhook_route {
-        router = router.route("/telegram/webhook", guarded(post(webhook)));
+        let webhook = guarded(post(webhook)).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(webhook_panicked),
+        );
+        router = router.route("/telegram/webhook", webhook);
     }
     if let Some(auth) = &app.webapp {
         let sign_in = botline_edge::webapp::route(Arc::clone(auth));
@@ -195,6 +198,17 @@ fn routes(app: Arc<App>, webhook_route: bool) -> Router {
         ))
         .with_state(app)
 }
+
+/// A webhook request whose handling panicked: 500, counted with the other webhook answers
+/// (`outcome="internal_error"`), so that the alert on webhook errors sees every 5xx.
+fn webhook_panicked(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a webhook request panicked");
+    metrics::counter!(names::WEBHOOK_REQUESTS, "outcome" => INTERNAL_ERROR).increment(1);
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// The `outcome` of a webhook request answered 500.
+const INTERNAL_ERROR: &str = "internal_error";
 
 /// `{"error": "..."}` with `status`.
 fn error(status: StatusCode, message: &str) -> Response {
@@ -425,7 +439,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// Prometheus text; queue and DLQ depth are read from the backend at scrape time.
+/// Prometheus text; queue and DLQ depth and the oldest pending update's age are read from the
+/// backend at scrape time.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let Some(handle) = &app.metrics else {
         return error(StatusCode::NOT_FOUND, "metrics are not enabled");
@@ -435,6 +450,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             metrics::gauge!(names::QUEUE_DEPTH, "state" => "pending").set(stats.pending as f64);
             metrics::gauge!(names::QUEUE_DEPTH, "state" => "in_flight").set(stats.in_flight as f64);
             metrics::gauge!(names::DLQ_DEPTH).set(stats.dead as f64);
+            metrics::gauge!(names::OLDEST_PENDING_AGE_SECONDS)
+                .set(names::age_seconds(stats.oldest_pending_ms, clock::now_ms()));
         }
         Err(e) => tracing::warn!(error = %e, "metrics: queue depth unavailable"),
     }
@@ -457,4 +474,61 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    /// Every 5xx the webhook answers is in `botline_webhook_requests_total`: the alert on
+    /// webhook errors counts `unavailable` (503) and `internal_error` (500).
+    #[test]
+    fn a_panicking_webhook_request_is_answered_500_and_counted() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let response = metrics::with_local_recorder(&recorder, || {
+            webhook_panicked(Box::new("a bug in a backend"))
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = handle.render();
+        assert!(
+            text.contains(r#"botline_webhook_requests_total{outcome="internal_error"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// The outcomes shown at 0 from the start are the ones the webhook answers with.
+    #[test]
+    fn every_outcome_is_one_metrics_starts_at_zero() {
+        let update = || {
+            let body = r#"{"update_id":1,"message":{"message_id":1,"date":1,"chat":{"id":1,"type":"private"},"text":"hi"}}"#;
+            InboundUpdate::parse(body.as_bytes()).unwrap()
+        };
+        let invalid = InboundUpdate::parse(b"{}").unwrap_err();
+        let outcomes = [
+            Outcome::Accepted(update()),
+            Outcome::Duplicate(update()),
+            Outcome::Unauthorized,
+            Outcome::Invalid(invalid),
+            Outcome::Unreadable,
+            Outcome::TooLarge,
+            Outcome::BodyTimeout,
+            Outcome::Unavailable {
+                update: update(),
+                reason: String::new(),
+            },
+        ];
+        let mut labels: Vec<&str> = outcomes.iter().map(Outcome::label).collect();
+        labels.push(INTERNAL_ERROR);
+        labels.dedup();
+        assert_eq!(labels, names::WEBHOOK_OUTCOMES);
+    }
+
+    #[test]
+    fn the_age_of_the_oldest_pending_update_is_in_seconds_and_never_negative() {
+        assert_eq!(names::age_seconds(None, 10_000), 0.0);
+        assert_eq!(names::age_seconds(Some(4_000), 10_000), 6.0);
+        assert_eq!(names::age_seconds(Some(12_000), 10_000), 0.0, "clock skew");
+    }
 }

@@ -142,10 +142,14 @@ pub async fn dlq_redrive(
 pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Result<(), OpsError> {
     let stats = backend.stats().await?;
     let outbox = backend.outbox_stats().await?;
+    let oldest_age = stats
+        .oldest_pending_ms
+        .map(|oldest| crate::metrics::age_seconds(Some(oldest), clock::now_ms()));
     if json {
         let value = serde_json::json!({
             "pending": stats.pending,
             "inFlight": stats.in_flight,
+            "oldestPendingAgeSeconds": oldest_age,
             "dead": stats.dead,
             "done": stats.done,
             "outbox": {
@@ -158,6 +162,10 @@ pub async fn stats(backend: &dyn Backend, json: bool, mut out: impl Write) -> Re
     } else {
         writeln!(out, "pending    {}", stats.pending)?;
         writeln!(out, "in flight  {}", stats.in_flight)?;
+        match oldest_age {
+            Some(age) => writeln!(out, "oldest     received {age:.1} s ago, not done yet")?,
+            None => writeln!(out, "oldest     none (nothing pending or in flight)")?,
+        }
         writeln!(out, "dead       {}", stats.dead)?;
         writeln!(out, "done       {} (remembered for dedupe)", stats.done)?;
         writeln!(

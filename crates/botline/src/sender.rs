@@ -336,8 +336,7 @@ impl Sender {
             Err(e) if e.is_retryable() => "retry",
             Err(_) => "refused",
         };
-        metrics::counter!(names::TELEGRAM_CALLS, "method" => method, "outcome" => outcome)
-            .increment(1);
+        names::count_telegram_call(method, outcome);
         let recorded = match result {
             Ok(message_id) => {
                 metrics::histogram!(names::UPDATE_TO_REPLY_SECONDS).record(

@@ -502,3 +502,45 @@ fn operator_commands_answer_beside_a_busy_server() {
     );
     assert_eq!(exported.into_iter().collect::<BTreeSet<_>>(), acknowledged);
 }
+
+/// `botline_oldest_pending_age_seconds` as `/metrics` shows it.
+fn oldest_pending_age(server: &Server) -> f64 {
+    let (_, metrics) = get(&server.url("/metrics"));
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("botline_oldest_pending_age_seconds "))
+        .unwrap_or_else(|| panic!("no age in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// The age of the oldest update not yet done is on `/metrics`, read at each scrape, and in
+/// `botline stats`; 0 (`null` in the JSON) while nothing is pending. Here an update waits
+/// because the bot's handler cannot be reached.
+#[test]
+fn the_oldest_pending_updates_age_is_on_metrics_and_in_stats() {
+    let handler = format!("http://127.0.0.1:{}/bot", free_port());
+    let server = Server::start(&[
+        ("BOTLINE_HANDLER_URL", &handler),
+        ("BOTLINE_MAX_ATTEMPTS", "1000"),
+    ]);
+    assert_eq!(oldest_pending_age(&server), 0.0, "nothing received yet");
+    assert_eq!(
+        server.stats()["oldestPendingAgeSeconds"],
+        serde_json::Value::Null
+    );
+    let webhook = server.url("/telegram/webhook");
+    assert_eq!(post(&webhook, None, &message(1, 10, 1, "hi")).status, 200);
+    common::wait_until("the update a second old", Duration::from_secs(20), || {
+        oldest_pending_age(&server) >= 1.0
+    });
+    let stats = server.stats();
+    assert!(
+        stats["oldestPendingAgeSeconds"].as_f64().unwrap() >= 1.0,
+        "{stats}"
+    );
+    let text = server.cli(&["stats"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("oldest     received "), "{text}");
+    assert!(server.logs().contains("cannot reach the handler"));
+}
