@@ -499,32 +499,21 @@ impl Store for AwsBackend {
                 }
             }
         } else {
-            // No key to start from: the whole table, ordered here.
+            // No chat to query: a scan, resumed after the last message of the page before
+            // (DynamoDB's order: each chat's messages together by messageId, chats in hash
+            // order), so that an export reads the table once, not once per page.
             let filter = query.since_ms.map(|_| "#timestamp >= :since");
-            let mut items = self
-                .dynamodb()
-                .scan()
-                .table_name(t)
-                .set_filter_expression(filter.map(str::to_owned))
-                .set_expression_attribute_names(filter.and_then(|f| names([f])))
-                .set_expression_attribute_values(
-                    query
-                        .since_ms
-                        .and_then(|since| values([(":since", n(since))])),
-                )
-                .consistent_read(true)
-                .into_paginator()
-                .items()
-                .send();
-            while let Some(item) = items.next().await {
-                let m = message(&item.map_err(|e| unavailable("Scan messages", e))?)?;
-                let after = query.after.as_ref().is_none_or(|(chat, message)| {
-                    (m.chat_id.as_str(), m.message_id) > (chat.as_str(), *message)
-                });
-                if after {
-                    found.push(m);
-                }
-            }
+            let start = query.after.as_ref().map(|(chat, message)| {
+                Item::from([
+                    ("chatId".to_owned(), s(chat)),
+                    ("messageId".to_owned(), n(*message)),
+                ])
+            });
+            let since = query
+                .since_ms
+                .and_then(|since| values([(":since", n(since))]));
+            let items = self.scan_page(t, start, filter, since, query.limit).await?;
+            return items.iter().map(message).collect();
         }
         found.sort_by(|a, b| (&a.chat_id, a.message_id).cmp(&(&b.chat_id, b.message_id)));
         found.truncate(query.limit);
@@ -592,7 +581,13 @@ impl Store for AwsBackend {
         limit: usize,
     ) -> Result<Vec<EventRecord>, BackendError> {
         let items = self
-            .scan_page(&self.tables().events, "eventId", after, limit)
+            .scan_page(
+                &self.tables().events,
+                after.map(|after| key("eventId", s(after))),
+                None,
+                None,
+                limit,
+            )
             .await?;
         items.iter().map(event).collect()
     }
@@ -603,7 +598,13 @@ impl Store for AwsBackend {
         limit: usize,
     ) -> Result<Vec<UserRecord>, BackendError> {
         let items = self
-            .scan_page(&self.tables().users, "userId", after, limit)
+            .scan_page(
+                &self.tables().users,
+                after.map(|after| key("userId", s(after))),
+                None,
+                None,
+                limit,
+            )
             .await?;
         items.iter().map(user).collect()
     }
@@ -680,16 +681,18 @@ fn user_item(u: &UserRecord) -> Item {
 const IMPORT_CONCURRENCY: usize = 16;
 
 impl AwsBackend {
-    /// Up to `limit` items of `table` after the item keyed `name` = `after`, in scan order.
+    /// Up to `limit` items of `table` that pass `filter` (with its `values`), after the item
+    /// whose key is `start`, in scan order. Each request evaluates at most the items still
+    /// wanted, so the last item returned is the last one read: the next page starts there.
     async fn scan_page(
         &self,
         table: &str,
-        name: &str,
-        after: Option<&str>,
+        mut start: Option<Item>,
+        filter: Option<&str>,
+        values: Option<HashMap<String, AttributeValue>>,
         limit: usize,
     ) -> Result<Vec<Item>, BackendError> {
         let mut found = Vec::new();
-        let mut start = after.map(|after| key(name, s(after)));
         while found.len() < limit {
             let want = i32::try_from(limit - found.len()).unwrap_or(i32::MAX);
             let page = self
@@ -697,6 +700,9 @@ impl AwsBackend {
                 .scan()
                 .table_name(table)
                 .limit(want)
+                .set_filter_expression(filter.map(str::to_owned))
+                .set_expression_attribute_names(filter.and_then(|f| names([f])))
+                .set_expression_attribute_values(values.clone())
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()

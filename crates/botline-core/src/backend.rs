@@ -201,7 +201,10 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
 }
 
-/// Which messages to read back, in (`chatId`, `messageId`) order.
+/// Which messages to read back: in (`chatId`, `messageId`) order, except on DynamoDB without
+/// a `chat_id`, where a scan returns each chat's messages together in `messageId` order and the
+/// chats in the table's own order. Either way, passing the last message of a page as `after`
+/// reads the next page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageQuery {
     pub chat_id: Option<String>,

@@ -32,7 +32,8 @@ const EXPORT_PAGE: usize = 1000;
 /// on the embedded store and Postgres).
 pub const IMPORT_BATCH: usize = 500;
 
-/// Writes every message matching `chat` and `since` to `out`, in (`chatId`, `messageId`) order.
+/// Writes every message matching `chat` and `since` to `out`, in (`chatId`, `messageId`) order
+/// (on DynamoDB without `chat`: each chat's messages together, the chats in scan order).
 pub async fn export_messages(
     backend: &dyn Backend,
     format: ExportFormat,
