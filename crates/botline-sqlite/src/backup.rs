@@ -3,9 +3,12 @@
 //! [`backup`] copies `botline.db` while `botline serve` keeps writing to it: it opens its own
 //! read-only connection and copies every page in one step, inside one read transaction, so the
 //! copy is the store as one commit left it (in WAL mode a reader does not hold up the writer,
-//! and the writer does not restart the copy). Everything acknowledged before the backup began is
-//! in it: an update is acknowledged only once its commit is durable. A file copy of a live
-//! store (database, `-wal` and `-shm` taken at different moments) is not.
+//! and the writer does not restart the copy). Then it imports into the copy what the server's
+//! ingestion journal holds past the position the copy records (the segments are opened before
+//! the copy begins, so one the server deletes meanwhile stays readable). Everything
+//! acknowledged before the backup began is in it: an update is acknowledged only once it is
+//! durable in the journal. A file copy of a live store (database, `-wal` and `-shm` taken at
+//! different moments) is not.
 //!
 //! [`restore`] copies a backup into a data directory that has no store yet; `botline serve` on
 //! that directory then goes on where the backup left off (updates that were queued are
@@ -53,6 +56,11 @@ pub enum BackupError {
         to: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot read the journal in {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the copy at {path} does not check out: {detail}")]
     Damaged { path: PathBuf, detail: String },
 }
@@ -65,10 +73,18 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<Copied, BackupError> {
             path: data_dir.to_owned(),
         });
     }
+    // Before the copy: a segment the server imports and deletes during it stays readable.
+    let segments =
+        crate::journal::open_segments(&data_dir.join(crate::JOURNAL_DIR)).map_err(|source| {
+            BackupError::Journal {
+                path: data_dir.join(crate::JOURNAL_DIR),
+                source,
+            }
+        })?;
     create_private(to, || BackupError::Exists {
         path: to.to_owned(),
     })?;
-    copy(&from, to)
+    copy(&from, to, segments)
 }
 
 /// Copies the backup `from` into `data_dir` (created `0700` if missing), which must hold no store.
@@ -79,11 +95,17 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<Copied, BackupError> {
         });
     }
     prepare_data_dir(data_dir)?;
+    let journal = data_dir.join(crate::JOURNAL_DIR);
+    if crate::journal::open_segments(&journal).is_ok_and(|segments| !segments.is_empty()) {
+        return Err(BackupError::StoreExists {
+            path: data_dir.to_owned(),
+        });
+    }
     let to = data_dir.join(DB_FILE);
     create_private(&to, || BackupError::StoreExists {
         path: data_dir.to_owned(),
     })?;
-    copy(from, &to)
+    copy(from, &to, Vec::new())
 }
 
 /// Creates `path`, `0600`, refusing one that exists (or a link in its place).
@@ -105,8 +127,8 @@ fn create_private(path: &Path, exists: impl Fn() -> BackupError) -> Result<(), B
 
 /// Copies the database `from` into the empty file `to` in one step, checks the copy, and
 /// removes it again if anything failed.
-fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
-    let copied = copy_pages(from, to);
+fn copy(from: &Path, to: &Path, journal: Vec<(u64, std::fs::File)>) -> Result<Copied, BackupError> {
+    let copied = copy_pages(from, to, journal);
     if copied.is_err() {
         let _ = std::fs::remove_file(to);
         for suffix in ["-wal", "-shm", "-journal"] {
@@ -118,7 +140,11 @@ fn copy(from: &Path, to: &Path) -> Result<Copied, BackupError> {
     copied
 }
 
-fn copy_pages(from: &Path, to: &Path) -> Result<Copied, BackupError> {
+fn copy_pages(
+    from: &Path,
+    to: &Path,
+    journal: Vec<(u64, std::fs::File)>,
+) -> Result<Copied, BackupError> {
     let sqlite = |source| BackupError::Sqlite {
         from: from.to_owned(),
         to: to.to_owned(),
@@ -147,6 +173,10 @@ fn copy_pages(from: &Path, to: &Path) -> Result<Copied, BackupError> {
         }
         backup.progress().pagecount
     };
+    crate::journal::replay(&target, journal).map_err(|e| BackupError::Damaged {
+        path: to.to_owned(),
+        detail: format!("the journal could not be added: {e}"),
+    })?;
     let check: String = target
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
         .map_err(sqlite)?;

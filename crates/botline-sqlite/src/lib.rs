@@ -1,5 +1,10 @@
 //! Botline's embedded backend: queue, dedupe set and records in one SQLite file in WAL mode.
 //!
+//! The process that serves the store ([`SqliteBackend::open_journaled`]) acknowledges updates
+//! into an append-only ingestion journal beside it, imported into the queue by a thread of its
+//! own (the `journal` module: what each step can lose in a crash, and why none of it was
+//! acknowledged).
+//!
 //! Every write goes through one writer thread that commits all writes waiting at that moment in
 //! one transaction (group commit), with `synchronous = FULL` so that a commit is on disk before
 //! any caller hears of it. Reads use their own connections and never wait for the writer.
@@ -18,6 +23,7 @@
 
 pub mod backup;
 pub mod files;
+mod journal;
 mod writer;
 
 use async_trait::async_trait;
@@ -38,6 +44,7 @@ use std::time::Duration;
 use writer::Writer;
 
 pub use files::{DataDirError, lock_data_dir, prepare_data_dir};
+pub use journal::JOURNAL_DIR;
 
 /// The schema, applied at every open (idempotent).
 const SCHEMA: &str = include_str!("schema.sql");
@@ -66,6 +73,9 @@ struct Inner {
     writer: Writer,
     readers: Readers,
     config: QueueConfig,
+    /// Where acknowledged updates go first, in the process that serves the store
+    /// ([`SqliteBackend::open_journaled`]).
+    journal: Option<journal::Journal>,
     /// Set by the first [`Queue::close`]; later ones do nothing.
     closed: AtomicBool,
 }
@@ -75,7 +85,19 @@ impl SqliteBackend {
     /// `0600`, and a directory other users can write to is refused (see [`files`]).
     pub fn open(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
         prepare_data_dir(data_dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        Self::open_file(&data_dir.join(DB_FILE), config, true)
+        Self::open_file(data_dir, config, true, false)
+    }
+
+    /// Opens the store in `data_dir` as [`SqliteBackend::open`] does, for the process that
+    /// serves it: `enqueue` appends to the ingestion journal (see `journal.rs`: one `write` and
+    /// one `fdatasync` per group of requests), and a thread imports the journal into the queue.
+    /// What a previous process left in the journal is imported before this returns.
+    ///
+    /// Only for a caller holding the data directory's lock ([`lock_data_dir`]): two processes
+    /// appending to one journal would interleave their records.
+    pub fn open_journaled(data_dir: &Path, config: QueueConfig) -> Result<Self, BackendError> {
+        prepare_data_dir(data_dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        Self::open_file(data_dir, config, true, true)
     }
 
     /// Hands back at once every update leased by a process that is gone, instead of when its
@@ -105,10 +127,16 @@ impl SqliteBackend {
                 data_dir.display()
             )));
         }
-        Self::open_file(&path, config, false)
+        Self::open_file(data_dir, config, false, false)
     }
 
-    fn open_file(path: &Path, config: QueueConfig, create: bool) -> Result<Self, BackendError> {
+    fn open_file(
+        data_dir: &Path,
+        config: QueueConfig,
+        create: bool,
+        journaled: bool,
+    ) -> Result<Self, BackendError> {
+        let path = &data_dir.join(DB_FILE);
         files::private_store_file(path).map_err(|e| BackendError::Unavailable(e.to_string()))?;
         let conn = connect(path, create).map_err(|e| explain(path, e))?;
         let version: i64 = conn
@@ -127,16 +155,34 @@ impl SqliteBackend {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
                 .map_err(|e| explain(path, unavailable(e)))?;
         }
+        // What the journal holds is imported before anything reads the queue.
+        let journal_start = if journaled {
+            Some(journal::recover(&conn, data_dir)?.0)
+        } else {
+            journal::recover_if_unlocked(&conn, data_dir)?;
+            None
+        };
         let writer = Writer::start(conn)
             .map_err(|e| BackendError::Unavailable(format!("cannot start the writer: {e}")))?;
+        let readers = Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        };
+        let journal = match journal_start {
+            Some(start) => Some(journal::Journal::start(
+                data_dir,
+                start,
+                readers.take()?,
+                writer.clone(),
+            )?),
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 writer,
-                readers: Readers {
-                    path: path.to_owned(),
-                    idle: Mutex::new(Vec::new()),
-                },
+                readers,
                 config,
+                journal,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -330,6 +376,9 @@ fn dead_letter(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
 #[async_trait]
 impl Queue for SqliteBackend {
     async fn enqueue(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError> {
+        if let Some(journal) = &self.inner.journal {
+            return journal.append(update).await;
+        }
         let update = update.clone();
         let entry_id = uuid::Uuid::now_v7().to_string();
         self.write(move |conn| {
@@ -367,6 +416,9 @@ impl Queue for SqliteBackend {
     }
 
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        if let Some(journal) = &self.inner.journal {
+            journal.caught_up().await;
+        }
         let config = self.inner.config;
         self.write(move |conn| {
             let now = clock::now_ms();
@@ -525,34 +577,50 @@ impl Queue for SqliteBackend {
     }
 
     async fn stats(&self) -> Result<QueueStats, BackendError> {
-        self.read(|conn| {
-            let now = clock::now_ms();
-            let count = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<u64, BackendError> {
-                conn.prepare_cached(sql)
-                    .and_then(|mut count| count.query_row(params, |row| row.get::<_, i64>(0)))
-                    .map(|n| n.unsigned_abs())
-                    .map_err(unavailable)
-            };
-            Ok(QueueStats {
-                pending: count(
-                    "SELECT COUNT(*) FROM updates WHERE state = 0
+        // Read first: an update imported in between is then counted twice, never not at all.
+        let (unimported, oldest_unimported) = self
+            .inner
+            .journal
+            .as_ref()
+            .map(journal::Journal::unimported)
+            .unwrap_or_default();
+        let mut stats = self
+            .read(|conn| {
+                let now = clock::now_ms();
+                let count = |sql: &str,
+                             params: &[&dyn rusqlite::ToSql]|
+                 -> Result<u64, BackendError> {
+                    conn.prepare_cached(sql)
+                        .and_then(|mut count| count.query_row(params, |row| row.get::<_, i64>(0)))
+                        .map(|n| n.unsigned_abs())
+                        .map_err(unavailable)
+                };
+                Ok(QueueStats {
+                    pending: count(
+                        "SELECT COUNT(*) FROM updates WHERE state = 0
                      AND (receipt IS NULL OR visible_at <= ?1)",
-                    params![now],
-                )?,
-                in_flight: count(
-                    "SELECT COUNT(*) FROM updates WHERE state = 0
+                        params![now],
+                    )?,
+                    in_flight: count(
+                        "SELECT COUNT(*) FROM updates WHERE state = 0
                      AND receipt IS NOT NULL AND visible_at > ?1",
-                    params![now],
-                )?,
-                dead: count("SELECT COUNT(*) FROM updates WHERE state = 2", &[])?,
-                done: count("SELECT COUNT(*) FROM updates WHERE state = 1", &[])?,
-                oldest_pending_ms: conn
-                    .prepare_cached(OLDEST_PENDING)
-                    .and_then(|mut oldest| oldest.query_row([], |row| row.get(0)))
-                    .map_err(unavailable)?,
+                        params![now],
+                    )?,
+                    dead: count("SELECT COUNT(*) FROM updates WHERE state = 2", &[])?,
+                    done: count("SELECT COUNT(*) FROM updates WHERE state = 1", &[])?,
+                    oldest_pending_ms: conn
+                        .prepare_cached(OLDEST_PENDING)
+                        .and_then(|mut oldest| oldest.query_row([], |row| row.get(0)))
+                        .map_err(unavailable)?,
+                })
             })
-        })
-        .await
+            .await?;
+        stats.pending += unimported;
+        stats.oldest_pending_ms = match (stats.oldest_pending_ms, oldest_unimported) {
+            (Some(stored), Some(journaled)) => Some(stored.min(journaled)),
+            (stored, journaled) => stored.or(journaled),
+        };
+        Ok(stats)
     }
 
     /// A write that must reach the file, through the writer: it is running, can take the write
@@ -560,6 +628,9 @@ impl Queue for SqliteBackend {
     /// it commits on a full or read-only disk that refuses every update. (Rewriting
     /// `user_version` with its value dirties the header page and nothing else.)
     async fn ping(&self) -> Result<(), BackendError> {
+        if let Some(journal) = &self.inner.journal {
+            journal.ping().await?;
+        }
         self.write(|conn| {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(unavailable)
@@ -616,6 +687,9 @@ impl Queue for SqliteBackend {
     async fn close(&self) -> Result<(), BackendError> {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        if let Some(journal) = &self.inner.journal {
+            journal.close().await;
         }
         let truncated = self.truncate_wal().await;
         self.inner.readers.close();

@@ -39,6 +39,14 @@ CREATE INDEX IF NOT EXISTS updates_pending_by_receipt ON updates (received_at) W
 CREATE INDEX IF NOT EXISTS updates_done ON updates (received_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS updates_dead ON updates (finished_at) WHERE state = 2;
 
+-- How far the ingestion journal (journal.rs) is imported: every record before this segment and
+-- byte offset is in the queue. Written in the transaction that imports the records.
+CREATE TABLE IF NOT EXISTS journal_position (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    segment     INTEGER NOT NULL,
+    byte_offset INTEGER NOT NULL
+) STRICT;
+
 -- Each queued update's body as received, written once.
 CREATE TABLE IF NOT EXISTS update_bodies (
     update_id INTEGER PRIMARY KEY,

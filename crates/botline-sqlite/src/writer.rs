@@ -101,6 +101,24 @@ impl Writer {
         self.send(op, false).await
     }
 
+    /// [`Writer::write`] for a thread outside the async runtime (the journal's importer).
+    pub(crate) fn write_blocking<R, F>(&self, op: F) -> Result<R, BackendError>
+    where
+        R: Send + 'static,
+        F: Fn(&Connection) -> Result<R, BackendError> + Send + 'static,
+    {
+        let stopped = || BackendError::Unavailable("the SQLite writer has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Op {
+            op,
+            result: None,
+            reply,
+            bare: false,
+        });
+        self.jobs.blocking_send(job).map_err(|_| stopped())?;
+        answer.blocking_recv().map_err(|_| stopped())?
+    }
+
     /// Runs `op` on the write connection outside any transaction, once the writes sent before
     /// it are committed (for statements SQLite refuses inside one, such as a WAL checkpoint).
     pub(crate) async fn outside_transaction<R, F>(&self, op: F) -> Result<R, BackendError>

@@ -134,8 +134,11 @@ async fn open_serving_backend(
 ) -> Result<Serving, ServeError> {
     #[cfg(feature = "sqlite")]
     if settings.backend == BackendKind::Embedded {
-        let backend =
-            botline_sqlite::SqliteBackend::open(&settings.data_dir, settings.queue_config())?;
+        // This process holds the data directory's lock: acknowledgements go to the journal.
+        let backend = botline_sqlite::SqliteBackend::open_journaled(
+            &settings.data_dir,
+            settings.queue_config(),
+        )?;
         // This process holds the data directory's lock, so no other one works on a lease: those
         // of a process that was killed are free now, not when they expire (30 s by default).
         let released = backend.release_leases().await?;

@@ -254,7 +254,7 @@ fn a_full_disk_is_answered_503_and_nothing_acknowledged_is_lost_once_space_is_ba
         &contained.export_jsonl(),
         &stats,
         &server.logs(),
-        "database or disk is full",
+        "No space left on device",
     );
 }
 
@@ -307,7 +307,8 @@ fn chattr(flag: &str, paths: &[PathBuf]) {
     );
 }
 
-/// A data directory and every file in it but SQLite's shared-memory index (`botline.db-shm`).
+/// A data directory and every file in it but SQLite's shared-memory index (`botline.db-shm`),
+/// the ingestion journal's directory and segments included.
 ///
 /// SQLite writes that file through a shared mapping, and on ext4 a write fault on a mapped page
 /// of an immutable file is SIGBUS: the server dies. Nothing acknowledged is lost then (it was
@@ -323,9 +324,11 @@ fn read_only_paths(dir: &Path) -> Vec<PathBuf> {
     names.sort();
     assert_eq!(
         names,
-        ["botline.db", "botline.db-wal", "serve.lock"],
+        ["botline.db", "botline.db-wal", "journal", "serve.lock"],
         "the files of a running store"
     );
+    let segments = std::fs::read_dir(dir.join("journal")).expect("the journal");
+    paths.extend(segments.map(|entry| entry.expect("a journal segment").path()));
     paths.push(dir.to_owned());
     paths
 }
