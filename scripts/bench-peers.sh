@@ -16,6 +16,8 @@
 #   ROUNDS=5 DURATION=20s CONNECTIONS=100 scripts/bench-peers.sh
 #   PERF=1 scripts/bench-peers.sh                 # also perf-record Botline in its last round
 #   SKIP_BUILD=1 scripts/bench-peers.sh           # use the binaries already built
+#   BOTLINE_BASE=/tmp/base/target/release/botline RECEIVERS="botline botline-base teloxide" \
+#     scripts/bench-peers.sh                      # also an earlier build of Botline, as a baseline
 #
 # Needs: cargo, node >= 20 and npm, curl, python3 (for the table); perf for PERF=1. Builds run
 # under `nice -n 15` (the load itself does not).
@@ -63,9 +65,9 @@ trap stop_server EXIT
 start() {
   local ready
   case $1 in
-    botline)
+    botline | botline-base)
       data=$(mktemp -d "${TMPDIR:-/tmp}/botline-peers.XXXXXX")
-      BOTLINE_WEBHOOK_SECRET=$SECRET "$BOTLINE" serve --data-dir "$data" \
+      BOTLINE_WEBHOOK_SECRET=$SECRET "$(botline_bin "$1")" serve --data-dir "$data" \
         --listen "127.0.0.1:$PORT" 2>"$2" &
       ready=/health
       ;;
@@ -89,6 +91,16 @@ start() {
   exit 1
 }
 
+# The binary of receiver botline or botline-base ($BOTLINE_BASE).
+botline_bin() {
+  if [ "$1" = botline-base ]; then
+    [ -x "${BOTLINE_BASE:-}" ] || { echo "botline-base needs BOTLINE_BASE=<a botline binary>" >&2; exit 2; }
+    echo "$BOTLINE_BASE"
+  else
+    echo "$BOTLINE"
+  fi
+}
+
 # The machine's CPU time so far and the part of it stolen by the hypervisor, from /proc/stat.
 cpu_jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9}' /proc/stat; }
 
@@ -98,8 +110,9 @@ run() {
   start "$receiver" "$OUT/$name.log"
   sleep 1
   local verify=()
-  [ "$receiver" = botline ] &&
-    verify=(--verify-data-dir "$data" --botline-bin "$BOTLINE" --verify-timeout 300s)
+  case $receiver in botline*)
+    verify=(--verify-data-dir "$data" --botline-bin "$(botline_bin "$receiver")" --verify-timeout 300s)
+  esac
   local perf_pid=""
   if [ "${PERF:-0}" = 1 ] && [ "$receiver" = botline ] && [ "$round" = "$ROUNDS" ]; then
     perf record -F 499 -g -p "$server_pid" -o "$OUT/perf-botline.data" 2>"$OUT/perf-record.log" &
@@ -121,7 +134,7 @@ run() {
   # What the peer's handler counted once the count stood still for 2 s (its queue lags its
   # acks: a shorter wait was seen to read a count that was still rising), at most 30 s on.
   local counted="-" previous="" still=0
-  if [ "$receiver" != botline ]; then
+  if [ -n "${receiver##botline*}" ]; then
     for _ in $(seq 60); do
       counted=$(curl -fs "http://127.0.0.1:$PORT/count" || echo "?")
       if [ "$counted" = "$previous" ]; then
@@ -138,7 +151,7 @@ run() {
   # And what it had counted when it stopped (SIGTERM): anything acknowledged beyond this was
   # never handled.
   local final="-"
-  if [ "$receiver" != botline ]; then
+  if [ -n "${receiver##botline*}" ]; then
     final=$(sed -nE 's/.* ([0-9]+) updates counted$/\1/p' "$OUT/$name.log" | tail -1)
     final=${final:-?}
   fi
@@ -195,9 +208,10 @@ for line in open(sys.argv[1]):
     })
 
 med = lambda rows, key: statistics.median(r[key] for r in rows)
-peers = [r for r in runs if r != "botline"]
+peers = [r for r in runs if not r.startswith("botline")]
 fastest = max(peers, key=lambda r: med(runs[r], "throughput")) if peers else None
 names = {"botline": "Botline (embedded, durable ack)",
+         "botline-base": "Botline, baseline build (BOTLINE_BASE)",
          "teloxide": "teloxide 0.17 webhook (in-memory ack)",
          "grammy": "grammY 1.46 webhookCallback (in-memory ack)"}
 print()
@@ -213,7 +227,7 @@ for receiver in sorted(runs, key=lambda r: -med(runs[r], "throughput")):
     else:
         ratio_t = ratio_p = "—"
     lo, hi = min(r["throughput"] for r in rows), max(r["throughput"] for r in rows)
-    if receiver == "botline":
+    if receiver.startswith("botline"):
         check = "stored exactly once: " + ("all runs" if all(r["verified"] for r in rows)
                                            else "FAILED in a run")
     else:

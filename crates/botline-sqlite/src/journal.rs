@@ -520,6 +520,11 @@ impl Journal {
         }
     }
 
+    /// Whether update `id` is journaled and not imported yet.
+    pub(crate) fn holds(&self, id: botline_core::UpdateId) -> bool {
+        lock(&self.shared).pending.contains(&id.0)
+    }
+
     /// Records acknowledged and not imported yet, and the receipt time of the oldest of them.
     pub(crate) fn unimported(&self) -> (u64, Option<i64>) {
         let state = lock(&self.shared);
@@ -590,6 +595,16 @@ impl Journal {
                 break;
             }
         }
+    }
+}
+
+/// A journal dropped without [`Journal::close`] (a test's store): the appender stops with its
+/// channel; the importer imports what is durable, then stops too, and with it the last handle
+/// on the store's writer.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        lock(&self.shared).closing = true;
+        self.shared.work.notify_all();
     }
 }
 
@@ -1213,6 +1228,38 @@ mod tests {
             .map(|(n, _)| n)
             .collect();
         assert_eq!(left, vec![2]);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_typed_token_never_reaches_the_journal_and_keeps_its_place_in_its_chat() {
+        use botline_core::Queue;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::SqliteBackend::open_journaled(dir.path(), botline_core::QueueConfig::default())
+                .unwrap();
+        let token = "Zq8s3cr3tT0kenValue";
+        let register = InboundUpdate::parse(
+            format!(
+                "{{\"update_id\":2,\"message\":{{\"message_id\":2,\"date\":1,\"chat\":{{\"id\":7,\"type\":\"private\"}},\"text\":\"/register alice {token}\"}}}}"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(store.enqueue(&update(1, 7)).await.unwrap(), Enqueued::New);
+        assert_eq!(store.enqueue(&register).await.unwrap(), Enqueued::New);
+        assert_eq!(store.enqueue(&register).await.unwrap(), Enqueued::Duplicate);
+        assert_eq!(store.enqueue(&update(3, 7)).await.unwrap(), Enqueued::New);
+        assert_eq!(drain(&store).await, vec![1, 2, 3]);
+        for (_, mut segment) in open_segments(&dir.path().join(JOURNAL_DIR)).unwrap() {
+            let mut bytes = Vec::new();
+            segment.read_to_end(&mut bytes).unwrap();
+            assert!(
+                bytes.windows(8).any(|w| w == b"update_i"),
+                "the others are journaled"
+            );
+            assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
+        }
         store.close().await.unwrap();
     }
 

@@ -377,7 +377,16 @@ fn dead_letter(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
 impl Queue for SqliteBackend {
     async fn enqueue(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError> {
         if let Some(journal) = &self.inner.journal {
-            return journal.append(update).await;
+            if !holds_typed_secret(&update.raw) {
+                return journal.append(update).await;
+            }
+            // The journal's segments are never redacted: a body with a token a user typed goes
+            // to the queue directly, where processing redacts it, after what was acknowledged
+            // before it.
+            journal.caught_up().await;
+            if journal.holds(update.id) {
+                return Ok(Enqueued::Duplicate);
+            }
         }
         let update = update.clone();
         let entry_id = uuid::Uuid::now_v7().to_string();
@@ -725,6 +734,18 @@ impl SqliteBackend {
         }
         Ok(())
     }
+}
+
+/// Whether `raw` carries a secret a user typed (a `/register` token). Most bodies are let
+/// through by a scan for the word, or for an escape that could spell it, before any parse.
+fn holds_typed_secret(raw: &str) -> bool {
+    let might = raw.contains("\\u")
+        || raw.contains("\\/")
+        || raw
+            .as_bytes()
+            .windows(b"register".len())
+            .any(|word| word.eq_ignore_ascii_case(b"register"));
+    might && botline_core::redact_typed_secrets(raw).is_some()
 }
 
 /// Replaces a dead letter's body with its redacted form when it holds a secret a user typed: a

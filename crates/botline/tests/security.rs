@@ -189,8 +189,7 @@ fn a_dead_lettered_registration_keeps_no_token() {
 
     assert!(server.terminate().success());
     assert!(!server.logs().contains(token), "the token reached the log");
-    for entry in std::fs::read_dir(&server.data_dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in common::stored_files(&server.data_dir) {
         let bytes = std::fs::read(&path).unwrap();
         assert!(
             !bytes.windows(token.len()).any(|w| w == token.as_bytes()),

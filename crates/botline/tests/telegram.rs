@@ -79,8 +79,7 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 /// What Botline wrote anywhere in its data directory, as text (SQLite files included).
 fn everything_stored(server: &Server) -> String {
     let mut all = String::new();
-    for entry in std::fs::read_dir(&server.data_dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in common::stored_files(&server.data_dir) {
         let bytes = std::fs::read(&path).unwrap_or_default();
         all.push_str(&format!("\n== {} ==\n", path.display()));
         all.push_str(&String::from_utf8_lossy(&bytes));

@@ -450,6 +450,20 @@ pub fn register(update_id: i64, chat: i64, text: &str) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
+/// Every file under `dir`, its subdirectories' (the ingestion journal's segments) included.
+pub fn stored_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(stored_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
 }
