@@ -737,15 +737,20 @@ impl SqliteBackend {
 }
 
 /// Whether `raw` carries a secret a user typed (a `/register` token). Most bodies are let
-/// through by a scan for the word, or for an escape that could spell it, before any parse.
+/// through by a scan for the word, or for an escape that could spell a part of it (`\/`, or
+/// `\u00XX` of an ASCII letter or `/`), before any parse.
 fn holds_typed_secret(raw: &str) -> bool {
-    let might = raw.contains("\\u")
-        || raw.contains("\\/")
-        || raw
-            .as_bytes()
-            .windows(b"register".len())
-            .any(|word| word.eq_ignore_ascii_case(b"register"));
-    might && botline_core::redact_typed_secrets(raw).is_some()
+    let bytes = raw.as_bytes();
+    let word = bytes
+        .windows(b"register".len())
+        .any(|word| word.eq_ignore_ascii_case(b"register"));
+    let escaped = raw.contains("\\/")
+        || raw.match_indices("\\u00").any(|(at, _)| {
+            raw.get(at + 4..at + 6)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == b'/')
+        });
+    (word || escaped) && botline_core::redact_typed_secrets(raw).is_some()
 }
 
 /// Replaces a dead letter's body with its redacted form when it holds a secret a user typed: a
@@ -1532,6 +1537,31 @@ impl Sessions for SqliteBackend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_typed_token_is_found_however_the_command_is_spelled_and_other_bodies_skip_the_parse() {
+        let body = |text: &str| {
+            format!(
+                r#"{{"update_id":1,"message":{{"message_id":1,"date":1,"chat":{{"id":1,"type":"private"}},"text":"{text}"}}}}"#
+            )
+        };
+        for text in [
+            "/register alice s3cr3tT0ken",
+            r"\/register alice s3cr3tT0ken",
+            r"/\u0072egister alice s3cr3tT0ken",
+            r"\u002fregister alice s3cr3tT0ken",
+        ] {
+            assert!(super::holds_typed_secret(&body(text)), "{text}");
+        }
+        for text in [
+            "hello",
+            r"caf\u00e9 \ud83d\ude00",
+            "to register, type it",
+            "/start",
+        ] {
+            assert!(!super::holds_typed_secret(&body(text)), "{text}");
+        }
+    }
+
     use super::*;
 
     #[test]
