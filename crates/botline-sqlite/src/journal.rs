@@ -380,6 +380,10 @@ struct Shared {
     work: Condvar,
     /// How many records are imported (for `receive` to wait on).
     imported: watch::Sender<u64>,
+    /// Held by the importer from before an import commits until the counts say so, and by
+    /// [`Journal::counted_with`]: a count of the queue and of the journal taken under it counts
+    /// each update once.
+    import_gate: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -457,6 +461,7 @@ impl Journal {
             }),
             work: Condvar::new(),
             imported,
+            import_gate: Mutex::new(()),
         });
         let (appends, rx) = mpsc::channel(8 * MAX_GROUP);
         let appender = Appender {
@@ -523,6 +528,17 @@ impl Journal {
     /// Whether update `id` is journaled and not imported yet.
     pub(crate) fn holds(&self, id: botline_core::UpdateId) -> bool {
         lock(&self.shared).pending.contains(&id.0)
+    }
+
+    /// Runs `read` (a read of the queue) with no import committing meanwhile, and returns its
+    /// result with [`Journal::unimported`] as of then: together they count every update once.
+    pub(crate) fn counted_with<R>(&self, read: impl FnOnce() -> R) -> (R, (u64, Option<i64>)) {
+        let _gate = self
+            .shared
+            .import_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (read(), self.unimported())
     }
 
     /// Records acknowledged and not imported yet, and the receipt time of the oldest of them.
@@ -896,6 +912,11 @@ impl Importer {
                     continue;
                 }
             };
+            let gate = self
+                .shared
+                .import_gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             match self.import(&batch, reached) {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
@@ -919,6 +940,7 @@ impl Importer {
                     }
                     state.import_attempts += 1;
                     drop(state);
+                    drop(gate);
                     self.shared.imported.send_replace(imported);
                     if let Some(segment) = sealed
                         && let Err(e) = std::fs::remove_file(segment_path(&self.dir, segment))
@@ -927,6 +949,7 @@ impl Importer {
                     }
                 }
                 Err(e) => {
+                    drop(gate);
                     // `self.at` did not move: the same records are read and imported again.
                     self.failing(&e.to_string());
                     if !self.back_off(&mut backoff) {

@@ -586,42 +586,16 @@ impl Queue for SqliteBackend {
     }
 
     async fn stats(&self) -> Result<QueueStats, BackendError> {
-        // Read first: an update imported in between is then counted twice, never not at all.
-        let (unimported, oldest_unimported) = self
-            .inner
-            .journal
-            .as_ref()
-            .map(journal::Journal::unimported)
-            .unwrap_or_default();
-        let mut stats = self
-            .read(|conn| {
-                let now = clock::now_ms();
-                let count = |sql: &str,
-                             params: &[&dyn rusqlite::ToSql]|
-                 -> Result<u64, BackendError> {
-                    conn.prepare_cached(sql)
-                        .and_then(|mut count| count.query_row(params, |row| row.get::<_, i64>(0)))
-                        .map(|n| n.unsigned_abs())
-                        .map_err(unavailable)
-                };
-                Ok(QueueStats {
-                    pending: count(
-                        "SELECT COUNT(*) FROM updates WHERE state = 0
-                     AND (receipt IS NULL OR visible_at <= ?1)",
-                        params![now],
-                    )?,
-                    in_flight: count(
-                        "SELECT COUNT(*) FROM updates WHERE state = 0
-                     AND receipt IS NOT NULL AND visible_at > ?1",
-                        params![now],
-                    )?,
-                    dead: count("SELECT COUNT(*) FROM updates WHERE state = 2", &[])?,
-                    done: count("SELECT COUNT(*) FROM updates WHERE state = 1", &[])?,
-                    oldest_pending_ms: conn
-                        .prepare_cached(OLDEST_PENDING)
-                        .and_then(|mut oldest| oldest.query_row([], |row| row.get(0)))
-                        .map_err(unavailable)?,
-                })
+        let inner = Arc::clone(&self.inner);
+        let (mut stats, (unimported, oldest_unimported)) = self
+            .read(move |conn| match &inner.journal {
+                // No import commits during the read: each update is counted once, in the
+                // queue or in the journal.
+                Some(journal) => {
+                    let (stats, unimported) = journal.counted_with(|| queue_stats(conn));
+                    Ok((stats?, unimported))
+                }
+                None => Ok((queue_stats(conn)?, (0, None))),
             })
             .await?;
         stats.pending += unimported;
@@ -734,6 +708,35 @@ impl SqliteBackend {
         }
         Ok(())
     }
+}
+
+/// The queue's counts, as `stats` reports them (the journal's part aside).
+fn queue_stats(conn: &Connection) -> Result<QueueStats, BackendError> {
+    let now = clock::now_ms();
+    let count = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<u64, BackendError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut count| count.query_row(params, |row| row.get::<_, i64>(0)))
+            .map(|n| n.unsigned_abs())
+            .map_err(unavailable)
+    };
+    Ok(QueueStats {
+        pending: count(
+            "SELECT COUNT(*) FROM updates WHERE state = 0
+             AND (receipt IS NULL OR visible_at <= ?1)",
+            params![now],
+        )?,
+        in_flight: count(
+            "SELECT COUNT(*) FROM updates WHERE state = 0
+             AND receipt IS NOT NULL AND visible_at > ?1",
+            params![now],
+        )?,
+        dead: count("SELECT COUNT(*) FROM updates WHERE state = 2", &[])?,
+        done: count("SELECT COUNT(*) FROM updates WHERE state = 1", &[])?,
+        oldest_pending_ms: conn
+            .prepare_cached(OLDEST_PENDING)
+            .and_then(|mut oldest| oldest.query_row([], |row| row.get(0)))
+            .map_err(unavailable)?,
+    })
 }
 
 /// Whether `raw` carries a secret a user typed (a `/register` token). Most bodies are let
