@@ -244,6 +244,12 @@ fn the_store_is_private_and_its_lock_follows_no_link() {
     ] {
         assert_eq!(mode(&data_dir.join(file)), 0o600, "{file}");
     }
+    assert_eq!(mode(&data_dir.join("journal")), 0o700);
+    let segments = common::stored_files(&data_dir.join("journal"));
+    assert!(!segments.is_empty(), "the journal has its segment");
+    for segment in segments {
+        assert_eq!(mode(&segment), 0o600, "{}", segment.display());
+    }
     assert!(server.terminate().success());
 
     // A store an older build created 0644 in a 0755 directory.
