@@ -79,7 +79,7 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    fn of(update: &InboundUpdate, received_at: i64) -> Self {
+    pub(crate) fn of(update: &InboundUpdate, received_at: i64) -> Self {
         Self {
             update_id: update.id.0,
             received_at,
@@ -232,7 +232,9 @@ fn store_position(conn: &Connection, pos: Pos) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-/// Queues `records` (inside the caller's transaction); returns how many were new.
+/// Queues `records` (inside the caller's transaction), each parked behind a lower pending update
+/// of its chat and skipped when its update id is stored already; returns how many were new.
+/// Both enqueue paths use it: the journal's import and a direct enqueue.
 pub(crate) fn insert(conn: &Connection, records: &[Record]) -> rusqlite::Result<usize> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO updates (update_id, entry_id, order_key, kind, received_at, visible_at)

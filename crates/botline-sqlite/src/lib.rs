@@ -388,38 +388,14 @@ impl Queue for SqliteBackend {
                 return Ok(Enqueued::Duplicate);
             }
         }
-        let update = update.clone();
-        let entry_id = uuid::Uuid::now_v7().to_string();
+        let record = journal::Record::of(update, clock::now_ms());
         self.write(move |conn| {
-            let now = clock::now_ms();
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO updates (update_id, entry_id, order_key, kind, received_at, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5,
-                             CASE WHEN EXISTS (SELECT 1 FROM updates
-                                               WHERE state = 0 AND order_key = ?3
-                                                 AND update_id < ?1)
-                                  THEN ?6 ELSE ?5 END)
-                     ON CONFLICT (update_id) DO NOTHING",
-                )
-                .and_then(|mut insert| {
-                    insert.execute(params![
-                        update.id.0,
-                        entry_id,
-                        update.order_key.to_string(),
-                        update.kind.as_str(),
-                        now,
-                        PARKED
-                    ])
-                })
-                .map_err(unavailable)?;
-            if inserted == 0 {
-                return Ok(Enqueued::Duplicate);
-            }
-            conn.prepare_cached("INSERT OR REPLACE INTO update_bodies (update_id, raw) VALUES (?1, ?2)")
-                .and_then(|mut insert| insert.execute(params![update.id.0, update.raw]))
-                .map_err(unavailable)?;
-            Ok(Enqueued::New)
+            let new = journal::insert(conn, std::slice::from_ref(&record)).map_err(unavailable)?;
+            Ok(if new == 0 {
+                Enqueued::Duplicate
+            } else {
+                Enqueued::New
+            })
         })
         .await
     }
