@@ -505,11 +505,25 @@ impl Journal {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Waits until every record durable now is imported: a `receive` after an acknowledgement
-    /// sees its update. Returns at once while imports fail (what is imported can still be
-    /// worked on) or once the importer has stopped.
+    /// Waits until every record durable now is imported: see [`Journal::caught_up_to`].
     pub(crate) async fn caught_up(&self) {
-        let target = lock(&self.shared).durable_records;
+        self.caught_up_to(self.durable_records()).await;
+    }
+
+    /// How many records are durable now.
+    pub(crate) fn durable_records(&self) -> u64 {
+        lock(&self.shared).durable_records
+    }
+
+    /// Whether the first `target` records are imported.
+    pub(crate) fn imported(&self, target: u64) -> bool {
+        lock(&self.shared).imported_records >= target
+    }
+
+    /// Waits until the first `target` records are imported: a `receive` after an
+    /// acknowledgement sees its update. Returns at once while imports fail (what is imported can
+    /// still be worked on) or once the importer has stopped.
+    pub(crate) async fn caught_up_to(&self, target: u64) {
         let mut imported = self.shared.imported.subscribe();
         loop {
             {

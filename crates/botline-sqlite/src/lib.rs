@@ -401,71 +401,21 @@ impl Queue for SqliteBackend {
     }
 
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
-        if let Some(journal) = &self.inner.journal {
-            journal.caught_up().await;
+        let Some(journal) = &self.inner.journal else {
+            return self.lease(max).await;
+        };
+        // Everything acknowledged before this call is handed out or waited for; but the worker
+        // does not wait for the importer while the queue holds as much as it asks for.
+        let acknowledged = journal.durable_records();
+        let all_imported = journal.imported(acknowledged);
+        let mut deliveries = self.lease(max).await?;
+        // (Imported during that lease is not enough: the lease may have read before it.)
+        if deliveries.len() < max && !all_imported {
+            journal.caught_up_to(acknowledged).await;
+            deliveries.extend(self.lease(max - deliveries.len()).await?);
         }
-        let config = self.inner.config;
-        self.write(move |conn| {
-            let now = clock::now_ms();
-            let heads = conn
-                .prepare_cached(&format!(
-                    "SELECT {UPDATE_COLUMNS}, u.attempts FROM {UPDATE_ROWS}
-                     WHERE u.state = 0 AND u.visible_at <= ?1
-                       AND NOT EXISTS (SELECT 1 FROM updates AS p
-                                       WHERE p.state = 0 AND p.order_key = u.order_key
-                                         AND p.update_id < u.update_id)
-                     ORDER BY u.visible_at, u.update_id LIMIT ?2"
-                ))
-                .and_then(|mut select| {
-                    select
-                        .query_map(params![now, max as i64], |row| {
-                            Ok((queued_update(row)?, row.get::<_, u32>(6)?))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(unavailable)?;
-            let mut deliveries = Vec::with_capacity(heads.len());
-            for (update, attempts) in heads {
-                if attempts >= config.retry.max_attempts {
-                    conn.prepare_cached(
-                        "UPDATE updates SET state = 2, finished_at = ?2, receipt = NULL,
-                         last_error = ?3 WHERE update_id = ?1",
-                    )
-                    .and_then(|mut kill| {
-                        kill.execute(params![
-                            update.update_id.0,
-                            now,
-                            format!("lease expired on each of {attempts} attempts")
-                        ])
-                    })
-                    .map_err(unavailable)?;
-                    redact_dead_body(conn, update.update_id, &update.raw)?;
-                    continue;
-                }
-                let receipt = uuid::Uuid::new_v4().simple().to_string();
-                conn.prepare_cached(
-                    "UPDATE updates SET attempts = attempts + 1, visible_at = ?2, receipt = ?3
-                     WHERE update_id = ?1",
-                )
-                .and_then(|mut lease| {
-                    lease.execute(params![
-                        update.update_id.0,
-                        now.saturating_add(millis(config.lease)),
-                        receipt
-                    ])
-                })
-                .map_err(unavailable)?;
-                deliveries.push(Delivery {
-                    update,
-                    attempt: attempts + 1,
-                    receipt,
-                });
-            }
-            Ok(deliveries)
-        })
-        .await
+        Ok(deliveries)
     }
-
     async fn extend(&self, delivery: &Delivery) -> Result<(), BackendError> {
         let id = delivery.update.update_id;
         let receipt = delivery.receipt.clone();
@@ -658,6 +608,71 @@ impl Queue for SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// Leases up to `max` chat heads that are due (what `receive` hands out), dead-lettering
+    /// a head whose lease expired on its last attempt.
+    async fn lease(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        let config = self.inner.config;
+        self.write(move |conn| {
+            let now = clock::now_ms();
+            let heads = conn
+                .prepare_cached(&format!(
+                    "SELECT {UPDATE_COLUMNS}, u.attempts FROM {UPDATE_ROWS}
+                     WHERE u.state = 0 AND u.visible_at <= ?1
+                       AND NOT EXISTS (SELECT 1 FROM updates AS p
+                                       WHERE p.state = 0 AND p.order_key = u.order_key
+                                         AND p.update_id < u.update_id)
+                     ORDER BY u.visible_at, u.update_id LIMIT ?2"
+                ))
+                .and_then(|mut select| {
+                    select
+                        .query_map(params![now, max as i64], |row| {
+                            Ok((queued_update(row)?, row.get::<_, u32>(6)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            let mut deliveries = Vec::with_capacity(heads.len());
+            for (update, attempts) in heads {
+                if attempts >= config.retry.max_attempts {
+                    conn.prepare_cached(
+                        "UPDATE updates SET state = 2, finished_at = ?2, receipt = NULL,
+                         last_error = ?3 WHERE update_id = ?1",
+                    )
+                    .and_then(|mut kill| {
+                        kill.execute(params![
+                            update.update_id.0,
+                            now,
+                            format!("lease expired on each of {attempts} attempts")
+                        ])
+                    })
+                    .map_err(unavailable)?;
+                    redact_dead_body(conn, update.update_id, &update.raw)?;
+                    continue;
+                }
+                let receipt = uuid::Uuid::new_v4().simple().to_string();
+                conn.prepare_cached(
+                    "UPDATE updates SET attempts = attempts + 1, visible_at = ?2, receipt = ?3
+                     WHERE update_id = ?1",
+                )
+                .and_then(|mut lease| {
+                    lease.execute(params![
+                        update.update_id.0,
+                        now.saturating_add(millis(config.lease)),
+                        receipt
+                    ])
+                })
+                .map_err(unavailable)?;
+                deliveries.push(Delivery {
+                    update,
+                    attempt: attempts + 1,
+                    receipt,
+                });
+            }
+            Ok(deliveries)
+        })
+        .await
+    }
+
     /// Copies the WAL into the database and empties it, so the older page images it holds (the
     /// body of a `/register` before its token was redacted) are gone from disk.
     async fn truncate_wal(&self) -> Result<(), BackendError> {
