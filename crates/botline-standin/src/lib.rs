@@ -283,6 +283,17 @@ impl StandIn {
         }
     }
 
+    /// Holds the clock the flood limits read (with `enforce_limits`) at the present moment, so
+    /// that a test decides how much time passes between its calls, whatever the machine's speed.
+    pub fn freeze_clock(&self) {
+        self.shared.freeze_clock();
+    }
+
+    /// Moves the flood limits' held clock on by `by` (holding it first if it was not).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.advance_clock(by);
+    }
+
     /// Answers the next `count` calls of `method` (any method if `None`, any case) with `fault`
     /// instead of their own answer. Faults hit calls with the right token only, before the
     /// method is looked up; when several wait, the oldest that matches goes first.

@@ -4,7 +4,7 @@
 use crate::Settings;
 use crate::state::{Sent, Shared, State};
 use serde_json::{Map, Value, json};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The methods answered; any other name is 404, as Telegram answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,6 +463,7 @@ fn deliver(
 ) -> Reply {
     let chat_id = state.chat_id(target);
     let chat_json = state.chat_json(chat_id);
+    let now = state.now();
     let chat = state.chats.entry(chat_id).or_default();
     if chat.missing {
         return chat_not_found();
@@ -470,7 +471,6 @@ fn deliver(
     if chat.blocked {
         return blocked();
     }
-    let now = Instant::now();
     if settings.enforce_limits
         && let Err(retry_after) = state.flood.check(chat_id, now)
     {

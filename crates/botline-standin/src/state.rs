@@ -151,9 +151,16 @@ pub(crate) struct State {
     pub(crate) flood: Flood,
     /// The callback queries answered, which cannot be answered again.
     pub(crate) answered_callback_queries: HashSet<i64>,
+    /// The flood limits' time while a test holds it ([`crate::StandIn::freeze_clock`]).
+    pub(crate) frozen_at: Option<Instant>,
 }
 
 impl State {
+    /// Now, for the flood limits: the frozen time while a test holds the clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.frozen_at.unwrap_or_else(Instant::now)
+    }
+
     /// The id of the channel `@name`, given one the first time it is named.
     pub(crate) fn channel_id(&mut self, name: &str) -> i64 {
         let index = match self
@@ -345,6 +352,19 @@ impl Shared {
 
     pub(crate) fn succeeded_calls(&self, method: &str) -> Vec<Call> {
         succeeded_calls(&self.lock().calls, method)
+    }
+
+    /// Holds the flood limits' clock at the present moment (from now on, see
+    /// [`Shared::advance_clock`]).
+    pub(crate) fn freeze_clock(&self) {
+        self.lock().frozen_at = Some(Instant::now());
+    }
+
+    /// Moves the held clock on by `by` (holding it first if it was not).
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        let mut state = self.lock();
+        let at = state.frozen_at.unwrap_or_else(Instant::now);
+        state.frozen_at = Some(at + by);
     }
 
     pub(crate) fn fail_next(&self, method: Option<&str>, count: u32, fault: Fault) {
