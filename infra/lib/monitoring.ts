@@ -48,7 +48,7 @@ export const ALARM_THRESHOLDS = {
 export const CUSTOM_METRICS = {
   namespace: 'Botline',
   stageDimension: 'Stage',
-  /** Counter, dimension `outcome`: accepted, duplicate, unauthorized, invalid, too_large, unavailable. */
+  /** Counter, dimension `outcome`: accepted, duplicate, unauthorized, invalid, too_large, unavailable, internal_error (a request the function could not answer otherwise; `body_timeout` does not occur: API Gateway hands the body over whole). */
   webhookRequests: 'botline_webhook_requests_total',
   /** Counter, dimension `outcome`: written, already_done. */
   updatesProcessed: 'botline_updates_processed_total',

@@ -46,7 +46,7 @@
 //!
 //! | metric | dimensions | alarm on |
 //! | --- | --- | --- |
-//! | `botline_webhook_requests_total` | `Stage`, `outcome` (accepted = received, duplicate, unauthorized, invalid, too_large, unavailable) | unavailable > 0 |
+//! | `botline_webhook_requests_total` | `Stage`, `outcome` (accepted = received, duplicate, unauthorized, invalid, too_large, unavailable, internal_error) | unavailable > 0 |
 //! | `botline_webhook_ack_seconds` | `Stage` | p99 |
 //! | `botline_updates_processed_total` | `Stage`, `outcome` (written, already_done) | |
 //! | `botline_processing_failures_total` | `Stage` | rate |
