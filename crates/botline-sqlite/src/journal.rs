@@ -1125,6 +1125,20 @@ mod tests {
         dir
     }
 
+    fn journaled(data_dir: &Path) -> crate::SqliteBackend {
+        crate::SqliteBackend::open_journaled(data_dir, botline_core::QueueConfig::default())
+            .unwrap()
+    }
+
+    /// The numbers of the segments in `data_dir`'s journal.
+    fn segments_left(data_dir: &Path) -> Vec<u64> {
+        open_segments(&data_dir.join(JOURNAL_DIR))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     async fn drain(store: &crate::SqliteBackend) -> Vec<i64> {
         use botline_core::Queue;
         let mut ids = Vec::new();
@@ -1144,18 +1158,11 @@ mod tests {
     async fn a_killed_servers_journal_is_replayed_up_to_its_torn_end_and_only_once() {
         use botline_core::Queue;
         let dir = killed_server(&[&[1, 2, 3], &[4, 5]], 11).await;
-        let store =
-            crate::SqliteBackend::open_journaled(dir.path(), botline_core::QueueConfig::default())
-                .unwrap();
+        let store = journaled(dir.path());
         assert_eq!(store.stats().await.unwrap().pending, 5);
         assert_eq!(drain(&store).await, vec![1, 2, 3, 4, 5]);
         // The replayed segments are gone; the new one is past them.
-        let left: Vec<u64> = open_segments(&dir.path().join(JOURNAL_DIR))
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(left, vec![3]);
+        assert_eq!(segments_left(dir.path()), vec![3]);
         // The journal's updates are in the dedupe set now, and a new one goes through it.
         assert_eq!(
             store.enqueue(&update(4, 7)).await.unwrap(),
@@ -1169,9 +1176,7 @@ mod tests {
         assert_eq!(drain(&store).await, vec![6]);
         store.close().await.unwrap();
         // Reopened: nothing is replayed twice.
-        let store =
-            crate::SqliteBackend::open_journaled(dir.path(), botline_core::QueueConfig::default())
-                .unwrap();
+        let store = journaled(dir.path());
         assert_eq!(store.stats().await.unwrap().done, 6);
         assert!(drain(&store).await.is_empty());
         store.close().await.unwrap();
@@ -1189,21 +1194,14 @@ mod tests {
                 .unwrap();
         assert_eq!(beside.stats().await.unwrap().pending, 0);
         beside.close().await.unwrap();
-        assert_eq!(
-            open_segments(&dir.path().join(JOURNAL_DIR)).unwrap().len(),
-            1
-        );
+        assert_eq!(segments_left(dir.path()), vec![1]);
         drop(lock);
         // No server: the command imports it first.
         let alone =
             crate::SqliteBackend::open_existing(dir.path(), botline_core::QueueConfig::default())
                 .unwrap();
         assert_eq!(alone.stats().await.unwrap().pending, 2);
-        assert!(
-            open_segments(&dir.path().join(JOURNAL_DIR))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(segments_left(dir.path()).is_empty());
         alone.close().await.unwrap();
     }
 
@@ -1215,15 +1213,10 @@ mod tests {
         let copy = tempfile::tempdir().unwrap();
         crate::backup::backup(dir.path(), &copy.path().join("b.db")).unwrap();
         // The source is untouched: its server imports its own journal.
-        assert_eq!(
-            open_segments(&dir.path().join(JOURNAL_DIR)).unwrap().len(),
-            2
-        );
+        assert_eq!(segments_left(dir.path()), vec![1, 2]);
         let restored = copy.path().join("restored");
         crate::backup::restore(&copy.path().join("b.db"), &restored).unwrap();
-        let store =
-            crate::SqliteBackend::open_journaled(&restored, botline_core::QueueConfig::default())
-                .unwrap();
+        let store = journaled(&restored);
         assert_eq!(drain(&store).await, vec![20, 21, 22]);
         store.close().await.unwrap();
         // A restore into a directory whose journal holds records is refused.
@@ -1237,9 +1230,7 @@ mod tests {
     async fn acknowledged_updates_reach_the_queue_in_order_across_segments() {
         use botline_core::Queue;
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::SqliteBackend::open_journaled(dir.path(), botline_core::QueueConfig::default())
-                .unwrap();
+        let store = journaled(dir.path());
         // Bodies of 1 MiB: 70 of them fill the first 64 MiB segment and start a second.
         let padding = "x".repeat(1 << 20);
         let mut tasks = tokio::task::JoinSet::new();
@@ -1261,12 +1252,7 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(ids, (1..=70).collect::<Vec<_>>());
         // The sealed segment was deleted once imported.
-        let left: Vec<u64> = open_segments(&dir.path().join(JOURNAL_DIR))
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(left, vec![2]);
+        assert_eq!(segments_left(dir.path()), vec![2]);
         store.close().await.unwrap();
     }
 
@@ -1274,9 +1260,7 @@ mod tests {
     async fn a_typed_token_never_reaches_the_journal_and_keeps_its_place_in_its_chat() {
         use botline_core::Queue;
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::SqliteBackend::open_journaled(dir.path(), botline_core::QueueConfig::default())
-                .unwrap();
+        let store = journaled(dir.path());
         let token = "Zq8s3cr3tT0kenValue";
         let register = InboundUpdate::parse(
             format!(
