@@ -299,7 +299,8 @@
 //! cargo test -p botline-aws      # one moto server per test binary, on a free local port
 //! ```
 //!
-//! The tests start `target/moto-venv/bin/moto_server` (or `$BOTLINE_MOTO_SERVER`) and fail,
+//! The tests start moto with `scripts/moto_server.py` in `target/moto-venv` (DynamoDB requests one
+//! at a time, as DynamoDB applies conditional writes), or `$BOTLINE_MOTO_SERVER`, and fail,
 //! saying to run `scripts/moto.sh`, when it is missing; each test makes its own queues and tables.
 //! The shared suite runs twice, on a FIFO and on a standard queue (`tests/fifo_suite.rs`,
 //! `tests/standard_suite.rs`), with a 2 s lease and 1 s backoffs; `tests/aws.rs` covers what is

@@ -26,6 +26,10 @@
 //! check out. The replay imports every record past the stored position (an update stored
 //! already is skipped) before the server answers anything, then starts a new segment.
 //!
+//! While imports fail (the store's file is locked by another process, or takes no writes), the
+//! appender still writes what it was given, but `enqueue` refuses new updates (503) and `ping`
+//! says why, so the journal holds at most what arrived before the first failure.
+//!
 //! **Other processes.** The journal belongs to the process holding the data directory's lock
 //! (`botline serve`). An operator command opening the store beside it sees the queue as
 //! imported (a few milliseconds behind the acknowledgements under load); opening a store whose
@@ -494,7 +498,14 @@ impl Journal {
     }
 
     /// Makes `update` durable (answered once its group is on disk), or says it is a duplicate.
+    /// While imports into the store fail, it takes nothing: the journal would grow without
+    /// bound, and Telegram keeps what it is refused and sends it again.
     pub(crate) async fn append(&self, update: &InboundUpdate) -> Result<Enqueued, BackendError> {
+        if let Some(failing) = &lock(&self.shared).import_failing {
+            return Err(BackendError::Unavailable(format!(
+                "the journal cannot be imported into the store: {failing}"
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         let record = Record::of(update, clock::now_ms());
         let stopped = || BackendError::Unavailable("the journal has stopped".into());

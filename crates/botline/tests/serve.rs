@@ -183,20 +183,48 @@ fn a_locked_store_answers_503_with_retry_after_then_recovers() {
     let db = rusqlite::Connection::open(server.data_dir.join("botline.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
-    let update = message(7, 1, 7, "while locked");
-    let answer = post(&url, None, &update);
-    assert_eq!(answer.status, 503, "{}", answer.body);
+    // The journal takes what arrives before the store is found locked: durable, acknowledged.
+    let first = message(7, 1, 7, "while locked");
+    assert_eq!(post(&url, None, &first).status, 200);
+    assert_eq!(get(&server.url("/health")).0, 503);
+    // Once importing into the store has failed, new updates are refused until it works again.
+    let mut next = 8;
+    let mut refused = None;
+    common::wait_until("an update refused", Duration::from_secs(30), || {
+        let answer = post(&url, None, &message(next, 1, next, "refused while locked"));
+        match answer.status {
+            200 => {
+                next += 1;
+                false
+            }
+            503 => {
+                refused = Some(answer);
+                true
+            }
+            other => panic!("{other}: {}", answer.body),
+        }
+    });
+    let (refused_id, answer) = (next, refused.expect("a refusal"));
     assert_eq!(answer.retry_after.as_deref(), Some("1"));
     assert_eq!(answer.body, r#"{"error":"temporarily unavailable"}"#);
     assert_eq!(get(&server.url("/health")).0, 503);
 
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
-    common::deliver(&url, None, &update, Duration::from_secs(20));
+    let again = message(refused_id, 1, refused_id, "refused while locked");
+    common::deliver(&url, None, &again, Duration::from_secs(20));
     assert_eq!(get(&server.url("/health")).0, 200);
     server.wait_drained();
     let messages = server.messages();
-    assert_eq!(messages.len(), 1);
+    let ids: Vec<i64> = messages
+        .iter()
+        .map(|m| m["messageId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (7..=refused_id).collect::<Vec<_>>(),
+        "each once, in order"
+    );
     assert_eq!(messages[0]["text"], "while locked");
     assert!(server.logs().contains(r#""outcome":"unavailable""#));
 }

@@ -1,8 +1,9 @@
 //! What the AWS tests share: one moto server per test binary, and fresh queues and tables per
 //! test.
 //!
-//! The server is moto's server mode (`scripts/moto.sh` installs it into `target/moto-venv`; or
-//! set `BOTLINE_MOTO_SERVER` to a `moto_server` executable). Without it the tests fail, saying
+//! The server is moto's server mode (`scripts/moto.sh` installs it into `target/moto-venv`),
+//! run by `scripts/moto_server.py`, which handles DynamoDB requests one at a time; or set
+//! `BOTLINE_MOTO_SERVER` to a `moto_server` executable. Without it the tests fail, saying
 //! so; they never skip. It runs on a free port of 127.0.0.1 behind a small shell that kills it
 //! when this process's end of its stdin closes, so no server outlives the test binary, however
 //! the binary ends.
@@ -31,11 +32,18 @@ pub struct Moto {
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
 
-fn moto_server() -> PathBuf {
+/// The program that runs the server, and the script it runs if any: `BOTLINE_MOTO_SERVER`, or
+/// the venv's Python with `scripts/moto_server.py` (moto's server, DynamoDB requests one at a
+/// time as DynamoDB applies a conditional write: see that file).
+fn moto_server() -> (PathBuf, Option<PathBuf>) {
     if let Some(path) = std::env::var_os("BOTLINE_MOTO_SERVER") {
-        return PathBuf::from(path);
+        return (PathBuf::from(path), None);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/moto-venv/bin/moto_server")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    (
+        root.join("target/moto-venv/bin/python"),
+        Some(root.join("scripts/moto_server.py")),
+    )
 }
 
 fn free_port() -> u16 {
@@ -51,7 +59,7 @@ pub fn moto() -> &'static Moto {
 }
 
 fn start_moto() -> Moto {
-    let server = moto_server();
+    let (server, script_arg) = moto_server();
     if !server.exists() {
         panic!(
             "moto is not installed at {}: run scripts/moto.sh (or set BOTLINE_MOTO_SERVER to a \
@@ -64,7 +72,7 @@ fn start_moto() -> Moto {
     // `read` returns when this process's end of the pipe closes (however it ends); then the
     // server is killed. The server itself does not hold the pipe (stdin from /dev/null).
     let script = r#"
-        "$0" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 &
+        "$0" ${3:+"$3"} -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 &
         server=$!
         stop() {
             kill "$server" 2>/dev/null
@@ -84,6 +92,7 @@ fn start_moto() -> Moto {
         .arg(&server)
         .arg(port.to_string())
         .arg(&log)
+        .args(&script_arg)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
