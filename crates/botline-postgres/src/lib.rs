@@ -13,7 +13,10 @@
 //!   registration token, the registration, the outbox calls, the sessions its handler wrote)
 //!   and marks the update done, in one transaction that first locks the update's row: a
 //!   retried or concurrent apply of the same update waits, then finds it done and writes
-//!   nothing ([`Applied::AlreadyDone`]). So [`Store::apply_acknowledges`] is true.
+//!   nothing ([`Applied::AlreadyDone`]). So [`Store::apply_acknowledges`] is true. An update
+//!   whose handler redeemed no token and wrote no session (nearly all) is applied by one
+//!   statement, `botline_apply` (migration 0005), which is its own transaction: one round trip
+//!   to the server instead of ten.
 //! - **Retries**: a failed attempt waits out an exponential backoff; an expired lease counts as an
 //!   attempt; after [`RetryPolicy::max_attempts`] the update is a dead letter, listed, shown and
 //!   redriven by [`DeadLetters`].

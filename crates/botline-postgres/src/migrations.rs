@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "oldest pending index",
         include_str!("../migrations/0004_oldest_pending_index.sql"),
     ),
+    (
+        5,
+        "apply in one statement",
+        include_str!("../migrations/0005_apply_in_one_statement.sql"),
+    ),
 ];
 
 /// [`MIGRATIONS`] as sqlx's migrator takes them.
@@ -88,13 +93,14 @@ mod tests {
 
     #[test]
     fn the_migrations_not_applied_are_named_in_order() {
-        assert!(not_applied(&[1, 2, 3, 4]).is_empty());
+        assert!(not_applied(&[1, 2, 3, 4, 5]).is_empty());
         assert_eq!(
             not_applied(&[1]),
             [
                 "migration 2 (outbox delayed calls) is not applied",
                 "migration 3 (park behind chat head) is not applied",
                 "migration 4 (oldest pending index) is not applied",
+                "migration 5 (apply in one statement) is not applied",
             ]
         );
     }

@@ -89,7 +89,10 @@ async fn migrations_run_once_however_many_instances_start() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, vec![(1, true), (2, true), (3, true), (4, true)]);
+    assert_eq!(
+        applied,
+        vec![(1, true), (2, true), (3, true), (4, true), (5, true)]
+    );
     assert_eq!(
         again.receive(10).await.unwrap().len(),
         1,
@@ -117,6 +120,7 @@ async fn the_schema_check_names_each_migration_not_applied() {
             "migration 2 (outbox delayed calls) is not applied",
             "migration 3 (park behind chat head) is not applied",
             "migration 4 (oldest pending index) is not applied",
+            "migration 5 (apply in one statement) is not applied",
         ]
     );
     assert!(
