@@ -5,6 +5,7 @@ use crate::item::{Item, get_s, key, n, names, opt_n, req_n, req_s, s, values};
 use crate::{AwsBackend, is_condition_failed, unavailable};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Put, ReturnValue};
+use botline_core::backend::stored_reason;
 use botline_core::{
     BackendError, Outbox, OutboxEntry, OutboxMessage, OutboxStats, UpdateId, clock,
 };
@@ -175,10 +176,7 @@ impl AwsBackend {
         match reason {
             Some(reason) => {
                 set.push("#lastError = :error");
-                vals.insert(
-                    ":error".into(),
-                    s(reason.chars().take(2000).collect::<String>()),
-                );
+                vals.insert(":error".into(), s(stored_reason(reason)));
             }
             None => remove.push("#lastError"),
         }
@@ -308,7 +306,7 @@ impl Outbox for AwsBackend {
             .set_expression_attribute_names(names([update, condition]))
             .set_expression_attribute_values(values([
                 (":due", n(clock::now_ms().saturating_add(after_ms))),
-                (":error", s(reason.chars().take(2000).collect::<String>())),
+                (":error", s(stored_reason(reason))),
                 (":pending", s(PENDING)),
             ]))
             .send()

@@ -7,7 +7,7 @@ use crate::item::{
 use crate::{AwsBackend, FifoGroup, describe, is_condition_failed, unavailable};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use botline_core::backend::{DeadLetter, Enqueued, Failed, QueueStats};
+use botline_core::backend::{DeadLetter, Enqueued, Failed, QueueStats, stored_reason};
 use botline_core::{
     BackendError, DeadLetters, Delivery, InboundUpdate, OrderKey, Queue, QueuedUpdate, UpdateId,
     UpdateKind, build_records, clock,
@@ -44,11 +44,6 @@ const MAX_ROUNDS: usize = 8;
 
 /// How many times a claim re-reads an item that changed under it before giving up.
 const CLAIM_TRIES: usize = 3;
-
-/// A reason as stored: at most 2000 characters.
-fn reason_text(reason: &str) -> String {
-    reason.chars().take(2000).collect()
-}
 
 /// The update expression that makes a leased item a dead letter; with `redact`, its body is
 /// replaced by `:raw` (its form without typed secrets) in the same write.
@@ -1399,7 +1394,7 @@ impl Queue for AwsBackend {
         let id = delivery.update.update_id;
         let retry = self.config().retry;
         let now = clock::now_ms();
-        let reason = reason_text(reason);
+        let reason = stored_reason(reason);
         let receipt = Receipt::parse(&delivery.receipt);
         let dead = delivery.attempt >= retry.max_attempts;
         // A dead letter outlives its attempts: its item keeps the body without typed secrets

@@ -252,6 +252,16 @@ impl std::ops::AddAssign for Imported {
     }
 }
 
+/// The longest failure reason a backend keeps, in characters (a failed attempt's
+/// [`Queue::fail`], a failed call's [`Outbox::call_failed`]): enough for any error Botline or a
+/// handler writes, and a bound on what one failure can store.
+pub const MAX_REASON_CHARS: usize = 2000;
+
+/// `reason` as a backend stores it: its first [`MAX_REASON_CHARS`] characters.
+pub fn stored_reason(reason: &str) -> String {
+    reason.chars().take(MAX_REASON_CHARS).collect()
+}
+
 /// Which of two copies of a user [`Import`] keeps: the earlier `createdAt`, and the other
 /// fields of the copy updated last (the stored one on a tie).
 pub fn merge_user(stored: &UserRecord, imported: &UserRecord) -> UserRecord {
@@ -499,6 +509,15 @@ impl<T> Backend for T where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_reason_keeps_its_first_characters_not_bytes() {
+        assert_eq!(stored_reason("timed out"), "timed out");
+        let long = "é".repeat(MAX_REASON_CHARS + 5);
+        let stored = stored_reason(&long);
+        assert_eq!(stored.chars().count(), MAX_REASON_CHARS);
+        assert_eq!(stored.len(), 2 * MAX_REASON_CHARS, "cut between characters");
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

@@ -5,6 +5,7 @@
 use crate::queue::ORDER_KEY_LOCKS;
 use crate::{Fault, PostgresBackend, count, millis, sql_limit, text};
 use async_trait::async_trait;
+use botline_core::backend::stored_reason;
 use botline_core::{BackendError, Outbox, OutboxEntry, OutboxMessage, OutboxStats, UpdateId};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -135,7 +136,7 @@ impl Outbox for PostgresBackend {
         reason: &str,
         retry_after: Option<Duration>,
     ) -> Result<(), BackendError> {
-        let reason: String = text(reason).chars().take(2000).collect();
+        let reason = stored_reason(&text(reason));
         self.run(async {
             let failed = match retry_after {
                 Some(after) => sqlx::query(

@@ -2,7 +2,7 @@
 
 use crate::{Fault, PostgresBackend, count, millis, sql_limit, text};
 use async_trait::async_trait;
-use botline_core::backend::{DeadLetter, Enqueued, Failed, QueueStats};
+use botline_core::backend::{DeadLetter, Enqueued, Failed, QueueStats, stored_reason};
 use botline_core::{
     BackendError, DeadLetters, Delivery, InboundUpdate, OrderKey, Queue, QueuedUpdate, UpdateId,
     UpdateKind,
@@ -159,9 +159,9 @@ async fn redact_dead_body(
     Ok(())
 }
 
-/// A failure's reason as stored: at most 2000 characters.
+/// A failure's reason as stored: [`stored_reason`] with no NUL.
 fn reason_text(reason: &str) -> String {
-    text(reason).chars().take(2000).collect()
+    stored_reason(&text(reason))
 }
 
 #[async_trait]

@@ -29,6 +29,7 @@ mod writer;
 use async_trait::async_trait;
 use botline_core::backend::{
     Applied, DeadLetter, Enqueued, Failed, Import, Imported, MessageQuery, QueueStats,
+    stored_reason,
 };
 use botline_core::{
     BackendError, DeadLetters, Delivery, EventRecord, InboundUpdate, MessageRecord, OrderKey,
@@ -472,7 +473,7 @@ impl Queue for SqliteBackend {
         let id = delivery.update.update_id;
         let receipt = delivery.receipt.clone();
         let raw = delivery.update.raw.clone();
-        let reason: String = reason.chars().take(2000).collect();
+        let reason = stored_reason(reason);
         let retry = self.inner.config.retry;
         self.write(move |conn| {
             let attempts: Option<u32> = conn
@@ -1363,7 +1364,7 @@ impl Outbox for SqliteBackend {
         retry_after: Option<Duration>,
     ) -> Result<(), BackendError> {
         let outbox_id = outbox_id.to_owned();
-        let reason: String = reason.chars().take(2000).collect();
+        let reason = stored_reason(reason);
         self.write(move |conn| {
             let now = clock::now_ms();
             let statement = match retry_after {
