@@ -63,28 +63,11 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// `text` with its `%XX` escapes decoded (a password as the server takes it).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<u8>| b.and_then(|b| (b as char).to_digit(16));
-        match (
-            bytes[i],
-            hex(bytes.get(i + 1).copied()),
-            hex(bytes.get(i + 2).copied()),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
