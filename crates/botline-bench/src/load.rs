@@ -36,7 +36,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// The header Telegram puts the webhook's secret token in.
+/// The header Telegram puts the webhook's secret token in. Spelled out here, not taken from
+/// `botline-core`: the load tool is a client that knows Botline only by its HTTP answers.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
 /// First wait before a retry; doubles after each failure up to [`MAX_BACKOFF`].

@@ -12,6 +12,10 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
+/// The header Telegram sends the `secret_token` of `setWebhook` in, with every webhook request
+/// (HTTP header names are case-insensitive; this is the lower-case spelling `http` takes).
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
 /// The update kinds of the Bot API, in the order Telegram documents them.
 pub const KNOWN_KINDS: &[&str] = &[
     "message",

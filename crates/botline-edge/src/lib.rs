@@ -41,6 +41,7 @@ pub mod guard;
 pub mod init_data;
 mod limiter;
 mod response;
+pub use response::error as json_error;
 pub mod secret;
 pub mod session;
 pub mod webapp;
@@ -60,5 +61,4 @@ pub use webapp::WebAppAuth;
 /// `rate_limited` ([`Refusal::reason`]).
 pub const REFUSED_METRIC: &str = "botline_edge_refused_total";
 
-/// The header Telegram sends `setWebhook`'s `secret_token` in.
-pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+pub use botline_core::update::SECRET_HEADER;

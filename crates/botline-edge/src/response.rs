@@ -4,8 +4,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
-/// `{"error": message}` with `status`.
-pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+/// `{"error": message}` with `status`: every error Botline answers over HTTP, the edge's and
+/// the receiver's, has this shape.
+pub fn error(status: StatusCode, message: &str) -> Response {
     (
         status,
         [(

@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// The header Telegram sends the `secret_token` of `setWebhook` in.
-pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+pub use botline_core::update::SECRET_HEADER;
 /// How long Telegram is asked to wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -210,18 +209,7 @@ fn webhook_panicked(_: Box<dyn std::any::Any + Send>) -> Response {
 /// The `outcome` of a webhook request answered 500.
 const INTERNAL_ERROR: &str = "internal_error";
 
-/// `{"error": "..."}` with `status`.
-fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        serde_json::json!({ "error": message }).to_string(),
-    )
-        .into_response()
-}
+use botline_edge::json_error as error;
 
 /// How one webhook request ended.
 #[derive(Debug)]
