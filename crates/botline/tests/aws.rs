@@ -8,7 +8,7 @@ mod common;
 
 use botline_aws::AwsBackend;
 use botline_core::{DeadLetters, InboundUpdate, Queue, UpdateId};
-use common::{Server, get, message, post};
+use common::{Server, get, message, post, wait_until};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,12 +57,9 @@ fn exported(backend: &AwsBackend) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "not within 60 s: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// [`wait_until`] with the minute every wait here may take (moto answers slowly).
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(60), done);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

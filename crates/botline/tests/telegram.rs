@@ -4,9 +4,9 @@
 mod common;
 
 use botline_standin::{Fault, Settings as StandInSettings, StandIn};
-use common::{BIN, PgDb, Server, message, post, psql, wait_exit};
+use common::{BIN, PgDb, Server, message, post, psql, wait_exit, wait_until};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "987654:TEST-secret-token_xyz";
 const TOKEN_SECRET: &str = "TEST-secret-token_xyz";
@@ -66,14 +66,6 @@ fn accepted_texts(standin: &StandIn, chat: i64) -> Vec<String> {
         .filter(|c| c.succeeded() && c.params["chat_id"] == chat)
         .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
         .collect()
-}
-
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Whether the outbox has `done` calls made, `failed` refused for good and none that could
