@@ -111,12 +111,18 @@ pub fn count_telegram_call(method: &'static str, outcome: &'static str) {
 
 /// Shows the counters the alert rules divide or take the increase of at 0 from the start: a
 /// counter that first appears at 1 has no increase to `rate()` or `increase()`, so the first
-/// failures after a start would go unseen.
+/// failures after a start would go unseen. The lease extensions too: a dashboard's first slow
+/// handler is then an increase from 0.
 pub fn zero_counters() {
     for &outcome in WEBHOOK_OUTCOMES {
         metrics::counter!(WEBHOOK_REQUESTS, "outcome" => outcome).absolute(0);
     }
-    for name in [PROCESSING_ATTEMPTS, PROCESSING_FAILURES, DEAD_LETTERED] {
+    for name in [
+        PROCESSING_ATTEMPTS,
+        PROCESSING_FAILURES,
+        DEAD_LETTERED,
+        LEASE_EXTENSIONS,
+    ] {
         metrics::counter!(name).absolute(0);
     }
     for outcome in ["written", "already_done"] {
@@ -284,6 +290,7 @@ mod tests {
             "botline_processing_attempts_total 0",
             "botline_processing_failures_total 0",
             "botline_dead_lettered_total 0",
+            "botline_lease_extensions_total 0",
             r#"botline_telegram_calls_total{method="sendMessage",outcome="refused"} 0"#,
             r#"botline_telegram_calls_total{method="deleteMessage",outcome="refused"} 1"#,
             r#"botline_telegram_calls_total{method="deleteMessage",outcome="sent"} 0"#,
