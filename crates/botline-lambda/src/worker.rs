@@ -160,7 +160,7 @@ impl Worker {
             backend: Arc::clone(&shared),
             telegram,
             limits,
-            wake: Arc::new(Notify::new()),
+            new_calls: Arc::new(Notify::new()),
         });
         let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
             bot_username: settings.bot_username.clone(),

@@ -173,7 +173,7 @@ pub struct Sender {
     pub telegram: Telegram,
     pub limits: Arc<Limits>,
     /// Notified when processing wrote calls.
-    pub wake: Arc<Notify>,
+    pub new_calls: Arc<Notify>,
 }
 
 /// When the bot as a whole was last told to slow down.
@@ -214,7 +214,7 @@ impl Sender {
         let pump = Pump {
             slots: CONCURRENCY,
             poll_interval: POLL_INTERVAL,
-            wake: Arc::clone(&self.wake),
+            wake: Arc::clone(&self.new_calls),
             failing: "cannot read the outbox",
         };
         let mut in_flight = pump

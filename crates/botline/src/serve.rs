@@ -298,12 +298,12 @@ async fn run(
             addr: settings.listen,
             source,
         })?;
-    let wake = Arc::new(Notify::new());
+    let new_update = Arc::new(Notify::new());
     let metrics_upkeep = metrics.clone();
     let app = Arc::new(
         App::from_settings(&settings, Arc::clone(&backend), secret)?
             .with_schema(schema)
-            .waking(Arc::clone(&wake))
+            .waking(Arc::clone(&new_update))
             .with_metrics(metrics),
     );
     // Without a configured username, the bot's own is asked of Telegram before processing.
@@ -311,16 +311,16 @@ async fn run(
         bot_username: settings.bot_username.clone(),
     });
     let (handling_tx, handling) = watch::channel(known);
-    let outbox = Arc::new(Notify::new());
+    let new_calls = Arc::new(Notify::new());
     tasks.spawn(
         Worker {
             processor: Processor::new(Arc::clone(&backend), &settings)
                 .with_bot(bot)
                 .with_registrar(registrar.clone()),
             concurrency: settings.worker_concurrency,
-            wake: Arc::clone(&wake),
+            new_update: Arc::clone(&new_update),
             handling,
-            outbox: Arc::clone(&outbox),
+            new_calls: Arc::clone(&new_calls),
         }
         .run(shutdown.clone()),
     );
@@ -350,7 +350,7 @@ async fn run(
                     backend: Arc::clone(&backend),
                     telegram: telegram.clone(),
                     limits: Arc::new(settings.telegram_limits()?),
-                    wake: outbox,
+                    new_calls,
                 }
                 .run(shutdown.clone()),
             );
@@ -366,7 +366,7 @@ async fn run(
             let poller = Poller {
                 backend: Arc::clone(&backend),
                 telegram,
-                new_update: wake,
+                new_update,
                 timeout: settings.poll_timeout,
                 ack_timeout: settings.ack_timeout,
             };

@@ -30,13 +30,13 @@ pub struct Worker {
     pub processor: Processor,
     /// Updates processed at once.
     pub concurrency: usize,
-    /// Notified when there may be new work.
-    pub wake: Arc<Notify>,
+    /// Notified when an update was queued (by the webhook or the poller): there may be work.
+    pub new_update: Arc<Notify>,
     /// What the bot knows of itself, for its commands. `None` until getMe answered: updates
     /// wait in the queue rather than be handled without the bot's username.
     pub handling: watch::Receiver<Option<Handling>>,
-    /// Notified when processing wrote outbox calls.
-    pub outbox: Arc<Notify>,
+    /// Notifies the sender when processing wrote outbox calls.
+    pub new_calls: Arc<Notify>,
 }
 
 /// Everything one attempt at an update needs besides the update and the bot's identity: the
@@ -95,7 +95,7 @@ impl Worker {
         let pump = Pump {
             slots: self.concurrency,
             poll_interval: POLL_INTERVAL,
-            wake: Arc::clone(&self.wake),
+            wake: Arc::clone(&self.new_update),
             failing: "cannot receive updates",
         };
         let backend = Arc::clone(&self.processor.backend);
@@ -109,10 +109,10 @@ impl Worker {
                 |delivery| {
                     let processor = self.processor.clone();
                     let handling = self.handling.borrow().clone().unwrap_or_default();
-                    let outbox = Arc::clone(&self.outbox);
+                    let new_calls = Arc::clone(&self.new_calls);
                     async move {
                         if processor.process(&handling, delivery).await.wrote_calls {
-                            outbox.notify_one();
+                            new_calls.notify_one();
                         }
                     }
                 },

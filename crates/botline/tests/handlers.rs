@@ -127,9 +127,9 @@ fn worker(
             handler_timeout,
         },
         concurrency: 4,
-        wake: Arc::new(Notify::new()),
+        new_update: Arc::new(Notify::new()),
         handling,
-        outbox: Arc::new(Notify::new()),
+        new_calls: Arc::new(Notify::new()),
     }
 }
 

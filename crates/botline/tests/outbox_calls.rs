@@ -64,7 +64,7 @@ async fn any_method_goes_out_once_with_its_parameters() {
         backend: Arc::clone(&backend),
         telegram,
         limits: Arc::new(Limits::telegram(NonZeroU32::new(30).unwrap())),
-        wake: Arc::default(),
+        new_calls: Arc::default(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while backend.outbox_stats().await.unwrap().pending > 0 {
