@@ -131,7 +131,7 @@ pub struct Ticked {
 
 /// The worker function's state, kept across the invocations of one execution environment.
 #[derive(Debug)]
-pub struct Worker {
+pub struct WorkerFunction {
     aws: AwsBackend,
     /// The backend, the handlers, the registration backend, the lease and the timeouts.
     processor: Processor,
@@ -147,7 +147,7 @@ pub struct Worker {
     schema: SchemaWatch,
 }
 
-impl Worker {
+impl WorkerFunction {
     /// The worker on `backend`, with the bot token, username, registration backend, call rate
     /// and handler URL of `settings`.
     pub fn new(settings: &Settings, backend: AwsBackend) -> Result<Self, ConfigError> {
@@ -493,7 +493,7 @@ pub async fn run(bot: Bot) -> Result<(), lambda_runtime::Error> {
         store.fill(&mut settings).await?;
     }
     let backend = botline::aws::open_backend(settings.queue_config()).await?;
-    let worker = Arc::new(Worker::new(&settings, backend)?.with_bot(bot));
+    let worker = Arc::new(WorkerFunction::new(&settings, backend)?.with_bot(bot));
     if let Verdict::Missing(missing) = worker.schema.check().await {
         tracing::error!(error = %missing, "every batch is left on the queue until it is provisioned");
     }

@@ -27,7 +27,7 @@ use botline_aws::AwsBackend;
 use botline_aws::invoke::HandlerFunction;
 use botline_core::{DeadLetters, MessageQuery, Outbox, Queue, Store, UpdateId, clock};
 use botline_lambda::ingest::Ingest;
-use botline_lambda::worker::{Answer, Ticked, Worker};
+use botline_lambda::worker::{Answer, Ticked, WorkerFunction};
 use botline_registrar::{Registrar, RegistrarError, RegistrationRequest};
 use botline_standin::lambda::{Invocation, LambdaStandIn, Outcome};
 use botline_standin::{Call, Fault, StandIn};
@@ -248,7 +248,7 @@ async fn on_the_seed_layout_ingest_answers_503_and_the_worker_claims_nothing() {
     let mut event = fixture("sqs-event.json");
     event["Records"][0]["messageId"] = sent.message_id.clone().unwrap().into();
     let event: SqsEvent = serde_json::from_value(event).unwrap();
-    let worker = Worker::new(&settings(None), backend.clone()).unwrap();
+    let worker = WorkerFunction::new(&settings(None), backend.clone()).unwrap();
     let answer = worker.handle(event, None).await;
     let failed: Vec<&str> = answer
         .batch_item_failures
@@ -371,7 +371,7 @@ impl EventSource {
 
     /// Hands `records` to the worker as one event, as Lambda invokes it, and deletes what it
     /// did not report failed.
-    async fn invoke(&mut self, worker: &Worker, records: &[Value]) -> SqsBatchResponse {
+    async fn invoke(&mut self, worker: &WorkerFunction, records: &[Value]) -> SqsBatchResponse {
         let response = match worker.invoke(json!({ "Records": records }), None).await {
             Ok(Answer::Batch(response)) => response,
             other => panic!("an SQS event answered {other:?}"),
@@ -400,7 +400,7 @@ impl EventSource {
     }
 
     /// Invokes the worker with whatever the queue hands out until `done` says so.
-    async fn run_until<F, Fut>(&mut self, worker: &Worker, what: &str, done: F)
+    async fn run_until<F, Fut>(&mut self, worker: &WorkerFunction, what: &str, done: F)
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -461,7 +461,7 @@ async fn end_to_end(fifo: bool) {
     let ingest = ingest_on(&backend, settings.clone()).await;
     let registrar = Arc::new(TestRegistrar::default());
     registrar.broken.store(true, Ordering::SeqCst);
-    let worker = Worker::new(&settings, backend.clone())
+    let worker = WorkerFunction::new(&settings, backend.clone())
         .unwrap()
         .with_registrar(Some(registrar.clone() as Arc<dyn Registrar>));
 
@@ -634,7 +634,7 @@ async fn end_to_end_on_a_standard_queue() {
 }
 
 /// A tick of the worker's schedule, as the EventBridge rule sends it.
-async fn tick(worker: &Worker) -> Ticked {
+async fn tick(worker: &WorkerFunction) -> Ticked {
     match worker
         .invoke(fixture("eventbridge-scheduled-event.json"), None)
         .await
@@ -671,7 +671,7 @@ struct Timers {
     standin: StandIn,
     backend: AwsBackend,
     ingest: Ingest,
-    worker: Worker,
+    worker: WorkerFunction,
 }
 
 async fn timers() -> Timers {
@@ -683,7 +683,7 @@ async fn timers() -> Timers {
     let backend = common::standard_backend(common::whole_seconds()).await;
     let settings = settings(Some(&standin));
     let ingest = ingest_on(&backend, settings.clone()).await;
-    let worker = Worker::new(&settings, backend.clone())
+    let worker = WorkerFunction::new(&settings, backend.clone())
         .unwrap()
         .with_bot(Bot::new().command("remind", remind).on_message(pong));
     Timers {
@@ -899,7 +899,7 @@ struct Forwarding {
     client: aws_sdk_lambda::Client,
     backend: AwsBackend,
     ingest: Ingest,
-    worker: Worker,
+    worker: WorkerFunction,
 }
 
 /// The stand-in serves the function `name` (made by `function` from the Bot API stand-in); the
@@ -929,7 +929,7 @@ where
     let function = HandlerFunction::new(requested)
         .unwrap()
         .with_client(client.clone());
-    let worker = Worker::new(&settings, backend.clone())
+    let worker = WorkerFunction::new(&settings, backend.clone())
         .unwrap()
         .with_bot(Bot::new().forward_to(Forward::function(function)));
     Forwarding {
