@@ -722,6 +722,10 @@ impl Appender {
                         Message::Close(_) => {}
                     }
                 }
+                // The duplicate check's connection closes before the answer: the store's
+                // connections close next, the writer's last, and the last close deletes the
+                // WAL. Closed after the answer, it could still be open when the process exits.
+                drop(self);
                 let _ = reply.send(());
                 return;
             }
