@@ -515,17 +515,26 @@ impl Settings {
         &self,
         fallback: Option<Arc<dyn botline_core::SharedLimiter>>,
     ) -> Result<Limits, ConfigError> {
-        let limits = Limits::telegram(
-            NonZeroU32::new(self.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN),
-        );
         let shared = match self.shared_limiter()? {
             Some(redis) => Some(redis as Arc<dyn botline_core::SharedLimiter>),
             None => fallback,
         };
-        Ok(match shared {
+        Ok(self.telegram_limits_sharing(shared))
+    }
+
+    /// Telegram's limits for the sender, shared through `shared` when given (the limiter the
+    /// caller connected already), else this process's own.
+    pub fn telegram_limits_sharing(
+        &self,
+        shared: Option<Arc<dyn botline_core::SharedLimiter>>,
+    ) -> Limits {
+        let limits = Limits::telegram(
+            NonZeroU32::new(self.telegram_calls_per_second).unwrap_or(NonZeroU32::MIN),
+        );
+        match shared {
             Some(shared) => limits.sharing(shared),
             None => limits,
-        })
+        }
     }
 
     /// The buckets every instance shares, when `BOTLINE_REDIS_URL` (or its file) is set: in

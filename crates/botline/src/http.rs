@@ -14,6 +14,7 @@ use crate::config::{ConfigError, Settings};
 use crate::metrics as names;
 use crate::schema::{SchemaWatch, Verdict};
 use crate::secret::WebhookSecret;
+use crate::shared_limits::RedisLimiter;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -63,7 +64,19 @@ impl App {
         backend: Arc<dyn Backend>,
         secret: Option<WebhookSecret>,
     ) -> Result<Self, ConfigError> {
-        let (edge, webapp) = edge_guards(settings, secret.as_ref())?;
+        let shared = settings.shared_limiter()?;
+        Self::from_settings_sharing(settings, backend, secret, shared)
+    }
+
+    /// [`App::from_settings`] with the shared rate limits (`BOTLINE_REDIS_URL`) the caller
+    /// connected already, so that a process which also sends (`serve`) keeps one connection.
+    pub fn from_settings_sharing(
+        settings: &Settings,
+        backend: Arc<dyn Backend>,
+        secret: Option<WebhookSecret>,
+        shared: Option<Arc<RedisLimiter>>,
+    ) -> Result<Self, ConfigError> {
+        let (edge, webapp) = edge_guards(settings, secret.as_ref(), shared)?;
         Ok(Self {
             secret,
             max_body_bytes: settings.max_body_bytes,
@@ -125,13 +138,14 @@ impl App {
 fn edge_guards(
     settings: &Settings,
     secret: Option<&WebhookSecret>,
+    shared: Option<Arc<RedisLimiter>>,
 ) -> Result<(Option<EdgeLayer>, Option<Arc<WebAppAuth>>), ConfigError> {
     let config = &settings.edge;
     let invalid = |e: botline_edge::ConfigError| ConfigError::Invalid(format!("edge: {e}"));
     let edge = if config.allowlist.is_some() || config.rate_limit.enabled {
         let secret = secret.map(|s| botline_edge::Secret::new(s.expose()));
         let guard = EdgeGuard::new(config, secret).map_err(invalid)?;
-        let guard = match settings.shared_limiter()? {
+        let guard = match shared {
             Some(shared) => guard.sharing(shared),
             None => guard,
         };

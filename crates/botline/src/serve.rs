@@ -300,11 +300,18 @@ async fn run(
         })?;
     let new_update = Arc::new(Notify::new());
     let metrics_upkeep = metrics.clone();
+    // One connection to the shared rate limits (Redis), for the edge and the sender both.
+    let shared_limits = settings.shared_limiter()?;
     let app = Arc::new(
-        App::from_settings(&settings, Arc::clone(&backend), secret)?
-            .with_schema(schema)
-            .waking(Arc::clone(&new_update))
-            .with_metrics(metrics),
+        App::from_settings_sharing(
+            &settings,
+            Arc::clone(&backend),
+            secret,
+            shared_limits.clone(),
+        )?
+        .with_schema(schema)
+        .waking(Arc::clone(&new_update))
+        .with_metrics(metrics),
     );
     // Without a configured username, the bot's own is asked of Telegram before processing.
     let known = (settings.bot_username.is_some() || telegram.is_none()).then(|| Handling {
@@ -349,7 +356,9 @@ async fn run(
                 Sender {
                     backend: Arc::clone(&backend),
                     telegram: telegram.clone(),
-                    limits: Arc::new(settings.telegram_limits()?),
+                    limits: Arc::new(settings.telegram_limits_sharing(
+                        shared_limits.map(|redis| redis as Arc<dyn botline_core::SharedLimiter>),
+                    )),
                     new_calls,
                 }
                 .run(shutdown.clone()),
