@@ -1,9 +1,8 @@
 //! Keeping the database password out of error text and `Debug` output.
 
+use botline_core::commands::REDACTED;
+use percent_encoding::percent_decode_str;
 use std::fmt;
-
-/// What error text shows instead of a secret.
-const REDACTED: &str = "[redacted]";
 
 /// Strings that must never appear in an error's text: the password as written in the URL,
 /// percent-decoded, in a `password` parameter, and `PGPASSWORD` (which sqlx also reads).
@@ -19,7 +18,12 @@ impl Secrets {
             Ok(parsed) => {
                 if let Some(password) = parsed.password() {
                     secrets.add(password);
-                    secrets.add(percent_decode(password));
+                    // The password as the server takes it, its `%XX` escapes decoded.
+                    secrets.add(
+                        percent_decode_str(password)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    );
                 }
                 for (key, value) in parsed.query_pairs() {
                     if key == "password" {
@@ -61,13 +65,6 @@ impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secrets({} {REDACTED})", self.0.len())
     }
-}
-
-/// `text` with its `%XX` escapes decoded (a password as the server takes it).
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

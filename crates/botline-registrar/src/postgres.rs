@@ -1,5 +1,6 @@
 //! [`PostgresRegistrar`]: a Postgres function decides.
 
+use percent_encoding::percent_decode_str;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -318,7 +319,12 @@ fn url_secrets(url: &str) -> Result<Secrets, RegistrarError> {
     let mut secrets = Secrets::default();
     if let Some(password) = parsed.password() {
         secrets.add(password);
-        secrets.add(percent_decode(password));
+        // The password as the server takes it, its `%XX` escapes decoded.
+        secrets.add(
+            percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
     }
     for (key, value) in parsed.query_pairs() {
         if key == "password" {
@@ -329,13 +335,6 @@ fn url_secrets(url: &str) -> Result<Secrets, RegistrarError> {
         secrets.add(password);
     }
     Ok(secrets)
-}
-
-/// `text` with its `%XX` escapes decoded (a password as the server takes it).
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]
