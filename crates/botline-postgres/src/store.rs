@@ -223,8 +223,6 @@ fn user(
     }
 }
 
-/// The message (the first write of a `chatId` + `messageId` wins), the user (upserted, keeping
-/// `createdAt`) and the event.
 /// [`Store::apply`] of an update whose handler redeemed no token and wrote no session (nearly
 /// every update): `botline_apply` (migration 0005) writes what the longer path writes, in the
 /// same order and under the same row lock, in one statement and one round trip.
@@ -291,6 +289,8 @@ async fn apply_in_one_statement(
     })
 }
 
+/// The message (the first write of a `chatId` + `messageId` wins), the user (upserted, keeping
+/// `createdAt`) and the event.
 async fn write_records(conn: &mut PgConnection, records: &Records) -> Result<(), sqlx::Error> {
     if let Some(m) = &records.message {
         insert_message(conn, m).await?;

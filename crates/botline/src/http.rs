@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use botline_core::{Backend, Enqueued, InboundUpdate, InvalidUpdate, clock};
+use botline_edge::json_error as error;
 use botline_edge::{EdgeGuard, EdgeLayer, WebAppAuth};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -222,8 +223,6 @@ fn webhook_panicked(_: Box<dyn std::any::Any + Send>) -> Response {
 
 /// The `outcome` of a webhook request answered 500.
 const INTERNAL_ERROR: &str = "internal_error";
-
-use botline_edge::json_error as error;
 
 /// How one webhook request ended.
 #[derive(Debug)]
